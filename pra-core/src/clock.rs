@@ -1,0 +1,77 @@
+//! Time as the caller provides it: [`SystemClock`] in production, [`ManualClock`] in tests, so
+//! that nothing in pra ever has to sleep to observe time passing.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+
+/// A source of the current time. Every timestamp pra records comes from one of these.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time, truncated to microseconds (the precision every store keeps).
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The operating system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now().trunc_subsecs(6)
+    }
+}
+
+/// A clock that only moves when told to. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: Mutex<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start` (truncated to microseconds).
+    pub fn new(start: DateTime<Utc>) -> Self {
+        ManualClock {
+            now: Mutex::new(start.trunc_subsecs(6)),
+        }
+    }
+
+    /// Moves the clock forward (or backward, for a negative `by`).
+    pub fn advance(&self, by: Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        *now = (*now + by).trunc_subsecs(6);
+    }
+
+    /// Sets the clock to `at`.
+    pub fn set(&self, at: DateTime<Utc>) {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner()) = at.trunc_subsecs(6);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let clock = ManualClock::new(start);
+        assert_eq!(clock.now(), start);
+        clock.advance(Duration::seconds(90));
+        assert_eq!(clock.now(), start + Duration::seconds(90));
+        clock.set(start);
+        assert_eq!(clock.now(), start);
+    }
+
+    #[test]
+    fn system_clock_keeps_microseconds_only() {
+        let now = SystemClock.now();
+        assert_eq!(now.timestamp_subsec_nanos() % 1000, 0);
+    }
+}

@@ -1,0 +1,23 @@
+//! pra-core: the pure library behind pra — sites, fencing tokens, stores, the failover/failback
+//! plan, SQLite backup/retention/restore and the status the app serves.
+//!
+//! Only the [`store`] and [`backup`] modules touch the file system; everything else is pure and
+//! takes its time from a [`Clock`]. Errors are one enum, [`Error`], whose [`ErrorKind`] the front
+//! ends (CLI, C, Python) map to exit codes, result codes and exception classes.
+
+pub mod clock;
+pub mod error;
+pub mod fencing;
+pub mod guard;
+pub mod site;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, ErrorKind, Result};
+pub use fencing::{ActiveSite, Actor, Fence, FencingToken, SiteChange};
+pub use guard::{Verdict, check};
+pub use site::{SiteId, Topology};
+pub use store::{Store, StoreUrl, open};
+
+/// The version of pra-core, as in its Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,480 @@
+//! The embedded default store: one SQLite database (WAL mode) holding the active-site record,
+//! the journal, the plan state and the run registry; every change is one IMMEDIATE transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{
+    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, RunId, RunRecord,
+    RunStart, Store, StoredPlan, display, time_to_us, us_to_time, verify_chain,
+};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::site::SiteId;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
+/// Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // v1
+    "CREATE TABLE active_site (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        site TEXT,
+        token INTEGER NOT NULL CHECK (token >= 0),
+        changed_at INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        journal_head TEXT NOT NULL
+    );
+    INSERT INTO active_site VALUES (1, NULL, 0, 0, 'pra', 'initial record: no site active',
+        '0000000000000000000000000000000000000000000000000000000000000000');
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TABLE plan (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        revision INTEGER NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job TEXT NOT NULL,
+        site TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        exit_code INTEGER,
+        outcome TEXT
+    );
+    CREATE INDEX runs_unfinished ON runs (finished_at, token);
+    CREATE INDEX runs_started ON runs (started_at);",
+];
+
+/// The SQLite store. One connection behind a mutex: safe to share between threads; several
+/// processes coordinate through SQLite's own locking (busy timeout 5 s).
+#[derive(Debug)]
+pub struct SqliteStore {
+    url: String,
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it, mode 0600, if missing) the store database at `path` and brings its
+    /// schema up to date. The parent directory must exist.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
+        let url = format!("sqlite://{}", display(path));
+        let unavailable = |reason: String| Error::StoreUnavailable {
+            url: url.clone(),
+            reason,
+        };
+        if path.is_dir() {
+            return Err(unavailable("the path is a directory".into()));
+        }
+        if !path.exists() {
+            create_private(path)
+                .map_err(|e| unavailable(format!("cannot create the database: {e}")))?;
+        }
+        let conn = Connection::open(path).map_err(|e| Error::sqlite("open", &url, e))?;
+        let sql = |what: &'static str| {
+            let url = url.clone();
+            move |e| Error::sqlite(what, &url, e)
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("busy_timeout"))?;
+        // Reading the journal mode also tells us whether this is a database at all.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(sql("set WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(unavailable(format!("cannot use WAL mode (got {mode})")));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(sql("pragmas"))?;
+        let store = SqliteStore {
+            url,
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            clock,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version this build of pra writes.
+    pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied change (SQLite rolls the
+        // transaction back when it is dropped), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        move |e| Error::sqlite(what, &self.url, e)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("migrate"))?;
+        let version: u32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err("read schema version"))?;
+        if version > Self::SCHEMA_VERSION {
+            return Err(Error::Unsupported(format!(
+                "{} has schema version {version}, newer than this pra knows ({}); upgrade pra",
+                self.url,
+                Self::SCHEMA_VERSION
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.execute_batch(sql).map_err(self.err("migrate"))?;
+            tx.pragma_update(None, "user_version", i as u32 + 1)
+                .map_err(self.err("migrate"))?;
+            tracing::info!(store = %self.url, version = i + 1, "store schema migrated");
+        }
+        tx.commit().map_err(self.err("migrate"))
+    }
+
+    fn read_record(&self, conn: &Connection) -> Result<(ActiveSite, String)> {
+        let row = conn
+            .prepare_cached(
+                "SELECT site, token, changed_at, changed_by, reason, journal_head FROM active_site WHERE id = 1",
+            )
+            .and_then(|mut s| {
+                s.query_row([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })
+                .optional()
+            })
+            .map_err(self.err("load the active-site record"))?;
+        let (site, token, at, by, reason, head) = row.ok_or_else(|| Error::Corrupt {
+            what: self.url.clone(),
+            detail: "the active-site record is missing".into(),
+        })?;
+        let site = site
+            .map(|s| SiteId::new(&s))
+            .transpose()
+            .map_err(|e| Error::Corrupt {
+                what: self.url.clone(),
+                detail: format!("the active-site record names an invalid site: {e}"),
+            })?;
+        let record = ActiveSite {
+            site,
+            token: FencingToken(token as u64),
+            changed_at: us_to_time(at),
+            changed_by: by,
+            reason,
+        };
+        Ok((record, head))
+    }
+
+    fn read_journal(&self, conn: &Connection) -> Result<Vec<JournalEntry>> {
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, body FROM journal ORDER BY seq")
+            .map_err(self.err("read journal"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.err("read journal"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, body) = row.map_err(self.err("read journal"))?;
+            let entry: JournalEntry = serde_json::from_str(&body).map_err(|e| Error::Corrupt {
+                what: format!("journal entry {seq} in {}", self.url),
+                detail: format!("unreadable: {e}"),
+            })?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+}
+
+impl Store for SqliteStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn load(&self) -> Result<ActiveSite> {
+        let conn = self.conn();
+        Ok(self.read_record(&conn)?.0)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
+    fn commit(&self, commit: &Commit) -> Result<Committed> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin"))?;
+        let (old, mut head) = self.read_record(&tx)?;
+        let at = self.now();
+        let mut events = Vec::with_capacity(commit.events.len() + 1);
+        let mut record = old.clone();
+        if let Some(change) = &commit.site {
+            record = next_record(&old, change, at, &commit.actor)?;
+            tx.execute(
+                "UPDATE active_site SET site = ?1, token = ?2, changed_at = ?3, changed_by = ?4, reason = ?5 WHERE id = 1",
+                params![
+                    record.site.as_ref().map(SiteId::as_str),
+                    record.token.0 as i64,
+                    time_to_us(record.changed_at),
+                    record.changed_by,
+                    record.reason
+                ],
+            )
+            .map_err(self.err("write the active-site record"))?;
+            events.push(JournalEvent::SiteChanged {
+                old,
+                new: record.clone(),
+            });
+        }
+        let mut plan_revision = None;
+        if let Some(plan) = &commit.plan {
+            let current: u64 = tx
+                .query_row("SELECT revision FROM plan WHERE id = 1", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+                .map_err(self.err("read plan"))?
+                .map_or(0, |r| r as u64);
+            if current != plan.expect_revision {
+                return Err(Error::Refused(format!(
+                    "the plan changed since it was loaded (now at revision {current}, expected {}); reload it",
+                    plan.expect_revision
+                )));
+            }
+            let next = current + 1;
+            tx.execute(
+                "INSERT INTO plan (id, revision, doc) VALUES (1, ?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, doc = excluded.doc",
+                params![next as i64, plan.doc.to_string()],
+            )
+            .map_err(self.err("write plan"))?;
+            plan_revision = Some(next);
+        }
+        events.extend(commit.events.iter().cloned());
+        if !events.is_empty() {
+            let last: i64 = tx
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| {
+                    r.get(0)
+                })
+                .map_err(self.err("read journal"))?;
+            let mut seq = last as u64;
+            for event in events {
+                seq += 1;
+                let entry = JournalEntry::seal(seq, at, &commit.actor, event, &head);
+                let body =
+                    serde_json::to_string(&entry).map_err(|e| Error::Internal(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO journal (seq, at, body, hash) VALUES (?1, ?2, ?3, ?4)",
+                    params![seq as i64, time_to_us(at), body, entry.hash],
+                )
+                .map_err(self.err("append journal"))?;
+                head = entry.hash;
+            }
+            tx.execute(
+                "UPDATE active_site SET journal_head = ?1 WHERE id = 1",
+                [&head],
+            )
+            .map_err(self.err("anchor journal"))?;
+        }
+        tx.commit().map_err(self.err("commit"))?;
+        tracing::info!(store = %self.url, site = ?record.site, token = %record.token, "committed");
+        Ok(Committed {
+            record,
+            plan_revision,
+        })
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>> {
+        let conn = self.conn();
+        self.read_journal(&conn)
+    }
+
+    fn verify_journal(&self) -> Result<JournalCheck> {
+        let mut conn = self.conn();
+        // One read transaction, so the record's anchor and the entries are one snapshot.
+        let tx = conn.transaction().map_err(self.err("begin"))?;
+        let (_, head) = self.read_record(&tx)?;
+        let entries = self.read_journal(&tx)?;
+        let check = verify_chain(&entries, &head)?;
+        debug_assert!(check.entries > 0 || head == GENESIS_HASH);
+        Ok(check)
+    }
+
+    fn load_plan(&self) -> Result<Option<StoredPlan>> {
+        let conn = self.conn();
+        let row: Option<(i64, String)> = conn
+            .query_row("SELECT revision, doc FROM plan WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(self.err("read plan"))?;
+        row.map(|(revision, doc)| {
+            Ok(StoredPlan {
+                revision: revision as u64,
+                doc: serde_json::from_str(&doc).map_err(|e| Error::Corrupt {
+                    what: format!("plan in {}", self.url),
+                    detail: e.to_string(),
+                })?,
+            })
+        })
+        .transpose()
+    }
+
+    fn run_start(&self, run: &RunStart) -> Result<RunId> {
+        let conn = self.conn();
+        let now = time_to_us(self.now());
+        conn.prepare_cached(
+            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![run.job, run.site.as_str(), run.token.0 as i64, run.host, run.pid, now])
+        })
+        .map_err(self.err("register run"))?;
+        Ok(RunId(conn.last_insert_rowid()))
+    }
+
+    fn run_heartbeat(&self, id: RunId) -> Result<()> {
+        let conn = self.conn();
+        let n = conn
+            .prepare_cached(
+                "UPDATE runs SET heartbeat_at = ?2 WHERE id = ?1 AND finished_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id.0, time_to_us(self.now())]))
+            .map_err(self.err("heartbeat"))?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "no unfinished run {} in {}",
+                id.0, self.url
+            )));
+        }
+        Ok(())
+    }
+
+    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<()> {
+        let conn = self.conn();
+        let now = time_to_us(self.now());
+        let n = conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, heartbeat_at = ?2, exit_code = ?3, outcome = ?4
+                 WHERE id = ?1 AND finished_at IS NULL",
+                params![id.0, now, exit_code, outcome],
+            )
+            .map_err(self.err("finish run"))?;
+        if n == 0 {
+            return Err(Error::NotFound(format!(
+                "no unfinished run {} in {}",
+                id.0, self.url
+            )));
+        }
+        Ok(())
+    }
+
+    fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "{RUN_COLUMNS} WHERE started_at >= ?1 ORDER BY started_at, id"
+            ))
+            .map_err(self.err("list runs"))?;
+        let rows = stmt
+            .query_map([time_to_us(since)], run_from_row)
+            .map_err(self.err("list runs"))?;
+        rows.map(|r| r.map_err(self.err("list runs")).and_then(|r| r))
+            .collect()
+    }
+
+    fn alive_runs_below(
+        &self,
+        below: FencingToken,
+        lost_after: chrono::Duration,
+    ) -> Result<Vec<RunRecord>> {
+        let conn = self.conn();
+        let fresh_since = time_to_us(self.now() - lost_after);
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "{RUN_COLUMNS} WHERE finished_at IS NULL AND token < ?1 AND heartbeat_at >= ?2 ORDER BY id"
+            ))
+            .map_err(self.err("list alive runs"))?;
+        let rows = stmt
+            .query_map(params![below.0 as i64, fresh_since], run_from_row)
+            .map_err(self.err("list alive runs"))?;
+        rows.map(|r| r.map_err(self.err("list alive runs")).and_then(|r| r))
+            .collect()
+    }
+}
+
+const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome FROM runs";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
+    let site: String = r.get(2)?;
+    let site = match SiteId::new(&site) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(Err(Error::Corrupt {
+                what: "run registry".into(),
+                detail: e.to_string(),
+            }));
+        }
+    };
+    Ok(Ok(RunRecord {
+        id: RunId(r.get(0)?),
+        start: RunStart {
+            job: r.get(1)?,
+            site,
+            token: FencingToken(r.get::<_, i64>(3)? as u64),
+            host: r.get(4)?,
+            pid: r.get(5)?,
+        },
+        started_at: us_to_time(r.get(6)?),
+        heartbeat_at: us_to_time(r.get(7)?),
+        finished_at: r.get::<_, Option<i64>>(8)?.map(us_to_time),
+        exit_code: r.get(9)?,
+        outcome: r.get(10)?,
+    }))
+}

@@ -1,0 +1,179 @@
+//! Store URLs: `sqlite:///path/state.db`, `file:///etc/app/pra-status.lock`,
+//! `etcd://host:port[,host:port]/prefix`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH`: the embedded SQLite store. `sqlite:///var/lib/pra/state.db` is absolute,
+    /// `sqlite://state.db` relative to the working directory.
+    Sqlite(PathBuf),
+    /// `file://PATH`: the seed's lock-file format.
+    File(PathBuf),
+    /// `etcd://host:port[,host:port...]/prefix`.
+    Etcd {
+        /// `host:port` of each member.
+        endpoints: Vec<String>,
+        /// Key prefix, starting with `/` (default `/pra`).
+        prefix: String,
+    },
+}
+
+fn bad(url: &str, why: &str) -> Error {
+    Error::InvalidArgument(format!("invalid store URL {url:?}: {why}"))
+}
+
+impl StoreUrl {
+    /// Parses a store URL. Query strings, fragments, NUL bytes and empty paths are refused;
+    /// paths are taken literally (no percent-decoding).
+    pub fn parse(url: &str) -> Result<StoreUrl> {
+        if url.contains('\0') {
+            return Err(bad(url, "contains a NUL byte"));
+        }
+        if url.contains(['?', '#']) {
+            return Err(bad(url, "query strings and fragments are not supported"));
+        }
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad(
+                url,
+                "expected sqlite://PATH, file://PATH or etcd://HOST:PORT/PREFIX",
+            )
+        })?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" | "file" => {
+                if rest.is_empty() || rest.ends_with('/') {
+                    return Err(bad(url, "the path must name a file"));
+                }
+                let path = PathBuf::from(rest);
+                Ok(if scheme.eq_ignore_ascii_case("sqlite") {
+                    StoreUrl::Sqlite(path)
+                } else {
+                    StoreUrl::File(path)
+                })
+            }
+            "etcd" => {
+                let (hosts, prefix) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/pra"),
+                };
+                let prefix = if prefix == "/" {
+                    "/pra"
+                } else {
+                    prefix.trim_end_matches('/')
+                };
+                let endpoints = hosts
+                    .split(',')
+                    .map(|h| {
+                        let (host, port) = h
+                            .rsplit_once(':')
+                            .ok_or_else(|| bad(url, &format!("endpoint {h:?} needs host:port")))?;
+                        if host.is_empty()
+                            || !host
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
+                        {
+                            return Err(bad(url, &format!("bad host in endpoint {h:?}")));
+                        }
+                        port.parse::<u16>()
+                            .ok()
+                            .filter(|p| *p != 0)
+                            .ok_or_else(|| bad(url, &format!("bad port in endpoint {h:?}")))?;
+                        Ok(h.to_string())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(StoreUrl::Etcd {
+                    endpoints,
+                    prefix: prefix.to_string(),
+                })
+            }
+            other => Err(bad(
+                url,
+                &format!("unknown scheme {other:?}; expected sqlite, file or etcd"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            StoreUrl::File(p) => write!(f, "file://{}", p.display()),
+            StoreUrl::Etcd { endpoints, prefix } => {
+                write!(f, "etcd://{}{}", endpoints.join(","), prefix)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_schemes() {
+        assert_eq!(
+            StoreUrl::parse("sqlite:///var/lib/pra/state.db").unwrap(),
+            StoreUrl::Sqlite("/var/lib/pra/state.db".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite://state.db").unwrap(),
+            StoreUrl::Sqlite("state.db".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///etc/app/pra-status.lock").unwrap(),
+            StoreUrl::File("/etc/app/pra-status.lock".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/prod/pra").unwrap(),
+            StoreUrl::Etcd {
+                endpoints: vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
+                prefix: "/prod/pra".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("etcd://localhost:2379").unwrap(),
+            StoreUrl::Etcd {
+                endpoints: vec!["localhost:2379".into()],
+                prefix: "/pra".into()
+            }
+        );
+    }
+
+    #[test]
+    fn round_trips_through_display() {
+        for u in [
+            "sqlite:///a/b.db",
+            "file:///etc/app/pra-status.lock",
+            "etcd://h:1,g:2/p",
+        ] {
+            assert_eq!(StoreUrl::parse(u).unwrap().to_string(), u);
+        }
+    }
+
+    #[test]
+    fn refuses_bad_urls_with_a_reason() {
+        for u in [
+            "",
+            "state.db",
+            "http://x/y",
+            "sqlite://",
+            "sqlite:///dir/",
+            "file://a?b",
+            "sqlite://a\0b",
+            "etcd://",
+            "etcd://host",
+            "etcd://host:0/p",
+            "etcd://host:99999",
+            "etcd://:2379",
+            "etcd://h o:1",
+        ] {
+            let err = StoreUrl::parse(u).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{u:?}");
+        }
+    }
+}

@@ -1,0 +1,666 @@
+//! The Store contract, run against every store implementation.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use pra_core::store::{
+    Commit, FileStore, JournalEvent, RunStart, RunState, SqliteStore, Store, open,
+};
+use pra_core::{
+    ActiveSite, Actor, Error, ErrorKind, FencingToken, ManualClock, SiteChange, SiteId, Verdict,
+    check,
+};
+use proptest::prelude::*;
+
+fn site(s: &str) -> SiteId {
+    SiteId::new(s).unwrap()
+}
+fn ops() -> Actor {
+    Actor::new("ops", "test").unwrap()
+}
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap(),
+    ))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    File,
+}
+
+fn open_kind(kind: Kind, dir: &Path, clock: Arc<ManualClock>) -> Box<dyn Store> {
+    match kind {
+        Kind::Sqlite => Box::new(SqliteStore::open(&dir.join("state.db"), clock).unwrap()),
+        Kind::File => Box::new(FileStore::open(&dir.join("pra-status.lock"), clock).unwrap()),
+    }
+}
+
+const KINDS: [Kind; 2] = [Kind::Sqlite, Kind::File];
+
+#[test]
+fn activation_rules_hold_on_every_store() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_kind(kind, dir.path(), clock());
+        assert_eq!(s.load().unwrap(), ActiveSite::initial(), "{kind:?}");
+
+        let r1 = s
+            .change(
+                SiteChange::Activate {
+                    site: site("rbx"),
+                    expect: FencingToken(0),
+                },
+                &ops(),
+            )
+            .unwrap();
+        assert_eq!(
+            (r1.site.clone(), r1.token),
+            (Some(site("rbx")), FencingToken(1))
+        );
+        assert_eq!(
+            s.load().unwrap(),
+            r1,
+            "{kind:?}: load returns what commit wrote"
+        );
+
+        // Break before make: sbg cannot be activated while rbx is.
+        let e = s
+            .change(
+                SiteChange::Activate {
+                    site: site("sbg"),
+                    expect: FencingToken(1),
+                },
+                &ops(),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict, "{kind:?}: {e}");
+        // A stale expectation is a conflict naming both tokens, and changes nothing.
+        let e = s
+            .change(
+                SiteChange::Deactivate {
+                    expect: FencingToken(0),
+                },
+                &ops(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Conflict {
+                    expected: FencingToken(0),
+                    found: FencingToken(1)
+                }
+            ),
+            "{kind:?}: {e}"
+        );
+        assert_eq!(s.load().unwrap(), r1);
+
+        let r2 = s
+            .change(
+                SiteChange::Deactivate {
+                    expect: FencingToken(1),
+                },
+                &ops(),
+            )
+            .unwrap();
+        assert_eq!((r2.site.clone(), r2.token), (None, FencingToken(2)));
+        let r3 = s
+            .change(
+                SiteChange::Activate {
+                    site: site("sbg"),
+                    expect: FencingToken(2),
+                },
+                &ops(),
+            )
+            .unwrap();
+        assert_eq!(r3.token, FencingToken(3));
+
+        // Every change is journaled with old and new record, and the chain verifies.
+        let journal = s.journal().unwrap();
+        assert_eq!(
+            journal.len(),
+            3,
+            "{kind:?}: refused changes are not journaled"
+        );
+        match &journal[2].event {
+            JournalEvent::SiteChanged { old, new } => {
+                assert_eq!(old, &r2);
+                assert_eq!(new, &r3);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(journal[2].by, "ops");
+        assert_eq!(s.verify_journal().unwrap().entries, 3);
+    }
+}
+
+#[test]
+fn guard_runs_only_the_active_site() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open_kind(kind, dir.path(), clock());
+        // Deny by default: nobody runs on a fresh store.
+        assert_eq!(
+            check(&*s, &site("rbx")).unwrap(),
+            Verdict::Standby {
+                active: None,
+                token: FencingToken(0)
+            }
+        );
+        s.change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(0),
+            },
+            &ops(),
+        )
+        .unwrap();
+        assert_eq!(
+            check(&*s, &site("sbg")).unwrap(),
+            Verdict::Run {
+                token: FencingToken(1)
+            }
+        );
+        let v = check(&*s, &site("rbx")).unwrap();
+        assert!(!v.may_run());
+        assert_eq!(
+            v,
+            Verdict::Standby {
+                active: Some(site("sbg")),
+                token: FencingToken(1)
+            }
+        );
+    }
+}
+
+#[test]
+fn tokens_survive_reopen_and_never_go_back() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut last = FencingToken(0);
+        for round in 0..4 {
+            let s = open_kind(kind, dir.path(), clock());
+            let r = s.load().unwrap();
+            assert_eq!(r.token, last, "{kind:?} round {round}");
+            let change = match r.site {
+                None => SiteChange::Activate {
+                    site: site("rbx"),
+                    expect: r.token,
+                },
+                Some(_) => SiteChange::Deactivate { expect: r.token },
+            };
+            last = s.change(change, &ops()).unwrap().token;
+        }
+        let s = open_kind(kind, dir.path(), clock());
+        assert_eq!(s.load().unwrap().token, FencingToken(4));
+        assert_eq!(s.verify_journal().unwrap().entries, 4);
+    }
+}
+
+#[test]
+fn store_urls_open_the_right_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&format!("sqlite://{}/s.db", dir.path().display())).unwrap();
+    assert!(s.url().starts_with("sqlite://"));
+    let f = open(&format!("file://{}/pra-status.lock", dir.path().display())).unwrap();
+    assert!(f.url().starts_with("file://"));
+    let e = open(&format!(
+        "file://{}/missing-dir/x.lock",
+        dir.path().display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StoreUnavailable);
+    assert_eq!(
+        open("etcd://127.0.0.1:2379/pra").unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    assert_eq!(
+        open("redis://x").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn sqlite_store_refuses_a_file_that_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    fs::write(
+        &p,
+        b"ACTIVE_SITE=SBG\nthis is no database at all, just some text that is long enough",
+    )
+    .unwrap();
+    let e = SqliteStore::open(&p, clock()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    // Nothing was lost: the file is untouched.
+    assert!(
+        fs::read_to_string(&p)
+            .unwrap()
+            .starts_with("ACTIVE_SITE=SBG")
+    );
+}
+
+#[test]
+fn sqlite_store_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    SqliteStore::open(&p, clock()).unwrap();
+    assert_eq!(
+        fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn sqlite_journal_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+        &ops(),
+    )
+    .unwrap();
+    drop(s);
+
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    // Edit who made change 2.
+    conn.execute(
+        "UPDATE journal SET body = replace(body, '\"by\":\"ops\"', '\"by\":\"eve\"') WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    let e = s.verify_journal().unwrap_err();
+    assert!(e.to_string().contains("entry 2"), "{e}");
+    drop(s);
+    conn.execute(
+        "UPDATE journal SET body = replace(body, '\"by\":\"eve\"', '\"by\":\"ops\"') WHERE seq = 2",
+        [],
+    )
+    .unwrap();
+    assert!(
+        SqliteStore::open(&p, clock())
+            .unwrap()
+            .verify_journal()
+            .is_ok()
+    );
+
+    // Delete the newest entry: the record's anchor catches it.
+    conn.execute("DELETE FROM journal WHERE seq = 3", [])
+        .unwrap();
+    let e = SqliteStore::open(&p, clock())
+        .unwrap()
+        .verify_journal()
+        .unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
+}
+
+#[test]
+fn file_store_reads_and_upgrades_the_seed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    fs::write(&p, "ACTIVE_SITE=SBG\n").unwrap();
+    let s = FileStore::open(&p, clock()).unwrap();
+    let r = s.load().unwrap();
+    assert_eq!((r.site, r.token), (Some(site("sbg")), FencingToken(0)));
+    assert_eq!(
+        check(&s, &site("sbg")).unwrap(),
+        Verdict::Run {
+            token: FencingToken(0)
+        }
+    );
+
+    // The seed's failback step 5 ("ACTIVE_SITE=NONE on SBG"), then RBX.
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let text = fs::read_to_string(&p).unwrap();
+    assert!(text.contains("\nACTIVE_SITE=NONE\nTOKEN=1\n"), "{text}");
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let text = fs::read_to_string(&p).unwrap();
+    // The seed's wrapper does `grep ACTIVE_SITE | cut -d= -f2`: it must still find one line.
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("ACTIVE_SITE")).collect();
+    assert_eq!(lines, vec!["ACTIVE_SITE=RBX"]);
+    assert_eq!(s.verify_journal().unwrap().entries, 2);
+}
+
+#[test]
+fn file_store_corrupt_file_is_an_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = FileStore::open(&p, clock()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let good = fs::read_to_string(&p).unwrap();
+    let truncated = &good[..good.find("CHANGED_BY").unwrap()];
+    fs::write(&p, truncated).unwrap();
+    for e in [
+        s.load().unwrap_err(),
+        check(&s, &site("rbx")).unwrap_err(),
+        s.change(
+            SiteChange::Deactivate {
+                expect: FencingToken(1),
+            },
+            &ops(),
+        )
+        .unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("pra-status.lock"), "{e}");
+    }
+    assert_eq!(
+        fs::read_to_string(&p).unwrap(),
+        truncated,
+        "a failed change must not rewrite the file"
+    );
+    fs::write(&p, &good).unwrap();
+    assert_eq!(s.load().unwrap().token, FencingToken(1));
+}
+
+#[test]
+fn file_store_lost_lock_file_does_not_restart_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = FileStore::open(&p, clock()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    fs::remove_file(&p).unwrap();
+    let e = s.load().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let e = s
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(0),
+            },
+            &ops(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+}
+
+#[test]
+fn file_store_rolls_back_an_interrupted_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = FileStore::open(&p, clock()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let lock_before = fs::read_to_string(&p).unwrap();
+    // Simulate a crash after the journal append but before the rename: do a real change, then
+    // put the old lock file back.
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    fs::write(&p, &lock_before).unwrap();
+    assert_eq!(
+        s.load().unwrap().token,
+        FencingToken(1),
+        "the rename is the commit point"
+    );
+    assert_eq!(
+        s.journal().unwrap().len(),
+        1,
+        "the uncommitted entry is not reported as history"
+    );
+    assert_eq!(s.verify_journal().unwrap().entries, 1);
+    // The next change rolls the dangling entry back and takes token 2 itself.
+    let r = s
+        .change(
+            SiteChange::Deactivate {
+                expect: FencingToken(1),
+            },
+            &Actor::new("bob", "retry").unwrap(),
+        )
+        .unwrap();
+    assert_eq!(r.token, FencingToken(2));
+    let j = s.journal().unwrap();
+    assert_eq!(j.len(), 2);
+    assert_eq!(j[1].by, "bob");
+    assert_eq!(s.verify_journal().unwrap().entries, 2);
+}
+
+#[test]
+fn file_store_journal_tampering_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = FileStore::open(&p, clock()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let jp = dir.path().join("pra-status.lock.journal");
+    let text = fs::read_to_string(&jp).unwrap();
+    fs::write(&jp, text.replacen("\"by\":\"ops\"", "\"by\":\"eve\"", 1)).unwrap();
+    let e = s.verify_journal().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    // And no further change is made on top of a broken journal.
+    let e = s
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(2),
+            },
+            &ops(),
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+}
+
+#[test]
+fn file_store_has_no_plans_or_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = FileStore::open(&dir.path().join("x.lock"), clock()).unwrap();
+    assert_eq!(s.load_plan().unwrap_err().kind(), ErrorKind::Unsupported);
+    let run = RunStart {
+        job: "j".into(),
+        site: site("rbx"),
+        token: FencingToken(1),
+        host: "h".into(),
+        pid: 1,
+    };
+    assert_eq!(
+        s.run_start(&run).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    let c = Commit {
+        actor: ops(),
+        site: None,
+        plan: Some(pra_core::store::PlanWrite {
+            expect_revision: 0,
+            doc: serde_json::json!({}),
+        }),
+        events: vec![],
+    };
+    assert_eq!(s.commit(&c).unwrap_err().kind(), ErrorKind::Unsupported);
+}
+
+#[test]
+fn run_registry_tracks_running_finished_and_lost_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let s = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+    let t0 = clock.now_for_test();
+    let start = |token: u64, job: &str| RunStart {
+        job: job.into(),
+        site: site("sbg"),
+        token: FencingToken(token),
+        host: "sbg-vm1".into(),
+        pid: 4242,
+    };
+    let a = s.run_start(&start(1, "invoices")).unwrap();
+    let b = s.run_start(&start(1, "mailer")).unwrap();
+    let c = s.run_start(&start(3, "invoices")).unwrap();
+    clock.advance(Duration::seconds(20));
+    s.run_heartbeat(a).unwrap();
+    s.run_finish(b, Some(0), "exited").unwrap();
+    assert_eq!(
+        s.run_heartbeat(b).unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "no heartbeat after finish"
+    );
+    assert_eq!(
+        s.run_finish(b, Some(1), "again").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+
+    // Below token 3 and fresh within 30 s: only `a` (b finished, c is under token 3).
+    let alive = s
+        .alive_runs_below(FencingToken(3), Duration::seconds(30))
+        .unwrap();
+    assert_eq!(alive.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
+    // 40 s later without heartbeat, `a` is lost and no longer holds a drain.
+    clock.advance(Duration::seconds(40));
+    assert!(
+        s.alive_runs_below(FencingToken(3), Duration::seconds(30))
+            .unwrap()
+            .is_empty()
+    );
+
+    let runs = s.runs(t0).unwrap();
+    assert_eq!(runs.len(), 3);
+    let now = clock.now_for_test();
+    assert_eq!(runs[0].state(now, Duration::seconds(30)), RunState::Lost);
+    assert_eq!(
+        runs[1].state(now, Duration::seconds(30)),
+        RunState::Finished
+    );
+    assert_eq!(runs[1].exit_code, Some(0));
+    assert_eq!(runs[2].id, c);
+    assert_eq!(runs[0].started_at, t0);
+}
+
+trait NowForTest {
+    fn now_for_test(&self) -> chrono::DateTime<Utc>;
+}
+impl NowForTest for ManualClock {
+    fn now_for_test(&self) -> chrono::DateTime<Utc> {
+        pra_core::Clock::now(self)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Activate(usize, u64),
+    Deactivate(u64),
+    Check,
+    ActivateFresh(usize),
+    DeactivateFresh,
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..2usize, 0..6u64).prop_map(|(s, d)| Op::Activate(s, d)),
+        (0..6u64).prop_map(Op::Deactivate),
+        Just(Op::Check),
+        (0..2usize).prop_map(Op::ActivateFresh),
+        Just(Op::DeactivateFresh),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Whatever two sites do, in any order, with stale or fresh tokens: no token ever yields
+    /// `Run` for two different sites, and tokens only grow by one per change.
+    #[test]
+    fn no_token_runs_two_sites(ops_seq in proptest::collection::vec(op_strategy(), 1..40), file in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let kind = if file { Kind::File } else { Kind::Sqlite };
+        let s = open_kind(kind, dir.path(), clock());
+        let sites = [site("rbx"), site("sbg")];
+        let mut runs_under: std::collections::HashMap<u64, SiteId> = Default::default();
+        let mut last = 0u64;
+        for op in ops_seq {
+            let current = s.load().unwrap().token.0;
+            prop_assert!(current >= last);
+            let result = match op {
+                Op::Activate(i, d) => s.change(SiteChange::Activate { site: sites[i].clone(), expect: FencingToken(current.saturating_sub(d)) }, &ops()).map(|_| ()),
+                Op::Deactivate(d) => s.change(SiteChange::Deactivate { expect: FencingToken(current.saturating_sub(d)) }, &ops()).map(|_| ()),
+                Op::ActivateFresh(i) => s.change(SiteChange::Activate { site: sites[i].clone(), expect: FencingToken(current) }, &ops()).map(|_| ()),
+                Op::DeactivateFresh => s.change(SiteChange::Deactivate { expect: FencingToken(current) }, &ops()).map(|_| ()),
+                Op::Check => Ok(()),
+            };
+            if let Err(e) = result {
+                prop_assert_eq!(e.kind(), ErrorKind::Conflict);
+            }
+            let after = s.load().unwrap().token.0;
+            prop_assert!(after == current || after == current + 1);
+            last = after;
+            for site in &sites {
+                if let Verdict::Run { token } = check(&*s, site).unwrap() {
+                    let prev = runs_under.entry(token.0).or_insert_with(|| site.clone());
+                    prop_assert_eq!(&*prev, site, "token {} gave Run to two sites", token.0);
+                }
+            }
+        }
+        prop_assert_eq!(s.verify_journal().unwrap().entries, last);
+    }
+}
