@@ -18,7 +18,11 @@ fn code(o: &Output) -> i32 {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn sqlite_url(dir: &Path) -> String {
@@ -36,13 +40,32 @@ fn version_prints_the_crate_version() {
 fn check_exit_codes_follow_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
-    assert_eq!(code(&pra(&url, &["check", "--site", "rbx"])), 1, "deny by default");
-    let o = pra(&url, &["site", "activate", "rbx", "--expect-token", "0", "--by", "ci"]);
+    assert_eq!(
+        code(&pra(&url, &["check", "--site", "rbx"])),
+        1,
+        "deny by default"
+    );
+    let o = pra(
+        &url,
+        &[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            "0",
+            "--by",
+            "ci",
+        ],
+    );
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert_eq!(code(&pra(&url, &["check", "--site", "rbx"])), 0);
     let o = pra(&url, &["check", "--site", "sbg"]);
     assert_eq!(code(&o), 1);
-    assert!(text(&o).contains("active site is rbx (token 1)"), "{}", text(&o));
+    assert!(
+        text(&o).contains("active site is rbx (token 1)"),
+        "{}",
+        text(&o)
+    );
     let o = pra(&url, &["check", "--site", "sbg", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verdict"], "standby");
@@ -66,7 +89,10 @@ fn bad_input_gets_its_documented_exit_code() {
     assert_eq!(code(&o), 5);
     assert!(text(&o).contains("expected token 0"), "{}", text(&o));
     // Store that cannot be opened: check fails closed with its own code.
-    let o = pra("sqlite:///nonexistent-dir/state.db", &["check", "--site", "rbx"]);
+    let o = pra(
+        "sqlite:///nonexistent-dir/state.db",
+        &["check", "--site", "rbx"],
+    );
     assert_eq!(code(&o), 9, "{}", text(&o));
     // Bad URL.
     assert_eq!(code(&pra("mysql://x", &["site", "show"])), 3);
@@ -91,9 +117,26 @@ fn corrupt_lock_file_is_reported_with_file_and_line() {
 fn journal_lists_and_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
-    pra(&url, &["site", "activate", "rbx", "--expect-token", "0", "--by", "alice", "--reason", "go live"]);
+    pra(
+        &url,
+        &[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            "0",
+            "--by",
+            "alice",
+            "--reason",
+            "go live",
+        ],
+    );
     let o = pra(&url, &["journal"]);
-    assert!(text(&o).contains("alice") && text(&o).contains("NONE -> rbx"), "{}", text(&o));
+    assert!(
+        text(&o).contains("alice") && text(&o).contains("NONE -> rbx"),
+        "{}",
+        text(&o)
+    );
     let o = pra(&url, &["journal", "--verify"]);
     assert_eq!(code(&o), 0);
     assert!(text(&o).contains("1 entries"), "{}", text(&o));
