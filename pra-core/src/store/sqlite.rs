@@ -92,10 +92,17 @@ impl SqliteStore {
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("busy_timeout"))?;
-        // Reading the journal mode also tells us whether this is a database at all.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(sql("set WAL mode"))?;
+        // Reading the journal mode also tells us whether this is a database at all. Switching a
+        // new database to WAL needs an exclusive lock and SQLite does not call the busy handler
+        // for it, so two processes opening a new store at once retry here (bounded).
+        let mode = retry_busy(|| {
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(mode);
+            }
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(sql("set WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(unavailable(format!("cannot use WAL mode (got {mode})")));
         }
@@ -214,6 +221,24 @@ impl SqliteStore {
 
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+}
+
+/// Runs `f` again while it fails with SQLITE_BUSY, for up to 5 seconds.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
