@@ -5,11 +5,14 @@
 //! takes its time from a [`Clock`]. Errors are one enum, [`Error`], whose [`ErrorKind`] the front
 //! ends (CLI, C, Python) map to exit codes, result codes and exception classes.
 
+pub mod backup;
 pub mod clock;
 pub mod error;
 pub mod fencing;
+mod fsutil;
 pub mod guard;
 pub mod site;
+pub mod status;
 pub mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};

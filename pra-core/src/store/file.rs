@@ -17,6 +17,7 @@ use super::{
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::fsutil::{parent_dir, with_suffix, write_atomic};
 use crate::site::SiteId;
 
 /// The lock-file store. Keeps the active-site record and its journal only: plans and the run
@@ -182,50 +183,12 @@ impl LockFile {
     }
 }
 
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Writes `data` to `path` atomically: a temporary file in the same directory (mode 0600),
-/// fsync, rename over `path`, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io("fsync directory", dir, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 impl FileStore {
     /// Opens the lock-file store at `path`. The file need not exist yet (no site active, token
     /// 0), but its directory must.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
         let url = format!("file://{}", display(path));
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = parent_dir(path);
         if !dir.is_dir() {
             return Err(Error::StoreUnavailable {
                 url,
@@ -240,8 +203,8 @@ impl FileStore {
         }
         let store = FileStore {
             url,
-            journal_path: sibling(path, ".journal"),
-            mutex_path: sibling(path, ".pra-lock"),
+            journal_path: with_suffix(path, ".journal"),
+            mutex_path: with_suffix(path, ".pra-lock"),
             path: path.to_path_buf(),
             clock,
         };

@@ -1,0 +1,192 @@
+//! The status the application serves on `GET /status`: the seed's `count`, `last_backup_file`
+//! and `backup_age_seconds`, plus backup freshness, the active site and any problems found.
+
+use std::path::Path;
+
+use chrono::Duration;
+use serde::{Deserialize, Serialize};
+
+use crate::backup;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// How status is computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The table whose rows `count` counts (the seed's app stores events).
+    pub table: String,
+    /// The backup interval (the seed's CronJob runs every minute).
+    pub backup_interval: Duration,
+    /// Backup age from which the state is `warn` (default: 2 intervals).
+    pub warn_after: Option<Duration>,
+    /// Backup age from which the state is `critical` (default: 5 intervals).
+    pub critical_after: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            table: "events".into(),
+            backup_interval: Duration::seconds(60),
+            warn_after: None,
+            critical_after: None,
+        }
+    }
+}
+
+/// Freshness of the newest usable backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupState {
+    /// Younger than the warn threshold.
+    Ok,
+    /// Older than the warn threshold.
+    Warn,
+    /// Older than the critical threshold.
+    Critical,
+    /// No usable backup at all.
+    None,
+}
+
+/// The status document. The seed's three keys come first, with the seed's meaning; `null` where
+/// there is nothing to report (no backup yet, no database).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Rows in the counted table (`null` if the database is unavailable).
+    pub count: Option<u64>,
+    /// File name of the newest usable backup.
+    pub last_backup_file: Option<String>,
+    /// Its age in seconds.
+    pub backup_age_seconds: Option<i64>,
+    /// Backup-named files in the backup directory (usable or not).
+    pub backup_count: usize,
+    /// Freshness of the newest usable backup.
+    pub backup_state: BackupState,
+    /// Whether the database could be read.
+    pub database_ok: bool,
+    /// The active site, when a store was given and could be read.
+    pub active_site: Option<String>,
+    /// Its fencing token.
+    pub token: Option<u64>,
+    /// Everything that is wrong, in words.
+    pub problems: Vec<String>,
+}
+
+/// Validates a table name for counting: letters, digits and `_`, not starting with a digit.
+pub fn validate_table(table: &str) -> Result<()> {
+    let ok = !table.is_empty()
+        && table.len() <= 128
+        && !table.as_bytes()[0].is_ascii_digit()
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid table name {table:?}: use letters, digits and '_'"
+        )))
+    }
+}
+
+/// Computes the status of database `db` and backup directory `dir`. Problems (missing database,
+/// unreadable directory, old backups, unreadable store) are reported in the status, not as
+/// errors; only invalid options are errors.
+#[tracing::instrument(level = "debug", skip(store, clock), fields(db = %db.display()))]
+pub fn status(
+    db: &Path,
+    dir: &Path,
+    opts: &Options,
+    store: Option<&dyn Store>,
+    clock: &dyn Clock,
+) -> Result<Status> {
+    validate_table(&opts.table)?;
+    if opts.backup_interval <= Duration::zero() {
+        return Err(Error::InvalidArgument(
+            "the backup interval must be positive".into(),
+        ));
+    }
+    let mut problems = Vec::new();
+    let count = match backup::count_rows(db, &opts.table) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            problems.push(format!("database: {e}"));
+            None
+        }
+    };
+    let (backup_count, latest) = match backup::scan(dir) {
+        Ok(names) => {
+            let n = names.len();
+            let latest = names
+                .into_iter()
+                .map(|(id, name)| backup::inspect(dir, id, &name))
+                .inspect(|e| {
+                    if let backup::Health::Corrupt { reason } = &e.health {
+                        problems.push(format!("backup {} is corrupt: {reason}", e.name));
+                    }
+                })
+                .find(backup::BackupEntry::usable);
+            (n, latest)
+        }
+        Err(e) => {
+            problems.push(format!("backups: {e}"));
+            (0, None)
+        }
+    };
+    let now = clock.now();
+    let age = latest.as_ref().map(|e| (now - e.id.time).num_seconds());
+    let warn = opts.warn_after.unwrap_or(opts.backup_interval * 2);
+    let critical = opts.critical_after.unwrap_or(opts.backup_interval * 5);
+    let backup_state = match age {
+        None => {
+            problems.push(format!("no usable backup in {}", dir.display()));
+            BackupState::None
+        }
+        Some(a) if a >= critical.num_seconds() => {
+            problems.push(format!(
+                "the newest backup is {a}s old (critical from {}s)",
+                critical.num_seconds()
+            ));
+            BackupState::Critical
+        }
+        Some(a) if a >= warn.num_seconds() => {
+            problems.push(format!(
+                "the newest backup is {a}s old (warn from {}s)",
+                warn.num_seconds()
+            ));
+            BackupState::Warn
+        }
+        Some(a) => {
+            if a < 0 {
+                problems.push(format!(
+                    "the newest backup is dated {}s in the future: check the clocks",
+                    -a
+                ));
+            }
+            BackupState::Ok
+        }
+    };
+    let (active_site, token) = match store.map(|s| s.load()) {
+        None => (None, None),
+        Some(Ok(r)) => (
+            Some(r.site.map_or_else(|| "none".to_string(), |s| s.to_string())),
+            Some(r.token.0),
+        ),
+        Some(Err(e)) => {
+            problems.push(format!("store: {e}"));
+            (None, None)
+        }
+    };
+    Ok(Status {
+        count,
+        last_backup_file: latest.map(|e| e.name),
+        backup_age_seconds: age,
+        backup_count,
+        backup_state,
+        database_ok: count.is_some(),
+        active_site,
+        token,
+        problems,
+    })
+}

@@ -1,0 +1,557 @@
+//! Backups, catalog, retention, restore and status against real SQLite files.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{Duration, TimeZone, Utc};
+use pra_core::backup::restore::{self, Options, RestorePoint};
+use pra_core::backup::retention::{self, Policy};
+use pra_core::backup::{self, Health, Method};
+use pra_core::status::{self, BackupState};
+use pra_core::{ErrorKind, ManualClock};
+use rusqlite::Connection;
+
+fn clock() -> ManualClock {
+    ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap())
+}
+
+fn make_db(path: &Path, rows: u32) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);").unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    for _ in 0..rows {
+        tx.execute("INSERT INTO events (body) VALUES (hex(randomblob(32)))", [])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn ids(path: &Path) -> Vec<i64> {
+    let conn = Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT id FROM events ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn integrity(path: &Path) -> String {
+    Connection::open(path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn backup_of_a_database_under_continuous_writes_is_a_consistent_prefix() {
+    for method in [Method::OnlineBackup, Method::VacuumInto] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        make_db(&db, 20_000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = Connection::open(&db).unwrap();
+                conn.busy_timeout(std::time::Duration::from_secs(10))
+                    .unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    conn.execute("INSERT INTO events (body) VALUES (hex(randomblob(32)))", [])
+                        .unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        // Let the writer get going, then take backups while it writes.
+        while ids(&db).len() < 20_100 {
+            std::thread::yield_now();
+        }
+        let c = clock();
+        let mut taken = Vec::new();
+        for _ in 0..3 {
+            taken.push(backup::create(&db, &dir.path().join("backups"), method, &c).unwrap());
+        }
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.join().unwrap();
+        assert!(written > 0);
+        for b in &taken {
+            assert_eq!(integrity(&b.path), "ok", "{method:?}");
+            let got = ids(&b.path);
+            // A prefix of the writes: ids 1..=n without holes.
+            assert_eq!(
+                got,
+                (1..=got.len() as i64).collect::<Vec<_>>(),
+                "{method:?}: not a prefix"
+            );
+            assert!(got.len() >= 20_000);
+            assert_eq!(b.health, Health::Verified);
+            let m = b.manifest.as_ref().unwrap();
+            assert_eq!(m.tables["events"], got.len() as u64);
+            assert_eq!(m.method, method);
+        }
+        // Same second on a fixed clock: three distinct names.
+        let names: Vec<_> = taken.iter().map(|b| b.name.clone()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "backup-2026-03-01-12-00-00.db",
+                "backup-2026-03-01-12-00-00-1.db",
+                "backup-2026-03-01-12-00-00-2.db"
+            ]
+        );
+    }
+}
+
+#[test]
+fn backups_and_manifests_are_private_and_checksummed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 10);
+    let bdir = dir.path().join("backups");
+    let b = backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&b.path), 0o600);
+    assert_eq!(mode(&bdir.join(format!("{}.json", b.name))), 0o600);
+    assert_eq!(mode(&bdir), 0o700);
+    let m = b.manifest.unwrap();
+    assert_eq!(m.size, fs::metadata(&b.path).unwrap().len());
+    assert_eq!(m.verification, "ok");
+    assert_eq!(m.sha256.len(), 64);
+    // Self-contained: no -wal or -shm beside the backup, and no temp file left.
+    let names: Vec<String> = fs::read_dir(&bdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn backup_of_a_missing_database_is_not_found_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = backup::create(
+        &dir.path().join("nope.db"),
+        &dir.path().join("b"),
+        Method::OnlineBackup,
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(!dir.path().join("nope.db").exists());
+}
+
+#[test]
+fn catalog_lists_backups_newest_first_and_flags_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let good = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    // The seed's cp backup, minute format, one minute earlier: usable but unverified.
+    fs::copy(&good.path, bdir.join("backup-2026-03-01-11-59.db")).unwrap();
+    // A truncated one, a text file with a backup name, and a tampered-size one, all newer.
+    let bytes = fs::read(&good.path).unwrap();
+    fs::write(
+        bdir.join("backup-2026-03-01-12-01-00.db"),
+        &bytes[..bytes.len() - 100],
+    )
+    .unwrap();
+    fs::write(
+        bdir.join("backup-2026-03-01-12-02-00.db"),
+        b"not a database",
+    )
+    .unwrap();
+    // Foreign and temporary files are ignored.
+    fs::write(bdir.join("notes.txt"), b"x").unwrap();
+    fs::write(bdir.join(".backup-tmp-999999-1.db"), b"partial").unwrap();
+    fs::create_dir(bdir.join("backup-2026-03-01-13-00-00.db.d")).unwrap();
+
+    let list = backup::list(&bdir).unwrap();
+    let names: Vec<&str> = list.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "backup-2026-03-01-12-02-00.db",
+            "backup-2026-03-01-12-01-00.db",
+            "backup-2026-03-01-12-00-00.db",
+            "backup-2026-03-01-11-59.db"
+        ]
+    );
+    assert!(
+        matches!(&list[0].health, Health::Corrupt { reason } if reason.contains("not a SQLite database"))
+    );
+    assert!(matches!(&list[1].health, Health::Corrupt { reason } if reason.contains("truncated")));
+    assert_eq!(list[2].health, Health::Verified);
+    assert_eq!(list[3].health, Health::Unverified);
+    assert_eq!(
+        backup::latest_usable(&bdir).unwrap().unwrap().name,
+        "backup-2026-03-01-12-00-00.db"
+    );
+}
+
+#[test]
+fn prune_removes_what_the_policy_drops_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    for _ in 0..5 {
+        backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+        c.advance(Duration::minutes(30));
+    }
+    // Backups at 12:00, 12:30, 13:00, 13:30, 14:00. keep-last 1 + hourly 2: 14:00 and 13:30.
+    let policy = Policy {
+        keep_last: Some(1),
+        keep_hourly: Some(2),
+        ..Policy::default()
+    };
+    let dry = retention::prune(&bdir, &policy, true).unwrap();
+    assert_eq!(dry.iter().filter(|d| d.keep).count(), 2);
+    assert_eq!(
+        backup::list(&bdir).unwrap().len(),
+        5,
+        "dry run deletes nothing"
+    );
+    retention::prune(&bdir, &policy, false).unwrap();
+    let left: Vec<String> = backup::list(&bdir)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        left,
+        vec![
+            "backup-2026-03-01-14-00-00.db",
+            "backup-2026-03-01-13-30-00.db"
+        ]
+    );
+    let files = fs::read_dir(&bdir).unwrap().count();
+    assert_eq!(files, 4, "manifests of pruned backups are gone too");
+    assert_eq!(
+        retention::prune(&bdir, &Policy::default(), true)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+}
+
+#[test]
+fn restore_point_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 1);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    for _ in 0..3 {
+        backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+        c.advance(Duration::minutes(1));
+    }
+    let at = |h, m, s| Utc.with_ymd_and_hms(2026, 3, 1, h, m, s).unwrap();
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Latest).unwrap().name,
+        "backup-2026-03-01-12-02-00.db"
+    );
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Before(at(12, 1, 30)))
+            .unwrap()
+            .name,
+        "backup-2026-03-01-12-01-00.db"
+    );
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Before(at(12, 1, 0)))
+            .unwrap()
+            .name,
+        "backup-2026-03-01-12-01-00.db"
+    );
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Before(at(11, 0, 0)))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        restore::select(
+            &bdir,
+            &RestorePoint::Name("backup-2026-03-01-12-00-00.db".into())
+        )
+        .unwrap()
+        .name,
+        "backup-2026-03-01-12-00-00.db"
+    );
+    for bad in [
+        "../backup-2026-03-01-12-00-00.db",
+        "backup-2026-03-01-12-00-00.db/../../etc/passwd",
+        "/etc/passwd",
+    ] {
+        assert_eq!(
+            restore::select(&bdir, &RestorePoint::Name(bad.into()))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::InvalidArgument,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        restore::select(
+            &bdir,
+            &RestorePoint::Name("backup-2020-01-01-00-00-00.db".into())
+        )
+        .unwrap_err()
+        .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn restore_preview_then_restore_replaces_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 10);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    make_db(&db, 5); // 15 rows now
+    let p = restore::preview(&db, &bdir, &RestorePoint::Latest).unwrap();
+    assert_eq!(p.tables.len(), 1);
+    assert_eq!(
+        (p.tables[0].current, p.tables[0].backup),
+        (Some(15), Some(10))
+    );
+    assert_eq!(ids(&db).len(), 15, "preview changes nothing");
+
+    let r = restore::restore(&db, &bdir, &RestorePoint::Latest, Options::default(), &c).unwrap();
+    assert!(r.replaced);
+    assert_eq!(r.tables["events"], 10);
+    assert_eq!(ids(&db), (1..=10).collect::<Vec<_>>());
+    assert_eq!(integrity(&db), "ok");
+    let safety = r.safety_copy.unwrap();
+    assert_eq!(
+        ids(&safety).len(),
+        15,
+        "the safety copy holds the previous database"
+    );
+}
+
+#[test]
+fn restore_is_refused_while_the_app_holds_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 3);
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    let before = fs::read(&db).unwrap();
+    {
+        // An idle WAL connection, as the Flask app keeps.
+        let app = Connection::open(&db).unwrap();
+        app.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        let e = restore::restore(
+            &db,
+            &bdir,
+            &RestorePoint::Latest,
+            Options::default(),
+            &clock(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("Stop the application"), "{e}");
+    }
+    assert_eq!(fs::read(&db).unwrap(), before, "nothing was touched");
+    // A rollback-journal database in the middle of a transaction.
+    let db2 = dir.path().join("rollback.db");
+    let app = Connection::open(&db2).unwrap();
+    app.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT); BEGIN IMMEDIATE; INSERT INTO events (body) VALUES ('x');").unwrap();
+    let e = restore::restore(
+        &db2,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    app.execute_batch("COMMIT").unwrap();
+    drop(app);
+    restore::restore(
+        &db2,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn restore_after_the_database_was_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 7);
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    for f in ["app.db", "app.db-wal", "app.db-shm"] {
+        let _ = fs::remove_file(dir.path().join(f));
+    }
+    let r = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    assert!(!r.replaced);
+    assert_eq!(r.safety_copy, None);
+    assert_eq!(ids(&db).len(), 7);
+}
+
+#[test]
+fn restore_never_applies_the_old_wal_to_the_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.db");
+    make_db(&src, 4);
+    let bdir = dir.path().join("backups");
+    backup::create(&src, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    // A database whose last writes are only in its -wal (the app died without a checkpoint):
+    // copy the files while a connection with autocheckpoint off holds them.
+    let app = Connection::open(&src).unwrap();
+    app.execute_batch("PRAGMA wal_autocheckpoint = 0;").unwrap();
+    for _ in 0..50 {
+        app.execute("INSERT INTO events (body) VALUES ('only in the wal')", [])
+            .unwrap();
+    }
+    let db = dir.path().join("app.db");
+    fs::copy(&src, &db).unwrap();
+    fs::copy(dir.path().join("src.db-wal"), dir.path().join("app.db-wal")).unwrap();
+    drop(app);
+    assert!(fs::metadata(dir.path().join("app.db-wal")).unwrap().len() > 0);
+
+    let r = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    assert!(!dir.path().join("app.db-wal").exists());
+    assert_eq!(
+        ids(&db),
+        vec![1, 2, 3, 4],
+        "the restored database, without the old WAL's rows"
+    );
+    assert_eq!(integrity(&db), "ok");
+    // The old rows, WAL included, are in the safety copy.
+    assert_eq!(ids(&r.safety_copy.unwrap()).len(), 54);
+}
+
+#[test]
+fn restore_refuses_a_backup_that_fails_its_checksum_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 3);
+    let bdir = dir.path().join("backups");
+    let b = backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    let mut bytes = fs::read(&b.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff; // same size, one flipped byte
+    fs::write(&b.path, &bytes).unwrap();
+    let before = ids(&db);
+    let e = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains("checksum"), "{e}");
+    assert_eq!(ids(&db), before);
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn status_with_and_without_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let opts = status::Options::default();
+
+    // No database, no backups: nulls and problems, not a crash.
+    let s = status::status(&db, &bdir, &opts, None, &c).unwrap();
+    assert_eq!(
+        (s.count, s.last_backup_file.clone(), s.backup_age_seconds),
+        (None, None, None)
+    );
+    assert_eq!(s.backup_state, BackupState::None);
+    assert!(!s.database_ok);
+    assert_eq!(s.problems.len(), 2, "{:?}", s.problems);
+    let json = serde_json::to_value(&s).unwrap();
+    assert!(
+        json["last_backup_file"].is_null()
+            && json["backup_age_seconds"].is_null()
+            && json["count"].is_null()
+    );
+
+    make_db(&db, 12);
+    backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::seconds(42));
+    let s = status::status(&db, &bdir, &opts, None, &c).unwrap();
+    assert_eq!(s.count, Some(12));
+    assert_eq!(
+        s.last_backup_file.as_deref(),
+        Some("backup-2026-03-01-12-00-00.db")
+    );
+    assert_eq!(s.backup_age_seconds, Some(42));
+    assert_eq!(s.backup_state, BackupState::Ok);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    // The seed's three keys come first.
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(text.starts_with("{\"count\":12,\"last_backup_file\":\"backup-2026-03-01-12-00-00.db\",\"backup_age_seconds\":42,"), "{text}");
+
+    c.advance(Duration::seconds(100)); // 142 s: warn from 120 s
+    assert_eq!(
+        status::status(&db, &bdir, &opts, None, &c)
+            .unwrap()
+            .backup_state,
+        BackupState::Warn
+    );
+    c.advance(Duration::seconds(200)); // 342 s: critical from 300 s
+    assert_eq!(
+        status::status(&db, &bdir, &opts, None, &c)
+            .unwrap()
+            .backup_state,
+        BackupState::Critical
+    );
+
+    let bad = status::Options {
+        table: "events; DROP TABLE events".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        status::status(&db, &bdir, &bad, None, &c)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidArgument
+    );
+    let missing = status::Options {
+        table: "nope".into(),
+        ..Default::default()
+    };
+    let s = status::status(&db, &bdir, &missing, None, &c).unwrap();
+    assert_eq!(s.count, None);
+    assert!(s.problems[0].contains("nope"), "{:?}", s.problems);
+}
