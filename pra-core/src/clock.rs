@@ -9,6 +9,9 @@ use chrono::{DateTime, Duration, SubsecRound, Utc};
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time, truncated to microseconds (the precision every store keeps).
     fn now(&self) -> DateTime<Utc>;
+
+    /// Waits `d`: really for [`SystemClock`], by moving the time on for [`ManualClock`].
+    fn sleep(&self, d: std::time::Duration);
 }
 
 /// The operating system's wall clock.
@@ -18,6 +21,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now().trunc_subsecs(6)
+    }
+
+    fn sleep(&self, d: std::time::Duration) {
+        std::thread::sleep(d);
     }
 }
 
@@ -50,6 +57,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sleep(&self, d: std::time::Duration) {
+        self.advance(Duration::from_std(d).unwrap_or(Duration::MAX));
     }
 }
 

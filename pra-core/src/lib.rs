@@ -11,6 +11,7 @@ pub mod error;
 pub mod fencing;
 mod fsutil;
 pub mod guard;
+pub mod plan;
 pub mod site;
 pub mod status;
 pub mod store;

@@ -555,8 +555,47 @@ fn run_registry_tracks_running_finished_and_lost_runs() {
         host: "sbg-vm1".into(),
         pid: 4242,
     };
+    // No site active: nothing is admitted.
+    assert_eq!(
+        s.run_start(&start(0, "invoices")).unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    s.change(
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
     let a = s.run_start(&start(1, "invoices")).unwrap();
     let b = s.run_start(&start(1, "mailer")).unwrap();
+    // The other site, or a stale token, is not admitted either.
+    let mut other = start(1, "invoices");
+    other.site = site("rbx");
+    assert_eq!(s.run_start(&other).unwrap_err().kind(), ErrorKind::Conflict);
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+        &ops(),
+    )
+    .unwrap();
+    assert!(matches!(
+        s.run_start(&start(1, "late")).unwrap_err(),
+        Error::StaleToken {
+            presented: FencingToken(1),
+            highest: FencingToken(3)
+        }
+    ));
     let c = s.run_start(&start(3, "invoices")).unwrap();
     clock.advance(Duration::seconds(20));
     s.run_heartbeat(a).unwrap();

@@ -182,8 +182,11 @@ fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }
 
-/// A plan state as a store keeps it: an opaque JSON document and a revision bumped on every
-/// write, so that two writers cannot both move the plan from the same state.
+/// A plan state as a store keeps it: a JSON document and a revision bumped on every write, so
+/// that two writers cannot both move the plan from the same state. Stores read two fields of the
+/// document: while `running` is true, changes of the active site that do not come with a plan
+/// write are refused (the plan is the only one allowed to flip), and `state` names it in the
+/// refusal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredPlan {
     /// Bumped by one at every write; 0 means "no plan was ever written".
@@ -324,7 +327,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Err(self.no_plans())
     }
 
-    /// Registers the start of a run; the start counts as its first heartbeat.
+    /// Registers the start of a run, atomically with its admission: refused with
+    /// [`Error::StaleToken`] if the record is no longer at `run.token`, and with
+    /// [`Error::Refused`] if `run.site` is not the active site. The start counts as the run's
+    /// first heartbeat.
     fn run_start(&self, _run: &RunStart) -> Result<RunId> {
         Err(self.no_runs())
     }

@@ -279,6 +279,21 @@ impl Store for SqliteStore {
         let at = self.now();
         let mut events = Vec::with_capacity(commit.events.len() + 1);
         let mut record = old.clone();
+        if commit.site.is_some() && commit.plan.is_none() {
+            let running: Option<String> = tx
+                .query_row(
+                    "SELECT json_extract(doc, '$.state') FROM plan WHERE id = 1 AND json_extract(doc, '$.running')",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(self.err("read plan"))?;
+            if let Some(state) = running {
+                return Err(Error::Refused(format!(
+                    "a failover/failback plan is running (state {state}): the active site changes only through `pra plan`, or abort the plan first"
+                )));
+            }
+        }
         if let Some(change) = &commit.site {
             record = next_record(&old, change, at, &commit.actor)?;
             tx.execute(
@@ -392,16 +407,36 @@ impl Store for SqliteStore {
     }
 
     fn run_start(&self, run: &RunStart) -> Result<RunId> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin"))?;
+        // Admission, atomic with the registration: a run whose guard check is no longer the
+        // truth (the record moved since) is refused, so a drain can never miss it.
+        let (record, _) = self.read_record(&tx)?;
+        if record.token != run.token {
+            return Err(Error::StaleToken {
+                presented: run.token,
+                highest: record.token,
+            });
+        }
+        if record.site.as_ref() != Some(&run.site) {
+            return Err(Error::Refused(format!(
+                "{} is not the active site (token {}): the run is not admitted",
+                run.site, record.token
+            )));
+        }
         let now = time_to_us(self.now());
-        conn.prepare_cached(
+        tx.prepare_cached(
             "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         )
         .and_then(|mut s| {
             s.execute(params![run.job, run.site.as_str(), run.token.0 as i64, run.host, run.pid, now])
         })
         .map_err(self.err("register run"))?;
-        Ok(RunId(conn.last_insert_rowid()))
+        let id = RunId(tx.last_insert_rowid());
+        tx.commit().map_err(self.err("register run"))?;
+        Ok(id)
     }
 
     fn run_heartbeat(&self, id: RunId) -> Result<()> {
