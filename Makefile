@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
-	./scripts/demo.sh target/release/pra
+	target/release/pra drill
 
 build:
 	$(CARGO) build --release --workspace

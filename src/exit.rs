@@ -7,6 +7,14 @@ pub const OK: u8 = 0;
 /// `pra check`: this site is standby (another site or none is active).
 pub const STANDBY: u8 = 1;
 
+/// `pra run --strict`: skipped because this site is standby (EX_TEMPFAIL).
+pub const STANDBY_STRICT: u8 = 75;
+/// `pra run --no-overlap`: the same job still runs on this host.
+pub const RUN_BUSY: u8 = 76;
+
+/// `pra drill`: the drill ran, and a KPI missed its target (e.g. double execution seen).
+pub const DRILL_FAILED: u8 = 77;
+
 /// The exit code for an error kind. Every kind has its own, so scripts can tell a lost race
 /// (retry) from a dead store (page someone).
 pub fn code(kind: ErrorKind) -> u8 {
@@ -48,4 +56,7 @@ Exit codes:
   12  I/O error
   70  internal error (a bug: please report it)
   75  `pra run --strict`: skipped because this site is standby
+  76  `pra run --no-overlap`: the same job still runs on this host
+  77  `pra drill`: a KPI missed its target (the report says which)
+`pra run` otherwise exits with the command's own status (128+N if killed by signal N).
 ";

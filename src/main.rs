@@ -1,33 +1,40 @@
-//! The `pra` command line: a thin front end over pra-core. Logic lives in pra-core; this file
-//! parses arguments, prints, and maps errors to the exit codes of [`exit`].
+//! The `pra` command line: a thin front end over pra-core. Logic lives in pra-core; this crate
+//! parses arguments and configuration, prints, and maps errors to the exit codes of [`exit`].
 
+mod commands;
+mod config;
+mod drill;
 mod exit;
+mod run;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pra_core::{Actor, Error, FencingToken, SiteChange, Store, Topology, Verdict};
+use pra_core::Error;
+
+use crate::config::{Config, Overrides};
 
 #[derive(Parser, Debug)]
-#[command(name = "pra", version, about = "Disaster recovery between two sites, safely and measurably", after_help = exit::HELP)]
+#[command(
+    name = "pra",
+    version,
+    about = "Disaster recovery between two sites, safely and measurably",
+    long_about = "Disaster recovery between two sites, safely and measurably.\n\n\
+        Every job consults one active-site record with a fencing token (deny by default); a \
+        failover/failback plan flips it break-before-make after draining running jobs; SQLite \
+        backups are consistent, verified, pruned and restored atomically.",
+    after_help = exit::HELP
+)]
 struct Cli {
-    /// Store URL: sqlite:///var/lib/pra/state.db, file:///etc/app/pra-status.lock
-    #[arg(
-        long,
-        env = "PRA_STORE",
-        global = true,
-        default_value = "sqlite:///var/lib/pra/state.db"
-    )]
-    store: String,
-    /// The two sites, primary first.
-    #[arg(long, env = "PRA_SITES", global = true, default_value = "rbx,sbg")]
-    sites: String,
-    /// This host's site (default: found in the hostname).
-    #[arg(long = "site", env = "PRA_SITE", global = true)]
-    this_site: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
     /// Print data as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// More logs on stderr (or set RUST_LOG).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,52 +43,65 @@ struct Cli {
 enum Command {
     /// Exit 0 if this site may run jobs, 1 if it is standby, more on error (fail closed).
     Check,
+    /// Run a command only if this site is active (the cron wrapper).
+    Run(run::RunArgs),
     /// Show or change the active-site record.
     #[command(subcommand)]
-    Site(SiteCmd),
-    /// Print the audit journal.
+    Site(commands::SiteCmd),
+    /// The failover/failback plan.
+    #[command(subcommand)]
+    Plan(commands::PlanCmd),
+    /// Print the audit journal, or check its hash chain.
     Journal {
-        /// Check the hash chain instead of printing it.
+        /// Check the hash chain instead of printing the journal.
         #[arg(long)]
         verify: bool,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum SiteCmd {
-    /// Show the active-site record.
-    Show,
-    /// Make SITE active; only while no site is active (break before make).
-    Activate {
-        site: String,
-        /// The token you saw in `pra site show`: the change fails if the record moved since.
+    /// Prometheus metrics, for node_exporter's textfile collector.
+    Metrics,
+    /// Take a consistent, verified backup of the database.
+    Backup,
+    /// List the backups, newest first.
+    Backups,
+    /// Remove backups according to a retention policy.
+    Prune(commands::PruneArgs),
+    /// Restore a backup over the database (the app must be stopped).
+    Restore(commands::RestoreArgs),
+    /// The status the app serves on GET /status.
+    Status,
+    /// Run a full disaster-recovery drill in a scratch directory and report its KPIs.
+    Drill {
+        /// Where to run it [default: a new temporary directory].
         #[arg(long)]
-        expect_token: u64,
-        #[command(flatten)]
-        who: Who,
-    },
-    /// Make no site active.
-    Deactivate {
+        dir: Option<PathBuf>,
+        /// No progress bar.
         #[arg(long)]
-        expect_token: u64,
-        #[command(flatten)]
-        who: Who,
+        quiet: bool,
     },
-}
-
-#[derive(clap::Args, Debug)]
-struct Who {
-    /// Who makes the change (default: $USER).
-    #[arg(long, env = "USER", default_value = "unknown")]
-    by: String,
-    /// Why, for the journal.
-    #[arg(long, default_value = "")]
-    reason: String,
+    /// (drill helper) One run of the drill's cron job.
+    #[command(name = "__drill-job", hide = true)]
+    DrillJob {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        job: String,
+        #[arg(long)]
+        ms: u64,
+    },
+    /// (drill helper) The drill's app: an insert every MS milliseconds.
+    #[command(name = "__drill-app", hide = true)]
+    DrillApp {
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
+    init_logs(cli.verbose);
+    match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("pra: {e}");
@@ -90,140 +110,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<u8, Error> {
-    let topology = Topology::parse(&cli.sites)?;
-    match &cli.command {
-        Command::Check => {
-            let site = topology.detect(cli.this_site.as_deref(), &pra_core::site::hostname())?;
-            let store = pra_core::open(&cli.store)?;
-            let verdict = pra_core::check(&*store, &site)?;
-            print_verdict(cli, &site, &verdict);
-            Ok(if verdict.may_run() {
-                exit::OK
-            } else {
-                exit::STANDBY
-            })
-        }
-        Command::Site(cmd) => {
-            let store = pra_core::open(&cli.store)?;
-            let record = match cmd {
-                SiteCmd::Show => store.load()?,
-                SiteCmd::Activate {
-                    site,
-                    expect_token,
-                    who,
-                } => store.change(
-                    SiteChange::Activate {
-                        site: topology.site(site)?,
-                        expect: FencingToken(*expect_token),
-                    },
-                    &Actor::new(&who.by, &who.reason)?,
-                )?,
-                SiteCmd::Deactivate { expect_token, who } => store.change(
-                    SiteChange::Deactivate {
-                        expect: FencingToken(*expect_token),
-                    },
-                    &Actor::new(&who.by, &who.reason)?,
-                )?,
-            };
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&record).expect("records serialize")
-                );
-            } else {
-                println!(
-                    "active site: {}  token: {}  changed {} by {}{}",
-                    record.site.as_ref().map_or("NONE", |s| s.as_str()),
-                    record.token,
-                    record.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
-                    record.changed_by,
-                    if record.reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", record.reason)
-                    }
-                );
-            }
-            Ok(exit::OK)
-        }
-        Command::Journal { verify } => {
-            let store = pra_core::open(&cli.store)?;
-            if *verify {
-                let check = store.verify_journal()?;
-                println!(
-                    "journal intact: {} entries, head {}",
-                    check.entries, check.head
-                );
-            } else {
-                print_journal(cli, &*store)?;
-            }
-            Ok(exit::OK)
-        }
-    }
-}
-
-fn print_verdict(cli: &Cli, site: &pra_core::SiteId, verdict: &Verdict) {
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string(verdict).expect("verdicts serialize")
-        );
-        return;
-    }
-    match verdict {
-        Verdict::Run { token } => println!("{site}: active (token {token}): jobs may run"),
-        Verdict::Standby { active, token } => println!(
-            "{site}: standby: active site is {} (token {token}): jobs must not run",
-            active.as_ref().map_or("NONE", |s| s.as_str())
-        ),
-    }
-}
-
-fn print_journal(cli: &Cli, store: &dyn Store) -> Result<(), Error> {
-    for e in store.journal()? {
-        if cli.json {
-            println!("{}", serde_json::to_string(&e).expect("entries serialize"));
+fn init_logs(verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if verbose {
+            "info,pra=debug,pra_core=debug"
         } else {
-            println!(
-                "{:>5}  {}  {:<12} {}",
-                e.seq,
-                e.at.format("%Y-%m-%d %H:%M:%S"),
-                e.by,
-                describe(&e.event)
-            );
-        }
-    }
-    Ok(())
+            "warn"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
-fn describe(event: &pra_core::store::JournalEvent) -> String {
-    use pra_core::store::JournalEvent as J;
-    let site =
-        |s: &Option<pra_core::SiteId>| s.as_ref().map_or("NONE".to_string(), ToString::to_string);
-    match event {
-        J::SiteChanged { old, new } => format!(
-            "active site {} -> {} (token {} -> {}) {}",
-            site(&old.site),
-            site(&new.site),
-            old.token,
-            new.token,
-            new.reason
-        ),
-        J::PlanStep {
-            plan,
-            from,
-            event,
-            to,
-            operator,
-        } => format!(
-            "plan {plan}: {from} --{event}--> {to}{}",
-            operator
-                .as_ref()
-                .map_or(String::new(), |o| format!(" (gate passed by {o})"))
-        ),
-        J::DrainForced { plan, alive_runs } => {
-            format!("plan {plan}: drain FORCED past {alive_runs} live run(s)")
-        }
+fn dispatch(cli: &Cli) -> Result<u8, Error> {
+    let cfg = || Config::load(&cli.overrides);
+    let out = commands::Out { json: cli.json };
+    match &cli.command {
+        Command::Check => commands::check(&cfg()?, &out),
+        Command::Run(args) => run::run(&cfg()?, args),
+        Command::Site(cmd) => commands::site(&cfg()?, &out, cmd),
+        Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
+        Command::Journal { verify } => commands::journal(&cfg()?, &out, *verify),
+        Command::Metrics => commands::metrics(&cfg()?),
+        Command::Backup => commands::backup(&cfg()?, &out),
+        Command::Backups => commands::backups(&cfg()?, &out),
+        Command::Prune(args) => commands::prune(&cfg()?, &out, args),
+        Command::Restore(args) => commands::restore(&cfg()?, &out, args),
+        Command::Status => commands::status(&cfg()?, &out),
+        // The drill builds its own configuration in its scratch directory.
+        Command::Drill { dir, quiet } => drill::run(dir.as_deref(), *quiet, cli.json),
+        Command::DrillJob { db, job, ms } => drill::job(db, job, *ms),
+        Command::DrillApp { db, ms } => drill::app(db, *ms),
     }
 }

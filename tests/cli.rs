@@ -1,20 +1,68 @@
-//! The `pra` binary, run for real: subcommands, exit codes and messages.
+//! The `pra` binary, run for real: every subcommand, exit codes and messages, bad input.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-fn pra(store: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pra"))
-        .args(args)
-        .env("PRA_STORE", store)
-        .env("PRA_SITES", "rbx,sbg")
-        .env_remove("PRA_SITE")
-        .output()
-        .unwrap()
+/// A scratch deployment: a store, an app database, a backup dir and a config file.
+struct Env {
+    dir: tempfile::TempDir,
+    store: String,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}/state.db", dir.path().display());
+        std::fs::write(
+            dir.path().join("pra.toml"),
+            "heartbeat_seconds = 1\nrevoke_grace_seconds = 1\nlost_after_seconds = 5\n",
+        )
+        .unwrap();
+        Env { dir, store }
+    }
+    fn with_store(store: &str) -> Env {
+        let mut e = Env::new();
+        e.store = store.to_string();
+        e
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn cmd(&self, site: Option<&str>, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+        c.args(args)
+            .env("PRA_STORE", &self.store)
+            .env("PRA_SITES", "rbx,sbg")
+            .env("PRA_CONFIG", self.path("pra.toml"))
+            .env("PRA_DB", self.path("app.db"))
+            .env("PRA_BACKUP_DIR", self.path("backup"))
+            .env_remove("RUST_LOG");
+        match site {
+            Some(s) => c.env("PRA_SITE", s),
+            None => c.env_remove("PRA_SITE"),
+        };
+        c
+    }
+    fn pra(&self, args: &[&str]) -> Output {
+        self.cmd(None, args).output().unwrap()
+    }
+    fn on(&self, site: &str, args: &[&str]) -> Output {
+        self.cmd(Some(site), args).output().unwrap()
+    }
+    fn make_db(&self, rows: u32) {
+        let conn = rusqlite::Connection::open(self.path("app.db")).unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT)")
+            .unwrap();
+        for _ in 0..rows {
+            conn.execute("INSERT INTO events (body) VALUES ('x')", [])
+                .unwrap();
+        }
+    }
 }
 
 fn code(o: &Output) -> i32 {
-    o.status.code().unwrap()
+    o.status.code().unwrap_or(-1)
 }
 
 fn text(o: &Output) -> String {
@@ -25,119 +73,479 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn sqlite_url(dir: &Path) -> String {
-    format!("sqlite://{}/state.db", dir.display())
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+fn ok(o: Output) -> Output {
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    o
 }
 
 #[test]
-fn version_prints_the_crate_version() {
-    let o = pra("sqlite:///nonexistent/x.db", &["--version"]);
-    assert_eq!(code(&o), 0);
+fn version_and_help_document_exit_codes() {
+    let e = Env::new();
+    let o = ok(e.pra(&["--version"]));
     assert!(text(&o).contains(env!("CARGO_PKG_VERSION")));
+    let o = ok(e.pra(&["--help"]));
+    for needle in ["Exit codes", "75", "store unavailable"] {
+        assert!(text(&o).contains(needle), "{needle}");
+    }
 }
 
 #[test]
 fn check_exit_codes_follow_the_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
-    assert_eq!(
-        code(&pra(&url, &["check", "--site", "rbx"])),
-        1,
-        "deny by default"
-    );
-    let o = pra(
-        &url,
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "ci",
-        ],
-    );
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert_eq!(code(&pra(&url, &["check", "--site", "rbx"])), 0);
-    let o = pra(&url, &["check", "--site", "sbg"]);
+    let e = Env::new();
+    assert_eq!(code(&e.on("rbx", &["check"])), 1, "deny by default");
+    ok(e.pra(&[
+        "site",
+        "activate",
+        "rbx",
+        "--expect-token",
+        "0",
+        "--by",
+        "ci",
+    ]));
+    assert_eq!(code(&e.on("rbx", &["check"])), 0);
+    let o = e.on("sbg", &["check"]);
     assert_eq!(code(&o), 1);
     assert!(
         text(&o).contains("active site is rbx (token 1)"),
         "{}",
         text(&o)
     );
-    let o = pra(&url, &["check", "--site", "sbg", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["verdict"], "standby");
-    assert_eq!(v["active"], "rbx");
-    assert_eq!(v["token"], 1);
+    let v = json(&e.on("sbg", &["check", "--json"]));
+    assert_eq!(
+        (
+            v["verdict"].as_str(),
+            v["active"].as_str(),
+            v["token"].as_u64()
+        ),
+        (Some("standby"), Some("rbx"), Some(1))
+    );
 }
 
 #[test]
 fn bad_input_gets_its_documented_exit_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
-    // Unknown site.
-    let o = pra(&url, &["site", "activate", "gra", "--expect-token", "0"]);
+    let e = Env::new();
+    let o = e.pra(&["site", "activate", "gra", "--expect-token", "0"]);
     assert_eq!(code(&o), 3);
     assert!(text(&o).contains("unknown site \"gra\""), "{}", text(&o));
-    let o = pra(&url, &["check", "--site", "gra"]);
-    assert_eq!(code(&o), 3);
-    // Stale token.
-    pra(&url, &["site", "activate", "sbg", "--expect-token", "0"]);
-    let o = pra(&url, &["site", "deactivate", "--expect-token", "0"]);
+    assert_eq!(code(&e.on("gra", &["check"])), 3);
+    ok(e.pra(&["site", "activate", "sbg", "--expect-token", "0"]));
+    let o = e.pra(&["site", "deactivate", "--expect-token", "0"]);
     assert_eq!(code(&o), 5);
     assert!(text(&o).contains("expected token 0"), "{}", text(&o));
-    // Store that cannot be opened: check fails closed with its own code.
-    let o = pra(
-        "sqlite:///nonexistent-dir/state.db",
-        &["check", "--site", "rbx"],
+    let o = e.pra(&["site", "activate", "rbx", "--expect-token", "1"]);
+    assert_eq!(code(&o), 5, "break before make");
+    assert!(text(&o).contains("break before make"), "{}", text(&o));
+    // A store that cannot be opened: fail closed with its own code.
+    let dead = Env::with_store("sqlite:///nonexistent-dir/state.db");
+    assert_eq!(code(&dead.on("rbx", &["check"])), 9);
+    assert_eq!(
+        code(&Env::with_store("mysql://x").pra(&["site", "show"])),
+        3
     );
-    assert_eq!(code(&o), 9, "{}", text(&o));
-    // Bad URL.
-    assert_eq!(code(&pra("mysql://x", &["site", "show"])), 3);
+    assert_eq!(
+        code(&e.pra(&["site", "activate", "rbx", "--expect-token", "-1"])),
+        2
+    );
+    assert_eq!(code(&e.pra(&["site", "show", "--by", "x\ny"])), 2);
+}
+
+#[test]
+fn configuration_file_and_its_errors() {
+    let e = Env::new();
+    // A missing configuration file that was named explicitly.
+    let o = e
+        .cmd(None, &["site", "show"])
+        .env("PRA_CONFIG", e.path("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 4, "{}", text(&o));
+    assert!(text(&o).contains("missing.toml"));
+    // A typo in a key is an error, not a silent default.
+    std::fs::write(e.path("typo.toml"), "stor = \"sqlite:///x\"\n").unwrap();
+    let o = e
+        .cmd(None, &["site", "show"])
+        .env("PRA_CONFIG", e.path("typo.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3);
+    assert!(text(&o).contains("stor"), "{}", text(&o));
+    // Keys from the file are used when no flag or variable overrides them.
+    let lock = e.path("pra-status.lock");
+    std::fs::write(&lock, "ACTIVE_SITE=SBG\n").unwrap();
+    std::fs::write(
+        e.path("file.toml"),
+        format!(
+            "store = \"file://{}\"\nsites = \"rbx,sbg\"\nsite = \"sbg\"\n",
+            lock.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_pra"))
+        .arg("check")
+        .env("PRA_CONFIG", e.path("file.toml"))
+        .env_remove("PRA_STORE")
+        .env_remove("PRA_SITE")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
 }
 
 #[test]
 fn corrupt_lock_file_is_reported_with_file_and_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let lock = dir.path().join("pra-status.lock");
+    let e = Env::new();
+    let lock = e.path("pra-status.lock");
     std::fs::write(&lock, "# x\nACTIVE_SITE SBG\n").unwrap();
-    let url = format!("file://{}", lock.display());
-    let o = pra(&url, &["check", "--site", "sbg"]);
+    let f = Env::with_store(&format!("file://{}", lock.display()));
+    let o = f.on("sbg", &["check"]);
     assert_eq!(code(&o), 10);
     assert!(text(&o).contains("pra-status.lock, line 2"), "{}", text(&o));
-    // The seed's own file is read as it is.
     std::fs::write(&lock, "ACTIVE_SITE=SBG\n").unwrap();
-    assert_eq!(code(&pra(&url, &["check", "--site", "sbg"])), 0);
-    assert_eq!(code(&pra(&url, &["check", "--site", "rbx"])), 1);
+    assert_eq!(code(&f.on("sbg", &["check"])), 0);
+    assert_eq!(code(&f.on("rbx", &["check"])), 1);
+    // A lock file that is a directory.
+    let d = Env::with_store(&format!("file://{}/", e.dir.path().display()));
+    assert_eq!(
+        code(&d.on("rbx", &["check"])),
+        3,
+        "a URL ending in / names no file"
+    );
+    std::fs::create_dir(e.path("dir.lock")).unwrap();
+    let d = Env::with_store(&format!("file://{}", e.path("dir.lock").display()));
+    assert_eq!(code(&d.on("rbx", &["check"])), 9);
 }
 
 #[test]
-fn journal_lists_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
-    pra(
-        &url,
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "alice",
-            "--reason",
-            "go live",
-        ],
-    );
-    let o = pra(&url, &["journal"]);
+fn journal_lists_and_verifies_and_detects_tampering() {
+    let e = Env::new();
+    ok(e.pra(&[
+        "site",
+        "activate",
+        "rbx",
+        "--expect-token",
+        "0",
+        "--by",
+        "alice",
+        "--reason",
+        "go live",
+    ]));
+    let o = ok(e.pra(&["journal"]));
     assert!(
         text(&o).contains("alice") && text(&o).contains("NONE -> rbx"),
         "{}",
         text(&o)
     );
-    let o = pra(&url, &["journal", "--verify"]);
+    assert!(text(&ok(e.pra(&["journal", "--verify"]))).contains("1 entries"));
+    let conn = rusqlite::Connection::open(e.path("state.db")).unwrap();
+    conn.execute(
+        "UPDATE journal SET body = replace(body, 'alice', 'mallory')",
+        [],
+    )
+    .unwrap();
+    let o = e.pra(&["journal", "--verify"]);
+    assert_eq!(code(&o), 10, "{}", text(&o));
+}
+
+#[test]
+fn run_only_on_the_active_site_with_its_token() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    let marker = e.path("ran");
+    let script = format!(
+        "echo \"$PRA_SITE $PRA_TOKEN $PRA_JOB\" > {}; exit 3",
+        marker.display()
+    );
+    let o = e.on(
+        "rbx",
+        &["run", "--job", "invoices", "--", "sh", "-c", &script],
+    );
+    assert_eq!(code(&o), 3, "the command's own status: {}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "rbx 1 invoices"
+    );
+    std::fs::remove_file(&marker).unwrap();
+    // Standby: skipped, exit 0 and no output (cron mails nothing), or 75 with --strict.
+    let o = e.on(
+        "sbg",
+        &["run", "--job", "invoices", "--", "sh", "-c", &script],
+    );
     assert_eq!(code(&o), 0);
-    assert!(text(&o).contains("1 entries"), "{}", text(&o));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}", text(&o));
+    assert!(!marker.exists());
+    assert_eq!(
+        code(&e.on(
+            "sbg",
+            &["run", "--strict", "--job", "invoices", "--", "true"]
+        )),
+        75
+    );
+    let o = e.on(
+        "sbg",
+        &["run", "--verbose", "--job", "invoices", "--", "true"],
+    );
+    assert!(
+        text(&o).contains("skipped: sbg is standby; active site is rbx (token 1)"),
+        "{}",
+        text(&o)
+    );
+    // Store unreachable: not run, non-zero.
+    let dead = Env::with_store("sqlite:///nonexistent-dir/state.db");
+    let o = dead.on(
+        "rbx",
+        &["run", "--job", "invoices", "--", "sh", "-c", &script],
+    );
+    assert_eq!(code(&o), 9);
+    assert!(!marker.exists());
+    // Killed by a signal: 128 + N. Bad job name: 3. Missing command: 2.
+    assert_eq!(
+        code(&e.on(
+            "rbx",
+            &["run", "--job", "k", "--", "sh", "-c", "kill -9 $$"]
+        )),
+        137
+    );
+    assert_eq!(
+        code(&e.on("rbx", &["run", "--job", "../x", "--", "true"])),
+        3
+    );
+    assert_eq!(code(&e.on("rbx", &["run", "--job", "x"])), 2);
+    // Metrics count what happened.
+    let m = String::from_utf8(ok(e.on("rbx", &["metrics"])).stdout).unwrap();
+    for line in [
+        "pra_active_site{site=\"rbx\"} 1",
+        "pra_fencing_token 1",
+        "pra_site_active{site=\"rbx\"} 1",
+        "pra_runs_started_total{job=\"invoices\",site=\"rbx\"} 1",
+        "pra_runs_skipped_total{job=\"invoices\",site=\"sbg\"} 3",
+        "pra_plan_state{state=\"normal\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+}
+
+#[test]
+fn run_no_overlap_refuses_a_second_instance() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    let mut first = e
+        .cmd(
+            Some("rbx"),
+            &["run", "--no-overlap", "--job", "slow", "--", "sleep", "2"],
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        code(&e.on(
+            "rbx",
+            &["run", "--no-overlap", "--job", "slow", "--", "true"]
+        )),
+        76
+    );
+    assert_eq!(
+        code(&e.on(
+            "rbx",
+            &["run", "--no-overlap", "--job", "other", "--", "true"]
+        )),
+        0
+    );
+    assert!(first.wait().unwrap().success());
+    assert_eq!(
+        code(&e.on(
+            "rbx",
+            &["run", "--no-overlap", "--job", "slow", "--", "true"]
+        )),
+        0
+    );
+}
+
+#[test]
+fn run_is_stopped_when_its_site_loses_the_role() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    let start = Instant::now();
+    let child = e
+        .cmd(Some("rbx"), &["run", "--job", "long", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(e.pra(&[
+        "site",
+        "deactivate",
+        "--expect-token",
+        "1",
+        "--reason",
+        "failover",
+    ]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "SIGTERM at the next heartbeat"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let conn = rusqlite::Connection::open(e.path("state.db")).unwrap();
+    let outcome: String = conn
+        .query_row("SELECT outcome FROM runs WHERE job = 'long'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(outcome, "revoked");
+    // --on-revoke wait: the command finishes, the revocation is still recorded.
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "2"]));
+    let child = e
+        .cmd(
+            Some("rbx"),
+            &[
+                "run",
+                "--on-revoke",
+                "wait",
+                "--job",
+                "patient",
+                "--",
+                "sh",
+                "-c",
+                "sleep 2; exit 0",
+            ],
+        )
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    ok(e.pra(&["site", "deactivate", "--expect-token", "3"]));
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(0));
+    let outcome: String = conn
+        .query_row("SELECT outcome FROM runs WHERE job = 'patient'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(outcome, "revoked");
+}
+
+#[test]
+fn plan_commands_walk_a_failover() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    let o = ok(e.pra(&["plan", "next"]));
+    assert!(
+        text(&o).contains("pra plan apply incident-detected"),
+        "{}",
+        text(&o)
+    );
+    ok(e.pra(&["plan", "start-failover", "--by", "oncall"]));
+    // A gate without an operator; an event the state does not accept; an unknown event.
+    assert_eq!(code(&e.pra(&["plan", "apply", "failover-decided"])), 3);
+    let o = e.pra(&["plan", "apply", "commit-failback"]);
+    assert_eq!(code(&o), 7);
+    assert!(
+        text(&o).contains("incident_detected") && text(&o).contains("failover_decided"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(code(&e.pra(&["plan", "apply", "reboot"])), 3);
+    // Manual flips are refused while the plan runs.
+    assert_eq!(
+        code(&e.pra(&["site", "deactivate", "--expect-token", "1"])),
+        5
+    );
+    ok(e.pra(&["plan", "apply", "failover-decided", "--operator", "alice"]));
+    ok(e.pra(&["plan", "apply", "execute-failover"]));
+    let o = ok(e.pra(&["plan", "apply", "execute-failover"]));
+    assert!(text(&o).contains("already applied"), "{}", text(&o));
+    ok(e.pra(&["plan", "apply", "drained", "--no-wait"]));
+    assert_eq!(code(&e.on("sbg", &["check"])), 0);
+    let v = json(&ok(e.pra(&["plan", "status", "--json"])));
+    assert_eq!(v["plan"]["state"], "failed_over");
+    assert_eq!(v["record"]["site"], "sbg");
+    let v = json(&ok(e.pra(&["plan", "report", "--json"])));
+    assert_eq!(v["double_execution_seconds"], 0.0);
+    assert_eq!(v["fenced"].as_array().unwrap().len(), 1);
+    ok(e.pra(&["plan", "apply", "secondary-verified", "--operator", "bob"]));
+    ok(e.pra(&["plan", "apply", "traffic-on-secondary"]));
+    ok(e.pra(&["plan", "start-failback"]));
+    ok(e.pra(&["plan", "abort", "--reason", "rbx not ready"]));
+    let v = json(&ok(e.pra(&["plan", "status", "--json"])));
+    assert_eq!(v["plan"]["state"], "running_on_secondary");
+    assert!(text(&ok(e.pra(&["plan", "report"]))).contains("double-execution window"));
+}
+
+#[test]
+fn backup_list_prune_restore_and_status() {
+    let e = Env::new();
+    // No database yet: status reports it, backup says so.
+    let v = json(&ok(e.pra(&["status", "--json"])));
+    assert!(
+        v["count"].is_null()
+            && v["last_backup_file"].is_null()
+            && v["backup_age_seconds"].is_null()
+    );
+    assert_eq!(code(&e.pra(&["backup"])), 4);
+    e.make_db(5);
+    let v = json(&ok(e.pra(&["backup", "--json"])));
+    let name = v["name"].as_str().unwrap().to_string();
+    assert_eq!(v["health"]["state"], "verified");
+    ok(e.pra(&["backup"]));
+    let v = json(&ok(e.pra(&["backups", "--json"])));
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let v = json(&ok(e.pra(&["status", "--json"])));
+    assert_eq!(v["count"], 5);
+    assert!(
+        v["last_backup_file"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup-")
+    );
+    // Prune: an empty policy, a negative count and a bad duration are refused.
+    assert_eq!(code(&e.pra(&["prune"])), 3);
+    assert_eq!(code(&e.pra(&["prune", "--keep-last", "-1"])), 2);
+    assert_eq!(code(&e.pra(&["prune", "--keep-within", "3 fortnights"])), 2);
+    assert_eq!(code(&e.pra(&["prune", "--keep-last", "99999999999"])), 2);
+    let o = ok(e.pra(&["prune", "--keep-last", "1", "--dry-run"]));
+    assert!(text(&o).contains("would remove"), "{}", text(&o));
+    assert_eq!(
+        json(&ok(e.pra(&["backups", "--json"])))
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    ok(e.pra(&["prune", "--keep-last", "1"]));
+    assert_eq!(
+        json(&ok(e.pra(&["backups", "--json"])))
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Restore: preview, refused names, then for real.
+    e.make_db(3);
+    let o = ok(e.pra(&["restore", "--dry-run"]));
+    assert!(
+        text(&o).contains("events") && text(&o).contains('8') && text(&o).contains('5'),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(code(&e.pra(&["restore", "--name", "../../etc/passwd"])), 3);
+    assert_eq!(code(&e.pra(&["restore", "--name", &name])), 4, "pruned");
+    assert_eq!(
+        code(&e.pra(&["restore", "--before", "2000-01-01 00:00"])),
+        4
+    );
+    assert_eq!(code(&e.pra(&["restore", "--before", "yesterday"])), 2);
+    assert_eq!(code(&e.pra(&["restore", "--latest", "--name", "x"])), 2);
+    let o = ok(e.pra(&["restore", "--latest"]));
+    assert!(text(&o).contains("previous database kept"), "{}", text(&o));
+    assert_eq!(json(&ok(e.pra(&["status", "--json"])))["count"], 5);
+    // Refused while the app holds the database.
+    let app = rusqlite::Connection::open(e.path("app.db")).unwrap();
+    app.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+    let _: i64 = app
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let o = e.pra(&["restore", "--latest"]);
+    assert_eq!(code(&o), 8, "{}", text(&o));
+    assert!(text(&o).contains("Stop the application"));
 }

@@ -268,6 +268,23 @@ pub struct RunRecord {
     pub outcome: Option<String>,
 }
 
+/// Counters of one job on one site, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// The job.
+    pub job: String,
+    /// The site.
+    pub site: SiteId,
+    /// Runs started.
+    pub started: u64,
+    /// Runs skipped because the site was standby.
+    pub skipped: u64,
+    /// Runs stopped because the site lost the active role while they ran.
+    pub revoked: u64,
+    /// Runs not finished yet.
+    pub unfinished: u64,
+}
+
 /// Where a run stands at a given time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -358,6 +375,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         _lost_after: chrono::Duration,
     ) -> Result<Vec<RunRecord>> {
         Err(self.no_runs())
+    }
+
+    /// Counts a run skipped because its site was standby (for metrics). Stores without a run
+    /// registry ignore it.
+    fn note_skip(&self, _job: &str, _site: &SiteId) -> Result<()> {
+        Ok(())
+    }
+
+    /// Per job and site: runs started, skipped, revoked, and still unfinished.
+    fn run_stats(&self) -> Result<Vec<RunStats>> {
+        Ok(Vec::new())
     }
 
     #[doc(hidden)]

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, RunId, RunRecord,
-    RunStart, Store, StoredPlan, display, time_to_us, us_to_time, verify_chain,
+    RunStart, RunStats, Store, StoredPlan, display, time_to_us, us_to_time, verify_chain,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -57,6 +57,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX runs_unfinished ON runs (finished_at, token);
     CREATE INDEX runs_started ON runs (started_at);",
+    // v2
+    "CREATE TABLE skips (
+        job TEXT NOT NULL,
+        site TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (job, site)
+    );",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -487,6 +495,60 @@ impl Store for SqliteStore {
             .map_err(self.err("list runs"))?;
         rows.map(|r| r.map_err(self.err("list runs")).and_then(|r| r))
             .collect()
+    }
+
+    fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
+        let conn = self.conn();
+        conn.prepare_cached(
+            "INSERT INTO skips (job, site, count, last_at) VALUES (?1, ?2, 1, ?3)
+             ON CONFLICT(job, site) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+        )
+        .and_then(|mut s| s.execute(params![job, site.as_str(), time_to_us(self.now())]))
+        .map_err(self.err("count skip"))?;
+        Ok(())
+    }
+
+    fn run_stats(&self) -> Result<Vec<RunStats>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT job, site, SUM(started), SUM(skipped), SUM(revoked), SUM(unfinished) FROM (
+                    SELECT job, site, 1 AS started, 0 AS skipped, outcome = 'revoked' AS revoked,
+                           finished_at IS NULL AS unfinished FROM runs
+                    UNION ALL
+                    SELECT job, site, 0, count, 0, 0 FROM skips
+                 ) GROUP BY job, site ORDER BY job, site",
+            )
+            .map_err(self.err("run stats"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    [
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ],
+                ))
+            })
+            .map_err(self.err("run stats"))?;
+        rows.map(|row| {
+            let (job, site, n) = row.map_err(self.err("run stats"))?;
+            Ok(RunStats {
+                job,
+                site: SiteId::new(&site).map_err(|e| Error::Corrupt {
+                    what: "run registry".into(),
+                    detail: e.to_string(),
+                })?,
+                started: n[0] as u64,
+                skipped: n[1] as u64,
+                revoked: n[2] as u64,
+                unfinished: n[3] as u64,
+            })
+        })
+        .collect()
     }
 
     fn alive_runs_below(

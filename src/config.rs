@@ -1,0 +1,156 @@
+//! Configuration of the `pra` command: `/etc/pra/pra.toml` (or `--config` / `PRA_CONFIG`),
+//! overridden key by key by flags and `PRA_*` variables (clap merges those two).
+
+use std::path::{Path, PathBuf};
+
+use chrono::Duration;
+use pra_core::{Error, Result, SiteId, Topology};
+use serde::Deserialize;
+
+/// The default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/pra/pra.toml";
+/// The default store when neither the file nor the environment names one.
+pub const DEFAULT_STORE: &str = "sqlite:///var/lib/pra/state.db";
+
+/// The file's keys. Unknown keys are an error: a typo must not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub store: Option<String>,
+    /// "primary,secondary", e.g. "rbx,sbg".
+    pub sites: Option<String>,
+    pub site: Option<String>,
+    pub db: Option<PathBuf>,
+    pub backup_dir: Option<PathBuf>,
+    pub table: Option<String>,
+    pub backup_interval_seconds: Option<u32>,
+    pub heartbeat_seconds: Option<u32>,
+    pub lost_after_seconds: Option<u32>,
+    pub revoke_grace_seconds: Option<u32>,
+    pub drain_timeout_seconds: Option<u32>,
+    pub lock_dir: Option<PathBuf>,
+}
+
+/// What flags and the environment gave (all optional: the file and defaults fill the rest).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Configuration file [default: /etc/pra/pra.toml, if it exists].
+    #[arg(long, env = "PRA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Store URL: sqlite:///var/lib/pra/state.db (default), file:///etc/app/pra-status.lock.
+    #[arg(long, env = "PRA_STORE", global = true)]
+    pub store: Option<String>,
+    /// The two sites, primary first [default: rbx,sbg].
+    #[arg(long, env = "PRA_SITES", global = true)]
+    pub sites: Option<String>,
+    /// This host's site [default: the one site name found in the hostname].
+    #[arg(long, env = "PRA_SITE", global = true)]
+    pub site: Option<String>,
+    /// The application's SQLite database [default: /data/app.db].
+    #[arg(long, env = "PRA_DB", global = true)]
+    pub db: Option<PathBuf>,
+    /// The backup directory [default: /backup].
+    #[arg(long, env = "PRA_BACKUP_DIR", global = true)]
+    pub backup_dir: Option<PathBuf>,
+    /// The table `count` counts [default: events].
+    #[arg(long, env = "PRA_TABLE", global = true)]
+    pub table: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub store: String,
+    pub topology: Topology,
+    pub site: Option<String>,
+    pub db: PathBuf,
+    pub backup_dir: PathBuf,
+    pub table: String,
+    pub backup_interval: Duration,
+    pub heartbeat: Duration,
+    pub lost_after: Duration,
+    pub revoke_grace: Duration,
+    pub drain_timeout: Duration,
+    pub lock_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads the file (an explicitly named file must exist; the default one may be absent) and
+    /// applies the overrides.
+    pub fn load(o: &Overrides) -> Result<Config> {
+        let file = match &o.config {
+            Some(path) => read(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        let secs = |v: Option<u32>, default: i64, what: &str| -> Result<Duration> {
+            match v {
+                Some(0) => Err(Error::InvalidArgument(format!(
+                    "{what} must be at least 1 second"
+                ))),
+                Some(n) => Ok(Duration::seconds(i64::from(n))),
+                None => Ok(Duration::seconds(default)),
+            }
+        };
+        let sites = o
+            .sites
+            .clone()
+            .or(file.sites)
+            .unwrap_or_else(|| "rbx,sbg".into());
+        let table = o
+            .table
+            .clone()
+            .or(file.table)
+            .unwrap_or_else(|| "events".into());
+        pra_core::status::validate_table(&table)?;
+        Ok(Config {
+            store: o
+                .store
+                .clone()
+                .or(file.store)
+                .unwrap_or_else(|| DEFAULT_STORE.into()),
+            topology: Topology::parse(&sites)?,
+            site: o.site.clone().or(file.site),
+            db: o
+                .db
+                .clone()
+                .or(file.db)
+                .unwrap_or_else(|| "/data/app.db".into()),
+            backup_dir: o
+                .backup_dir
+                .clone()
+                .or(file.backup_dir)
+                .unwrap_or_else(|| "/backup".into()),
+            table,
+            backup_interval: secs(file.backup_interval_seconds, 60, "backup_interval_seconds")?,
+            heartbeat: secs(file.heartbeat_seconds, 10, "heartbeat_seconds")?,
+            lost_after: secs(file.lost_after_seconds, 60, "lost_after_seconds")?,
+            revoke_grace: secs(file.revoke_grace_seconds, 30, "revoke_grace_seconds")?,
+            drain_timeout: secs(file.drain_timeout_seconds, 600, "drain_timeout_seconds")?,
+            lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
+        })
+    }
+
+    /// This host's site: the configured one, or the one found in the hostname.
+    pub fn this_site(&self) -> Result<SiteId> {
+        self.topology
+            .detect(self.site.as_deref(), &pra_core::site::hostname())
+    }
+
+    /// Opens the configured store.
+    pub fn open_store(&self) -> Result<Box<dyn pra_core::Store>> {
+        pra_core::open(&self.store)
+    }
+}
+
+fn read(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(format!(
+            "configuration file {} does not exist",
+            path.display()
+        )),
+        _ => Error::io("read", path, e),
+    })?;
+    toml::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("configuration file {}: {e}", path.display())))
+}
