@@ -1,0 +1,170 @@
+//! Criterion benches of pra-core: guard checks, plan transitions (pure and persisted), backup
+//! and restore of a 100 MB database, status over 100k rows and 5,000 backups.
+//!
+//! `cargo bench --bench core`; `PRA_BENCH_MB` changes the database size (issue 8 asks for 1 GB).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use pra_core::backup::restore::{self, RestorePoint};
+use pra_core::backup::{self, Method};
+use pra_core::plan::{self, DrainPolicy, Event, Runner, State};
+use pra_core::store::{FileStore, SqliteStore, Store};
+use pra_core::{
+    Actor, FencingToken, ManualClock, SiteChange, SiteId, SystemClock, Topology, status,
+};
+
+fn make_db(path: &Path, rows: u64, blob: usize) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB);",
+    )
+    .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare("INSERT INTO events (body) VALUES (randomblob(?1))")
+            .unwrap();
+        for _ in 0..rows {
+            st.execute([blob as i64]).unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn guard(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(SystemClock);
+    let sq = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+    let fs = FileStore::open(&dir.path().join("pra-status.lock"), clock).unwrap();
+    let by = Actor::new("bench", "").unwrap();
+    let rbx = SiteId::new("rbx").unwrap();
+    for s in [&sq as &dyn Store, &fs] {
+        s.change(
+            SiteChange::Activate {
+                site: rbx.clone(),
+                expect: FencingToken(0),
+            },
+            &by,
+        )
+        .unwrap();
+    }
+    c.bench_function("guard check, sqlite store", |b| {
+        b.iter(|| black_box(pra_core::check(&sq, &rbx).unwrap()))
+    });
+    c.bench_function("guard check, file store", |b| {
+        b.iter(|| black_box(pra_core::check(&fs, &rbx).unwrap()))
+    });
+}
+
+fn transitions(c: &mut Criterion) {
+    let topo = Topology::parse("rbx,sbg").unwrap();
+    c.bench_function("plan transition, in memory", |b| {
+        b.iter(|| {
+            black_box(
+                plan::transition(
+                    black_box(State::FailoverDecided),
+                    &Event::ExecuteFailover,
+                    &topo,
+                )
+                .unwrap(),
+            )
+        })
+    });
+    // Persisted: a full plan transition (load plan + record, commit plan + journal) in SQLite,
+    // alternating two events that need no flip so the cycle can repeat forever.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let store = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+    let by = Actor::new("bench", "").unwrap();
+    store
+        .change(
+            SiteChange::Activate {
+                site: SiteId::new("rbx").unwrap(),
+                expect: FencingToken(0),
+            },
+            &by,
+        )
+        .unwrap();
+    let runner = Runner::new(&store, &topo, &*clock, DrainPolicy::default());
+    c.bench_function("plan transition, persisted (sqlite)", |b| {
+        b.iter(|| {
+            runner.apply(Event::IncidentDetected, &by).unwrap();
+            runner
+                .apply(
+                    Event::Abort {
+                        reason: "bench".into(),
+                    },
+                    &by,
+                )
+                .unwrap();
+        })
+    });
+}
+
+fn backup_restore(c: &mut Criterion) {
+    let mb: u64 = std::env::var("PRA_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, mb * 1024, 1000);
+    let mut g = c.benchmark_group(format!("{mb} MB database"));
+    g.sample_size(10);
+    for method in [Method::OnlineBackup, Method::VacuumInto] {
+        g.bench_function(format!("backup ({method:?})"), |b| {
+            b.iter(|| {
+                let bdir = dir.path().join("b");
+                black_box(backup::create(&db, &bdir, method, &SystemClock).unwrap());
+                std::fs::remove_dir_all(&bdir).unwrap();
+            })
+        });
+    }
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &SystemClock).unwrap();
+    let target = dir.path().join("restored.db");
+    g.bench_function("restore", |b| {
+        b.iter(|| {
+            black_box(
+                restore::restore(
+                    &target,
+                    &bdir,
+                    &RestorePoint::Latest,
+                    restore::Options { safety_copy: false },
+                    &SystemClock,
+                )
+                .unwrap(),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn status_bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 100_000, 16);
+    let bdir = dir.path().join("backup");
+    std::fs::create_dir(&bdir).unwrap();
+    let one = dir.path().join("one");
+    let src = backup::create(&db, &one, Method::OnlineBackup, &SystemClock).unwrap();
+    let start = chrono::Utc::now() - chrono::Duration::days(10);
+    for i in 0..5000 {
+        let name = backup::BackupName {
+            time: start + chrono::Duration::minutes(i),
+            seq: 0,
+        }
+        .file_name();
+        std::fs::copy(&src.path, bdir.join(&name)).unwrap();
+    }
+    let opts = status::Options::default();
+    c.bench_function("status, 100k rows, 5000 backups", |b| {
+        b.iter(|| black_box(status::status(&db, &bdir, &opts, None, &SystemClock).unwrap()))
+    });
+}
+
+criterion_group!(benches, guard, transitions, backup_restore, status_bench);
+criterion_main!(benches);
