@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# apt-get needs root: use sudo when we are not.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-rust lint build clean
+.PHONY: demo build test lint test-rust test-c test-go header apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -12,8 +14,8 @@ demo: build
 build:
 	$(CARGO) build --release --workspace
 
-## Every test: formatting, lints, Rust unit/integration/property tests.
-test: lint test-rust
+## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go.
+test: lint test-rust test-c test-go
 
 lint:
 	$(CARGO) fmt --all --check
@@ -21,6 +23,31 @@ lint:
 
 test-rust:
 	$(CARGO) test --workspace
+
+## The C ABI from C: -Wall -Werror, libpra.so and libpra.a, valgrind.
+test-c: apt-tools
+	$(CARGO) build --workspace
+	tests/c/run.sh
+
+## The C ABI from Go (cgo), with Debian's Go toolchain.
+test-go: apt-tools
+	$(CARGO) build --workspace
+	examples/go/run.sh
+
+## Regenerate include/pra.h with the pinned cbindgen (then commit it).
+header:
+	PRA_BLESS_HEADER=1 $(CARGO) test -p pra-ffi --test header
+
+## Debian packages the tests need, installed only when missing.
+apt-tools:
+	@missing=""; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
+	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,3 @@
+module example.invalid/pra-go
+
+go 1.19

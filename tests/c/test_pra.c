@@ -1,0 +1,196 @@
+/* The C ABI, exercised from C: every function, every reachable result code, NULL arguments,
+ * invalid UTF-8, a corrupt lock file, one store handle shared by several threads.
+ * Built with -Wall -Wextra -Werror against include/pra.h, linked to libpra.so and libpra.a,
+ * and run under valgrind by `make test-c`. Usage: test_pra SCRATCH_DIR */
+#include "pra.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int passed = 0, failed = 0;
+
+#define CHECK(cond)                                                                  \
+  do {                                                                               \
+    if (cond) {                                                                      \
+      passed++;                                                                      \
+    } else {                                                                         \
+      failed++;                                                                      \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
+              #cond, pra_last_error_message());                                       \
+    }                                                                                \
+  } while (0)
+
+#define EXPECT(call, code) CHECK((call) == (code))
+
+static char url[4200], lock_url[4200], lock_path[4096], db[4096], backups[4096];
+
+static void test_version_and_names(void) {
+  CHECK(strcmp(pra_version(), PRA_VERSION_STRING) == 0);
+  const uint32_t codes[] = {PRA_RESULT_OK, PRA_RESULT_STANDBY, PRA_RESULT_INVALID_ARGUMENT,
+                            PRA_RESULT_NOT_FOUND, PRA_RESULT_CONFLICT, PRA_RESULT_STALE_TOKEN,
+                            PRA_RESULT_INVALID_TRANSITION, PRA_RESULT_BUSY,
+                            PRA_RESULT_STORE_UNAVAILABLE, PRA_RESULT_CORRUPT,
+                            PRA_RESULT_UNSUPPORTED, PRA_RESULT_IO, PRA_RESULT_INTERNAL,
+                            PRA_RESULT_PANIC};
+  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+    CHECK(strncmp(pra_result_name(codes[i]), "PRA_RESULT_", 11) == 0);
+    CHECK(strcmp(pra_result_name(codes[i]), "PRA_RESULT_UNKNOWN") != 0);
+  }
+  CHECK(strcmp(pra_result_name(4242), "PRA_RESULT_UNKNOWN") == 0);
+}
+
+static void test_open_errors(void) {
+  pra_store *s = (pra_store *)0x1; /* must stay untouched on failure */
+  EXPECT(pra_store_open(NULL, &s), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(strstr(pra_last_error_message(), "url is NULL") != NULL);
+  CHECK(s == (pra_store *)0x1);
+  EXPECT(pra_store_open(url, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open("sqlite:///tmp/\xff\xfe.db", &s), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(strstr(pra_last_error_message(), "UTF-8") != NULL);
+  EXPECT(pra_store_open("redis://localhost", &s), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open("", &s), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open("etcd://127.0.0.1:2379/pra", &s), PRA_RESULT_UNSUPPORTED);
+  EXPECT(pra_store_open("sqlite:///nonexistent-dir/state.db", &s), PRA_RESULT_STORE_UNAVAILABLE);
+  CHECK(s == (pra_store *)0x1);
+  pra_store_free(NULL); /* a no-op */
+  CHECK(1);
+}
+
+static void test_guard_and_changes(void) {
+  pra_store *s = NULL;
+  EXPECT(pra_store_open(url, &s), PRA_RESULT_OK);
+  CHECK(s != NULL);
+  CHECK(strcmp(pra_last_error_message(), "") == 0);
+  pra_verdict v;
+  memset(&v, 0x7f, sizeof v);
+  /* Deny by default. */
+  EXPECT(pra_guard_check(s, "rbx", &v), PRA_RESULT_STANDBY);
+  CHECK(!v.may_run && v.token == 0 && v.active_site[0] == '\0');
+  /* NULLs and bad names. */
+  EXPECT(pra_guard_check(NULL, "rbx", &v), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_guard_check(s, NULL, &v), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_guard_check(s, "rbx", NULL), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_guard_check(s, "r b x", &v), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_guard_check(s, "\xc3\x28", &v), PRA_RESULT_INVALID_ARGUMENT);
+  /* Activate rbx. */
+  pra_record r;
+  EXPECT(pra_activate(s, "rbx", 0, NULL, "x", &r), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_activate(s, "rbx", 0, "ci", "line\nbreak", &r), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_activate(s, "rbx", 0, "ci", "go live", &r), PRA_RESULT_OK);
+  CHECK(strcmp(r.site, "rbx") == 0 && r.token == 1 && strcmp(r.changed_by, "ci") == 0);
+  CHECK(strcmp(r.reason, "go live") == 0 && r.changed_at_us > 0);
+  EXPECT(pra_guard_check(s, "rbx", &v), PRA_RESULT_OK);
+  CHECK(v.may_run && v.token == 1 && strcmp(v.active_site, "rbx") == 0);
+  EXPECT(pra_guard_check(s, "SBG", &v), PRA_RESULT_STANDBY);
+  CHECK(!v.may_run && strcmp(v.active_site, "rbx") == 0);
+  /* Break before make, and stale tokens. */
+  EXPECT(pra_activate(s, "sbg", 1, "ci", NULL, NULL), PRA_RESULT_CONFLICT);
+  CHECK(strstr(pra_last_error_message(), "break before make") != NULL);
+  EXPECT(pra_deactivate(s, 0, "ci", NULL, NULL), PRA_RESULT_CONFLICT);
+  CHECK(strstr(pra_last_error_message(), "expected token 0") != NULL);
+  EXPECT(pra_deactivate(NULL, 1, "ci", NULL, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_deactivate(s, 1, "ci", NULL, NULL), PRA_RESULT_OK); /* out may be NULL */
+  EXPECT(pra_active_site(s, &r), PRA_RESULT_OK);
+  CHECK(r.site[0] == '\0' && r.token == 2);
+  EXPECT(pra_active_site(s, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_active_site(NULL, &r), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_activate(s, "sbg", 2, "ci", NULL, &r), PRA_RESULT_OK);
+  CHECK(r.token == 3);
+  pra_store_free(s);
+}
+
+static void test_corrupt_lock_file(void) {
+  FILE *f = fopen(lock_path, "w");
+  CHECK(f != NULL);
+  if (!f) return;
+  fputs("# managed by hand\nACTIVE_SITE SBG\n", f);
+  fclose(f);
+  pra_store *s = NULL;
+  EXPECT(pra_store_open(lock_url, &s), PRA_RESULT_OK);
+  pra_verdict v;
+  EXPECT(pra_guard_check(s, "sbg", &v), PRA_RESULT_CORRUPT);
+  CHECK(strstr(pra_last_error_message(), "line 2") != NULL);
+  /* The seed's own format. */
+  f = fopen(lock_path, "w");
+  fputs("ACTIVE_SITE=SBG\n", f);
+  fclose(f);
+  EXPECT(pra_guard_check(s, "sbg", &v), PRA_RESULT_OK);
+  EXPECT(pra_guard_check(s, "rbx", &v), PRA_RESULT_STANDBY);
+  pra_store_free(s);
+}
+
+static void test_status_and_backup(void) {
+  char *json = (char *)0x1;
+  EXPECT(pra_status_json(db, backups, NULL, &json), PRA_RESULT_OK);
+  CHECK(json != NULL && json != (char *)0x1);
+  if (json && json != (char *)0x1) {
+    CHECK(strstr(json, "\"count\":null") != NULL);
+    CHECK(strstr(json, "\"last_backup_file\":null") != NULL);
+    CHECK(strstr(json, "\"backup_age_seconds\":null") != NULL);
+    pra_string_free(json);
+  }
+  json = NULL;
+  EXPECT(pra_status_json(db, backups, "events; DROP TABLE x", &json), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(json == NULL);
+  EXPECT(pra_status_json(NULL, backups, NULL, &json), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_status_json(db, backups, NULL, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  pra_string_free(NULL);
+  EXPECT(pra_backup(db, backups, &json), PRA_RESULT_NOT_FOUND);
+  EXPECT(pra_backup(db, NULL, &json), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_test_panic(), PRA_RESULT_PANIC);
+  CHECK(strstr(pra_last_error_message(), "panic") != NULL);
+}
+
+static pra_store *shared;
+
+static void *checker(void *arg) {
+  long bad = 0;
+  (void)arg;
+  for (int i = 0; i < 500; i++) {
+    pra_verdict v;
+    pra_result r = pra_guard_check(shared, (i % 2) ? "rbx" : "sbg", &v);
+    if (r != PRA_RESULT_OK && r != PRA_RESULT_STANDBY) bad++;
+    if (r == PRA_RESULT_OK && !v.may_run) bad++;
+    /* The error message is per thread: a failure here does not leak into other threads. */
+    if (pra_guard_check(shared, "bad name", &v) != PRA_RESULT_INVALID_ARGUMENT) bad++;
+    if (strstr(pra_last_error_message(), "invalid site") == NULL) bad++;
+  }
+  return (void *)bad;
+}
+
+static void test_threads(void) {
+  EXPECT(pra_store_open(url, &shared), PRA_RESULT_OK);
+  pthread_t t[4];
+  for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, checker, NULL);
+  long bad = 0;
+  for (int i = 0; i < 4; i++) {
+    void *r;
+    pthread_join(t[i], &r);
+    bad += (long)r;
+  }
+  CHECK(bad == 0);
+  CHECK(strcmp(pra_last_error_message(), "") == 0); /* this thread's last call succeeded */
+  pra_store_free(shared);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2 || strlen(argv[1]) > 4000) {
+    fprintf(stderr, "usage: %s SCRATCH_DIR (at most 4000 bytes)\n", argv[0]);
+    return 2;
+  }
+  snprintf(url, sizeof url, "sqlite://%s/state.db", argv[1]);
+  snprintf(lock_path, sizeof lock_path, "%s/pra-status.lock", argv[1]);
+  snprintf(lock_url, sizeof lock_url, "file://%s", lock_path);
+  snprintf(db, sizeof db, "%s/app.db", argv[1]);
+  snprintf(backups, sizeof backups, "%s/backup", argv[1]);
+  test_version_and_names();
+  test_open_errors();
+  test_guard_and_changes();
+  test_corrupt_lock_file();
+  test_status_and_backup();
+  test_threads();
+  printf("c: %d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
