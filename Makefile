@@ -5,7 +5,10 @@ export CARGO_TERM_COLOR ?= never
 # apt-get needs root: use sudo when we are not.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo build test lint test-rust test-c test-go header apt-tools clean
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo build test lint test-rust test-c test-go test-python header apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -14,8 +17,9 @@ demo: build
 build:
 	$(CARGO) build --release --workspace
 
-## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go.
-test: lint test-rust test-c test-go
+## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
+## Python (module, stubs, Flask app).
+test: lint test-rust test-c test-go test-python
 
 lint:
 	$(CARGO) fmt --all --check
@@ -33,6 +37,19 @@ test-c: apt-tools
 test-go: apt-tools
 	$(CARGO) build --workspace
 	examples/go/run.sh
+
+## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),
+## its stubs (mypy.stubtest), and the seed's Flask app.
+test-python: $(PY)
+	$(CARGO) build --bin pra
+	$(PY) -m pip install --quiet --force-reinstall --no-deps ./pra-py
+	$(PY) -m mypy.stubtest pra
+	PRA_BIN=$(CURDIR)/target/debug/pra $(PY) -m pytest -q pra-py/tests examples/flask-app/tests
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r pra-py/requirements-dev.txt
 
 ## Regenerate include/pra.h with the pinned cbindgen (then commit it).
 header:

@@ -193,31 +193,35 @@ impl Fence {
         Self::admit_in(tx, token)
     }
 
+    /// Creates the fence table if it does not exist.
+    pub const SQL_CREATE: &'static str = "CREATE TABLE IF NOT EXISTS pra_fence (id INTEGER PRIMARY KEY CHECK (id = 1), token INTEGER NOT NULL)";
+    /// Reads the highest admitted token (no row: none admitted yet).
+    pub const SQL_HIGHEST: &'static str = "SELECT token FROM pra_fence WHERE id = 1";
+    /// Records `?1` as the highest admitted token.
+    pub const SQL_RECORD: &'static str = "INSERT INTO pra_fence (id, token) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET token = excluded.token";
+
+    /// The fence's rule, for front ends that run [`Fence::SQL_CREATE`], [`Fence::SQL_HIGHEST`]
+    /// and [`Fence::SQL_RECORD`] through their own connection (Python's `sqlite3`): `presented`
+    /// is admitted unless a higher token already was. Returns the value to bind to
+    /// [`Fence::SQL_RECORD`].
+    pub fn decide(presented: FencingToken, highest: FencingToken) -> Result<i64> {
+        if presented < highest {
+            return Err(Error::StaleToken { presented, highest });
+        }
+        i64::try_from(presented.0).map_err(|_| {
+            Error::InvalidArgument(format!("fencing token {presented} is out of range"))
+        })
+    }
+
     /// [`Fence::admit`] on a connection the caller has already put inside a transaction
     /// (`BEGIN IMMEDIATE` is best: it takes the write lock before the check). Outside a
     /// transaction the check and the update are two statements and a concurrent writer could
     /// slip between them.
     pub fn admit_in(conn: &rusqlite::Connection, token: FencingToken) -> Result<FencingToken> {
         let sql_err = |e| Error::sqlite("fence admit", "application database", e);
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS pra_fence (id INTEGER PRIMARY KEY CHECK (id = 1), token INTEGER NOT NULL)",
-        )
-        .map_err(sql_err)?;
-        let highest = Self::highest(conn)?;
-        if token < highest {
-            return Err(Error::StaleToken {
-                presented: token,
-                highest,
-            });
-        }
-        let raw = i64::try_from(token.0).map_err(|_| {
-            Error::InvalidArgument(format!("fencing token {token} is out of range"))
-        })?;
-        conn.execute(
-            "INSERT INTO pra_fence (id, token) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET token = excluded.token",
-            [raw],
-        )
-        .map_err(sql_err)?;
+        conn.execute_batch(Self::SQL_CREATE).map_err(sql_err)?;
+        let raw = Self::decide(token, Self::highest(conn)?)?;
+        conn.execute(Self::SQL_RECORD, [raw]).map_err(sql_err)?;
         Ok(token)
     }
 
@@ -234,7 +238,7 @@ impl Fence {
             return Ok(FencingToken::ZERO);
         }
         let raw: Option<i64> = conn
-            .query_row("SELECT token FROM pra_fence WHERE id = 1", [], |r| r.get(0))
+            .query_row(Self::SQL_HIGHEST, [], |r| r.get(0))
             .or_else(|e| match e {
                 rusqlite::Error::QueryReturnedNoRows => Ok(None),
                 e => Err(e),

@@ -1,10 +1,693 @@
-//! pra-py: the `pra._pra` extension module. The Python package `pra` (python/pra/) re-exports it.
+//! pra-py: the `pra._pra` extension module; the Python package `pra` (python/pra/) re-exports it.
+//!
+//! Thin: every function converts its arguments, runs pra-core inside [`blocking`] (GIL released),
+//! and converts the answer. Errors go through the one `From<PraErr> for PyErr`, which maps each
+//! core error kind to its exception class (all subclasses of `pra.PraError`).
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use pyo3::{IntoPyObjectExt, create_exception};
+
+use pra_core::backup::restore::{self, RestorePoint};
+use pra_core::backup::retention::{self, Policy};
+use pra_core::backup::{self, BackupEntry, Health, Method};
+use pra_core::store::{RunId, RunStart};
+use pra_core::{
+    Actor, Error, ErrorKind, Fence, FencingToken, SiteChange, SiteId, SystemClock,
+    Verdict as CoreVerdict,
+};
+
+create_exception!(pra, PraError, PyException, "Base class of every pra error.");
+create_exception!(
+    pra,
+    InvalidArgumentError,
+    PraError,
+    "An argument pra cannot accept (unknown site, bad URL, bad name...)."
+);
+create_exception!(
+    pra,
+    NotFoundError,
+    PraError,
+    "The thing asked for does not exist (database, backup, configuration)."
+);
+create_exception!(
+    pra,
+    ConflictError,
+    PraError,
+    "The record moved since you read it (stale expected token), or a rule refused the change."
+);
+create_exception!(
+    pra,
+    StaleTokenError,
+    PraError,
+    "A write carried a fencing token lower than one already admitted."
+);
+create_exception!(
+    pra,
+    InvalidTransitionError,
+    PraError,
+    "The plan does not accept that event in its current state."
+);
+create_exception!(
+    pra,
+    BusyError,
+    PraError,
+    "Something else holds the resource (database in use, drain not finished)."
+);
+create_exception!(
+    pra,
+    StoreUnavailableError,
+    PraError,
+    "The store cannot be reached: do not run jobs."
+);
+create_exception!(
+    pra,
+    CorruptError,
+    PraError,
+    "Stored data is damaged (lock file, journal, backup)."
+);
+create_exception!(
+    pra,
+    UnsupportedError,
+    PraError,
+    "Not supported on this store or build."
+);
+create_exception!(pra, PraIOError, PraError, "An operating-system I/O error.");
+create_exception!(pra, InternalError, PraError, "A bug in pra.");
+create_exception!(
+    pra,
+    StandbyError,
+    PraError,
+    "This site is standby: the guarded block must not run."
+);
+
+/// A pra-core error on its way to Python.
+pub struct PraErr(Error);
+
+impl From<Error> for PraErr {
+    fn from(e: Error) -> Self {
+        PraErr(e)
+    }
+}
+
+impl From<PraErr> for PyErr {
+    fn from(PraErr(e): PraErr) -> PyErr {
+        let msg = e.to_string();
+        match e.kind() {
+            ErrorKind::InvalidArgument => InvalidArgumentError::new_err(msg),
+            ErrorKind::NotFound => NotFoundError::new_err(msg),
+            ErrorKind::Conflict => ConflictError::new_err(msg),
+            ErrorKind::StaleToken => StaleTokenError::new_err(msg),
+            ErrorKind::InvalidTransition => InvalidTransitionError::new_err(msg),
+            ErrorKind::Busy => BusyError::new_err(msg),
+            ErrorKind::StoreUnavailable => StoreUnavailableError::new_err(msg),
+            ErrorKind::Corrupt => CorruptError::new_err(msg),
+            ErrorKind::Unsupported => UnsupportedError::new_err(msg),
+            ErrorKind::Io => PraIOError::new_err(msg),
+            ErrorKind::Internal => InternalError::new_err(msg),
+        }
+    }
+}
+
+type PraResult<T> = Result<T, PraErr>;
+
+/// Runs blocking pra-core work with the GIL released, converting its error.
+fn blocking<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> pra_core::Result<T> + Send,
+) -> PraResult<T> {
+    py.detach(f).map_err(PraErr)
+}
+
+/// serde_json value -> Python object (dict, list, str, int, float, bool, None).
+fn to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
+    Ok(match v {
+        serde_json::Value::Null => py.None(),
+        serde_json::Value::Bool(b) => b.into_py_any(py)?,
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.into_py_any(py)?,
+            (None, Some(u)) => u.into_py_any(py)?,
+            (None, None) => n.as_f64().unwrap_or(f64::NAN).into_py_any(py)?,
+        },
+        serde_json::Value::String(s) => s.into_py_any(py)?,
+        serde_json::Value::Array(a) => {
+            let l = PyList::empty(py);
+            for x in a {
+                l.append(to_py(py, x)?)?;
+            }
+            l.into_any().unbind()
+        }
+        serde_json::Value::Object(o) => {
+            let d = PyDict::new(py);
+            for (k, x) in o {
+                d.set_item(k, to_py(py, x)?)?;
+            }
+            d.into_any().unbind()
+        }
+    })
+}
+
+fn json_of<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
+    let value = serde_json::to_value(v).map_err(|e| InternalError::new_err(e.to_string()))?;
+    to_py(py, &value)
+}
+
+/// The active-site record.
+#[pyclass(frozen, get_all, module = "pra")]
+pub struct ActiveSite {
+    /// The active site, or None when no site may run jobs.
+    site: Option<String>,
+    /// The fencing token.
+    token: u64,
+    /// When this version was written (timezone-aware, UTC).
+    changed_at: DateTime<Utc>,
+    /// Who wrote it.
+    changed_by: String,
+    /// Why.
+    reason: String,
+}
+
+impl From<pra_core::ActiveSite> for ActiveSite {
+    fn from(r: pra_core::ActiveSite) -> Self {
+        ActiveSite {
+            site: r.site.map(String::from),
+            token: r.token.0,
+            changed_at: r.changed_at,
+            changed_by: r.changed_by,
+            reason: r.reason,
+        }
+    }
+}
+
+#[pymethods]
+impl ActiveSite {
+    fn __repr__(&self) -> String {
+        let site = self
+            .site
+            .as_deref()
+            .map_or_else(|| "None".to_string(), |a| format!("'{a}'"));
+        format!(
+            "ActiveSite(site={site}, token={}, changed_by='{}')",
+            self.token, self.changed_by
+        )
+    }
+}
+
+/// The guard's answer: truthy when the site may run jobs.
+#[pyclass(frozen, get_all, module = "pra")]
+pub struct Verdict {
+    /// Whether the site may run jobs.
+    may_run: bool,
+    /// The token to carry into fenced writes.
+    token: u64,
+    /// The active site, if any.
+    active: Option<String>,
+}
+
+impl From<CoreVerdict> for Verdict {
+    fn from(v: CoreVerdict) -> Self {
+        match v {
+            CoreVerdict::Run { token } => Verdict {
+                may_run: true,
+                token: token.0,
+                active: None,
+            },
+            CoreVerdict::Standby { active, token } => Verdict {
+                may_run: false,
+                token: token.0,
+                active: active.map(String::from),
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl Verdict {
+    fn __bool__(&self) -> bool {
+        self.may_run
+    }
+    fn __repr__(&self) -> String {
+        let py_bool = if self.may_run { "True" } else { "False" };
+        let active = self
+            .active
+            .as_deref()
+            .map_or_else(|| "None".to_string(), |a| format!("'{a}'"));
+        format!(
+            "Verdict(may_run={py_bool}, token={}, active={active})",
+            self.token
+        )
+    }
+}
+
+/// One backup of the catalog.
+#[pyclass(frozen, get_all, module = "pra")]
+pub struct Backup {
+    /// File name.
+    name: String,
+    /// Full path.
+    path: String,
+    /// When it was taken (from its name; UTC).
+    time: DateTime<Utc>,
+    /// Size in bytes.
+    size: u64,
+    /// "verified", "unverified" (no manifest) or "corrupt".
+    state: String,
+    /// Why it is corrupt, if it is.
+    problem: Option<String>,
+    /// SHA-256 from the manifest.
+    sha256: Option<String>,
+    /// Rows per table from the manifest.
+    tables: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+impl From<BackupEntry> for Backup {
+    fn from(e: BackupEntry) -> Self {
+        let (state, problem) = match e.health {
+            Health::Verified => ("verified", None),
+            Health::Unverified => ("unverified", None),
+            Health::Corrupt { reason } => ("corrupt", Some(reason)),
+        };
+        Backup {
+            name: e.name,
+            path: e.path.display().to_string(),
+            time: e.id.time,
+            size: e.size,
+            state: state.into(),
+            problem,
+            sha256: e.manifest.as_ref().map(|m| m.sha256.clone()),
+            tables: e.manifest.map(|m| m.tables),
+        }
+    }
+}
+
+#[pymethods]
+impl Backup {
+    fn __repr__(&self) -> String {
+        format!(
+            "Backup({:?}, state={:?}, size={})",
+            self.name, self.state, self.size
+        )
+    }
+}
+
+/// One journal entry.
+#[pyclass(frozen, get_all, module = "pra")]
+pub struct JournalEntry {
+    /// Position, from 1.
+    seq: u64,
+    /// When (UTC).
+    at: DateTime<Utc>,
+    /// Who.
+    by: String,
+    /// Why.
+    reason: String,
+    /// What happened, as a dict with a "type" key.
+    event: Py<PyAny>,
+    /// SHA-256 chaining it to the previous entry.
+    hash: String,
+}
+
+/// A store of the active-site record, opened from a URL. Safe to share between threads.
+#[pyclass(frozen, module = "pra")]
+pub struct Store {
+    inner: Arc<dyn pra_core::Store>,
+}
+
+fn actor(by: &str, reason: &str) -> PraResult<Actor> {
+    Ok(Actor::new(by, reason)?)
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    fn new(py: Python<'_>, url: String) -> PraResult<Self> {
+        let inner = blocking(py, move || pra_core::open(&url))?;
+        Ok(Store {
+            inner: Arc::from(inner),
+        })
+    }
+
+    /// The URL the store was opened from.
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.url().to_string()
+    }
+
+    /// The current active-site record.
+    fn active(&self, py: Python<'_>) -> PraResult<ActiveSite> {
+        let s = self.inner.clone();
+        Ok(blocking(py, move || s.load())?.into())
+    }
+
+    /// Makes `site` active if the record is at `expect_token` and no site is active.
+    #[pyo3(signature = (site, *, expect_token, by, reason = String::new()))]
+    fn activate(
+        &self,
+        py: Python<'_>,
+        site: String,
+        expect_token: u64,
+        by: String,
+        reason: String,
+    ) -> PraResult<ActiveSite> {
+        let (s, a) = (self.inner.clone(), actor(&by, &reason)?);
+        Ok(blocking(py, move || {
+            s.change(
+                SiteChange::Activate {
+                    site: SiteId::new(&site)?,
+                    expect: FencingToken(expect_token),
+                },
+                &a,
+            )
+        })?
+        .into())
+    }
+
+    /// Makes no site active if the record is at `expect_token`.
+    #[pyo3(signature = (*, expect_token, by, reason = String::new()))]
+    fn deactivate(
+        &self,
+        py: Python<'_>,
+        expect_token: u64,
+        by: String,
+        reason: String,
+    ) -> PraResult<ActiveSite> {
+        let (s, a) = (self.inner.clone(), actor(&by, &reason)?);
+        Ok(blocking(py, move || {
+            s.change(
+                SiteChange::Deactivate {
+                    expect: FencingToken(expect_token),
+                },
+                &a,
+            )
+        })?
+        .into())
+    }
+
+    /// The audit journal, oldest first.
+    fn journal(&self, py: Python<'_>) -> PyResult<Vec<JournalEntry>> {
+        let s = self.inner.clone();
+        let entries = blocking(py, move || s.journal())?;
+        entries
+            .into_iter()
+            .map(|e| {
+                Ok(JournalEntry {
+                    seq: e.seq,
+                    at: e.at,
+                    by: e.by,
+                    reason: e.reason,
+                    event: json_of(py, &e.event)?,
+                    hash: e.hash,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks the journal's hash chain; returns the number of entries (CorruptError if broken).
+    fn verify_journal(&self, py: Python<'_>) -> PraResult<u64> {
+        let s = self.inner.clone();
+        Ok(blocking(py, move || s.verify_journal())?.entries)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store({:?})", self.inner.url())
+    }
+}
+
+/// The guard of one site: `check()`, or `with Guard(store, site, job=...) as verdict:` to run
+/// a block only on the active site, registered as a run (raises StandbyError otherwise).
+#[pyclass(module = "pra")]
+pub struct Guard {
+    store: Arc<dyn pra_core::Store>,
+    site: SiteId,
+    job: Option<String>,
+    run: Option<RunId>,
+}
+
+#[pymethods]
+impl Guard {
+    #[new]
+    #[pyo3(signature = (store, site, *, job = None))]
+    fn new(store: &Store, site: &str, job: Option<String>) -> PraResult<Self> {
+        Ok(Guard {
+            store: store.inner.clone(),
+            site: SiteId::new(site)?,
+            job,
+            run: None,
+        })
+    }
+
+    /// May this site run jobs now? (Raises if the store cannot be read: do not run then.)
+    fn check(&self, py: Python<'_>) -> PraResult<Verdict> {
+        let (s, site) = (self.store.clone(), self.site.clone());
+        Ok(blocking(py, move || pra_core::check(&*s, &site))?.into())
+    }
+
+    fn __enter__(&mut self, py: Python<'_>) -> PyResult<Verdict> {
+        let job = self.job.clone().ok_or_else(|| {
+            InvalidArgumentError::new_err("Guard(..., job=NAME) is needed to register a run")
+        })?;
+        let (s, site) = (self.store.clone(), self.site.clone());
+        let (verdict, run) = blocking(py, move || {
+            let verdict = pra_core::check(&*s, &site)?;
+            let run = match &verdict {
+                CoreVerdict::Run { token } => {
+                    let host = pra_core::site::hostname();
+                    Some(s.run_start(&RunStart {
+                        job,
+                        site,
+                        token: *token,
+                        host,
+                        pid: std::process::id(),
+                    })?)
+                }
+                CoreVerdict::Standby { .. } => None,
+            };
+            Ok((verdict, run))
+        })?;
+        match run {
+            Some(id) => {
+                self.run = Some(id);
+                Ok(verdict.into())
+            }
+            None => Err(StandbyError::new_err(format!(
+                "{} is standby (token {}): the block must not run",
+                self.site,
+                verdict.token()
+            ))),
+        }
+    }
+
+    /// Records a heartbeat of the registered run.
+    fn heartbeat(&self, py: Python<'_>) -> PyResult<()> {
+        let id = self.run.ok_or_else(|| {
+            InvalidArgumentError::new_err("no run is registered: use `with guard:` first")
+        })?;
+        let s = self.store.clone();
+        Ok(blocking(py, move || s.run_heartbeat(id))?)
+    }
+
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        if let Some(id) = self.run.take() {
+            let (code, outcome) = if exc_type.is_some() {
+                (1, "raised")
+            } else {
+                (0, "exited 0")
+            };
+            let s = self.store.clone();
+            blocking(py, move || s.run_finish(id, Some(code), outcome))?;
+        }
+        Ok(false)
+    }
+}
+
+/// The status document of the app: `count`, `last_backup_file`, `backup_age_seconds` (the
+/// seed's keys) and more. A missing database is reported in it, not raised.
+#[pyfunction]
+#[pyo3(signature = (db, backup_dir, table = "events", *, backup_interval = 60, store = None))]
+fn status(
+    py: Python<'_>,
+    db: PathBuf,
+    backup_dir: PathBuf,
+    table: &str,
+    backup_interval: u32,
+    store: Option<&Store>,
+) -> PyResult<Py<PyAny>> {
+    let s = store.map(|s| s.inner.clone());
+    let opts = pra_core::status::Options {
+        table: table.to_string(),
+        backup_interval: chrono::Duration::seconds(i64::from(backup_interval)),
+        ..Default::default()
+    };
+    let st = blocking(py, move || {
+        pra_core::status::status(&db, &backup_dir, &opts, s.as_deref(), &SystemClock)
+    })?;
+    json_of(py, &st)
+}
+
+/// Takes a consistent, verified backup of `db` into `backup_dir`.
+#[pyfunction]
+#[pyo3(name = "backup")]
+fn backup_fn(py: Python<'_>, db: PathBuf, backup_dir: PathBuf) -> PraResult<Backup> {
+    Ok(blocking(py, move || {
+        backup::create(&db, &backup_dir, Method::OnlineBackup, &SystemClock)
+    })?
+    .into())
+}
+
+/// The backups of `backup_dir`, newest first.
+#[pyfunction]
+fn list_backups(py: Python<'_>, backup_dir: PathBuf) -> PraResult<Vec<Backup>> {
+    Ok(blocking(py, move || backup::list(&backup_dir))?
+        .into_iter()
+        .map(Backup::from)
+        .collect())
+}
+
+/// Applies a retention policy to `backup_dir` (dry_run: only say what would go). Returns one
+/// dict per backup: name, keep, reasons.
+#[pyfunction]
+#[pyo3(signature = (backup_dir, *, keep_last = None, keep_within = None, keep_hourly = None, keep_daily = None, keep_weekly = None, keep_monthly = None, dry_run = false))]
+#[allow(clippy::too_many_arguments)]
+fn prune(
+    py: Python<'_>,
+    backup_dir: PathBuf,
+    keep_last: Option<u32>,
+    keep_within: Option<chrono::Duration>,
+    keep_hourly: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
+    dry_run: bool,
+) -> PyResult<Py<PyAny>> {
+    let policy = Policy {
+        keep_last,
+        keep_within,
+        keep_hourly,
+        keep_daily,
+        keep_weekly,
+        keep_monthly,
+    };
+    let decisions = blocking(py, move || retention::prune(&backup_dir, &policy, dry_run))?;
+    let out: Vec<serde_json::Value> = decisions
+        .iter()
+        .map(|d| serde_json::json!({"name": d.entry.name, "keep": d.keep, "reasons": d.reasons}))
+        .collect();
+    json_of(py, &out)
+}
+
+/// Restores a backup over `db`: the latest, the one `name`d, or the newest `before` a time. With
+/// dry_run, returns the per-table preview instead and changes nothing.
+#[pyfunction]
+#[pyo3(name = "restore", signature = (db, backup_dir, *, name = None, before = None, safety_copy = true, dry_run = false))]
+fn restore_fn(
+    py: Python<'_>,
+    db: PathBuf,
+    backup_dir: PathBuf,
+    name: Option<String>,
+    before: Option<DateTime<Utc>>,
+    safety_copy: bool,
+    dry_run: bool,
+) -> PyResult<Py<PyAny>> {
+    let point = match (name, before) {
+        (Some(_), Some(_)) => {
+            return Err(InvalidArgumentError::new_err(
+                "give name or before, not both",
+            ));
+        }
+        (Some(n), None) => RestorePoint::Name(n),
+        (None, Some(t)) => RestorePoint::Before(t),
+        (None, None) => RestorePoint::Latest,
+    };
+    if dry_run {
+        let p = blocking(py, move || restore::preview(&db, &backup_dir, &point))?;
+        return json_of(
+            py,
+            &serde_json::json!({"backup": p.backup.name, "current_exists": p.current_exists, "tables": p.tables}),
+        );
+    }
+    let r = blocking(py, move || {
+        restore::restore(
+            &db,
+            &backup_dir,
+            &point,
+            restore::Options { safety_copy },
+            &SystemClock,
+        )
+    })?;
+    json_of(py, &r)
+}
+
+/// Admits `token` at the fence of the app's own database, through the app's `sqlite3.Connection`
+/// and inside its current transaction: raises StaleTokenError if a higher token was admitted.
+#[pyfunction]
+fn fence_admit(conn: &Bound<'_, PyAny>, token: u64) -> PyResult<u64> {
+    conn.call_method1("execute", (Fence::SQL_CREATE,))?;
+    let row = conn
+        .call_method1("execute", (Fence::SQL_HIGHEST,))?
+        .call_method0("fetchone")?;
+    let highest: u64 = if row.is_none() {
+        0
+    } else {
+        row.get_item(0)?.extract::<i64>()?.max(0) as u64
+    };
+    let raw = Fence::decide(FencingToken(token), FencingToken(highest)).map_err(PraErr)?;
+    conn.call_method1("execute", (Fence::SQL_RECORD, (raw,)))?;
+    Ok(token)
+}
 
 /// The `pra._pra` module.
 #[pymodule]
 fn _pra(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
     m.add("__version__", pra_core::VERSION)?;
+    for (name, ty) in [
+        ("PraError", py.get_type::<PraError>()),
+        (
+            "InvalidArgumentError",
+            py.get_type::<InvalidArgumentError>(),
+        ),
+        ("NotFoundError", py.get_type::<NotFoundError>()),
+        ("ConflictError", py.get_type::<ConflictError>()),
+        ("StaleTokenError", py.get_type::<StaleTokenError>()),
+        (
+            "InvalidTransitionError",
+            py.get_type::<InvalidTransitionError>(),
+        ),
+        ("BusyError", py.get_type::<BusyError>()),
+        (
+            "StoreUnavailableError",
+            py.get_type::<StoreUnavailableError>(),
+        ),
+        ("CorruptError", py.get_type::<CorruptError>()),
+        ("UnsupportedError", py.get_type::<UnsupportedError>()),
+        ("PraIOError", py.get_type::<PraIOError>()),
+        ("InternalError", py.get_type::<InternalError>()),
+        ("StandbyError", py.get_type::<StandbyError>()),
+    ] {
+        m.add(name, ty)?;
+    }
+    m.add_class::<ActiveSite>()?;
+    m.add_class::<Verdict>()?;
+    m.add_class::<Backup>()?;
+    m.add_class::<JournalEntry>()?;
+    m.add_class::<Store>()?;
+    m.add_class::<Guard>()?;
+    m.add_function(wrap_pyfunction!(status, m)?)?;
+    m.add_function(wrap_pyfunction!(backup_fn, m)?)?;
+    m.add_function(wrap_pyfunction!(list_backups, m)?)?;
+    m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(restore_fn, m)?)?;
+    m.add_function(wrap_pyfunction!(fence_admit, m)?)?;
     Ok(())
 }

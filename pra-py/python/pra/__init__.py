@@ -1,0 +1,77 @@
+"""pra: disaster recovery between two sites, safely and measurably.
+
+The Rust extension ``pra._pra`` does the work; this package re-exports it.
+
+- ``pra.status(db, backup_dir, table="events")``: the seed's ``/status`` document.
+- ``pra.Store(url)``: the active-site record (``active``, ``activate``, ``deactivate``,
+  ``journal``, ``verify_journal``).
+- ``pra.Guard(store, site, job=...)``: ``check()``, or ``with guard as verdict:`` to run a block
+  only on the active site, registered as a run.
+- ``pra.backup``, ``pra.list_backups``, ``pra.prune``, ``pra.restore``.
+- ``pra.fence_admit(conn, token)``: storage-side fencing inside the app's own transaction.
+
+Every error is a ``pra.PraError``; each kind has its own subclass.
+"""
+
+from ._pra import (
+    ActiveSite,
+    Backup,
+    BusyError,
+    ConflictError,
+    CorruptError,
+    Guard,
+    InternalError,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    JournalEntry,
+    NotFoundError,
+    PraError,
+    PraIOError,
+    StaleTokenError,
+    StandbyError,
+    Store,
+    StoreUnavailableError,
+    UnsupportedError,
+    Verdict,
+    __version__,
+    backup,
+    fence_admit,
+    list_backups,
+    prune,
+    restore,
+    status,
+)
+
+#: The error a corrupt backup raises (an alias of CorruptError, which also covers lock files
+#: and journals).
+CorruptBackupError = CorruptError
+
+__all__ = [
+    "ActiveSite",
+    "Backup",
+    "BusyError",
+    "ConflictError",
+    "CorruptBackupError",
+    "CorruptError",
+    "Guard",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidTransitionError",
+    "JournalEntry",
+    "NotFoundError",
+    "PraError",
+    "PraIOError",
+    "StaleTokenError",
+    "StandbyError",
+    "Store",
+    "StoreUnavailableError",
+    "UnsupportedError",
+    "Verdict",
+    "__version__",
+    "backup",
+    "fence_admit",
+    "list_backups",
+    "prune",
+    "restore",
+    "status",
+]

@@ -1,0 +1,253 @@
+"""The pra Python module: every function, every exception class, threads and the GIL."""
+
+import datetime
+import os
+import sqlite3
+import threading
+import time
+
+import pytest
+
+import pra
+
+
+@pytest.fixture
+def store(tmp_path):
+    return pra.Store(f"sqlite://{tmp_path}/state.db")
+
+
+def make_db(path, rows=10, blob=16):
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body BLOB)")
+    conn.executemany("INSERT INTO events (body) VALUES (randomblob(?))", [(blob,)] * rows)
+    conn.commit()
+    conn.close()
+
+
+def test_version_and_exports():
+    assert pra.__version__ == "0.1.0"
+    for name in pra.__all__:
+        assert hasattr(pra, name), name
+
+
+def test_every_exception_is_a_pra_error():
+    classes = [
+        pra.InvalidArgumentError, pra.NotFoundError, pra.ConflictError, pra.StaleTokenError,
+        pra.InvalidTransitionError, pra.BusyError, pra.StoreUnavailableError, pra.CorruptError,
+        pra.UnsupportedError, pra.PraIOError, pra.InternalError, pra.StandbyError,
+    ]
+    assert len(set(classes)) == len(classes)
+    for cls in classes:
+        assert issubclass(cls, pra.PraError) and issubclass(cls, Exception)
+    assert pra.CorruptBackupError is pra.CorruptError
+
+
+def test_store_activation_rules_and_record(store):
+    r = store.active()
+    assert (r.site, r.token) == (None, 0)
+    r = store.activate("RBX", expect_token=0, by="alice", reason="go live")
+    assert (r.site, r.token, r.changed_by, r.reason) == ("rbx", 1, "alice", "go live")
+    assert r.changed_at.tzinfo is not None and r.changed_at.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - r.changed_at).total_seconds()) < 60
+    with pytest.raises(pra.ConflictError, match="break before make"):
+        store.activate("sbg", expect_token=1, by="bob")
+    with pytest.raises(pra.ConflictError, match="expected token 0"):
+        store.deactivate(expect_token=0, by="bob")
+    assert store.deactivate(expect_token=1, by="bob").site is None
+    assert "ActiveSite(site='rbx'" in repr(r)
+
+
+def test_store_journal_and_verification(store, tmp_path):
+    store.activate("rbx", expect_token=0, by="alice")
+    store.deactivate(expect_token=1, by="bob", reason="failover")
+    j = store.journal()
+    assert [e.seq for e in j] == [1, 2]
+    assert j[1].by == "bob" and j[1].reason == "failover"
+    assert j[1].event["type"] == "site_changed" and j[1].event["new"]["token"] == 2
+    assert isinstance(j[0].at, datetime.datetime) and len(j[0].hash) == 64
+    assert store.verify_journal() == 2
+    conn = sqlite3.connect(tmp_path / "state.db")
+    conn.execute("UPDATE journal SET body = replace(body, 'alice', 'eve')")
+    conn.commit()
+    with pytest.raises(pra.CorruptError, match="entry 1"):
+        store.verify_journal()
+
+
+def test_store_errors(tmp_path):
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.Store("mysql://x")
+    with pytest.raises(pra.StoreUnavailableError):
+        pra.Store("sqlite:///nonexistent-dir/state.db")
+    with pytest.raises(pra.UnsupportedError):
+        pra.Store("etcd://127.0.0.1:2379/pra")
+    lock = tmp_path / "pra-status.lock"
+    lock.write_text("ACTIVE_SITE SBG\n")
+    s = pra.Store(f"file://{lock}")
+    with pytest.raises(pra.CorruptError, match="line 1"):
+        s.active()
+    lock.write_text("ACTIVE_SITE=SBG\n")
+    assert s.active().site == "sbg"
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.Store(f"sqlite://{tmp_path}/s.db").activate("r b x", expect_token=0, by="x")
+    with pytest.raises(pra.InvalidArgumentError, match="control"):
+        pra.Store(f"sqlite://{tmp_path}/s.db").activate("rbx", expect_token=0, by="x\ny")
+
+
+def test_wrong_argument_types_raise_type_error(store, tmp_path):
+    with pytest.raises(TypeError):
+        pra.Store(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pra.Store(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.activate("rbx", expect_token="0", by="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        store.activate("rbx", 0, "x")  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        pra.status(None, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pra.prune(tmp_path, keep_last="3")  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        pra.prune(tmp_path, keep_last=-1)
+    with pytest.raises(TypeError):
+        pra.fence_admit(sqlite3.connect(":memory:"), "7")  # type: ignore[arg-type]
+
+
+def test_guard_check_and_context_manager(store, tmp_path):
+    g = pra.Guard(store, "rbx", job="invoices")
+    v = g.check()
+    assert not v and not v.may_run and v.active is None
+    with pytest.raises(pra.StandbyError):
+        with g:
+            pytest.fail("the block must not run on a standby site")
+    store.activate("rbx", expect_token=0, by="ops")
+    assert g.check().may_run
+    with g as verdict:
+        assert verdict.token == 1
+        g.heartbeat()
+    with pytest.raises(RuntimeError):
+        with g:
+            raise RuntimeError("job failed")
+    rows = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT job, site, token, exit_code, finished_at IS NOT NULL FROM runs ORDER BY id").fetchall()
+    assert rows == [("invoices", "rbx", 1, 0, 1), ("invoices", "rbx", 1, 1, 1)]
+    assert not pra.Guard(store, "sbg", job="invoices").check()
+    with pytest.raises(pra.InvalidArgumentError):
+        with pra.Guard(store, "rbx"):
+            pass
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.Guard(store, "../x")
+
+
+def test_status_with_and_without_backups(tmp_path):
+    db, bdir = tmp_path / "app.db", tmp_path / "backup"
+    s = pra.status(db, bdir)
+    assert list(s)[:3] == ["count", "last_backup_file", "backup_age_seconds"]
+    assert (s["count"], s["last_backup_file"], s["backup_age_seconds"]) == (None, None, None)
+    assert s["database_ok"] is False and s["problems"]
+    make_db(db, 12)
+    b = pra.backup(db, bdir)
+    s = pra.status(str(db), str(bdir), "events")
+    assert s["count"] == 12 and s["last_backup_file"] == b.name and 0 <= s["backup_age_seconds"] < 60
+    assert s["backup_state"] == "ok"
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.status(db, bdir, "events; DROP TABLE events")
+    store = pra.Store(f"sqlite://{tmp_path}/state.db")
+    assert pra.status(db, bdir, store=store)["active_site"] == "none"
+
+
+def test_backup_list_prune_restore(tmp_path):
+    db, bdir = tmp_path / "app.db", tmp_path / "backup"
+    with pytest.raises(pra.NotFoundError):
+        pra.backup(db, bdir)
+    make_db(db, 5)
+    first = pra.backup(db, bdir)
+    assert first.state == "verified" and first.tables == {"events": 5} and len(first.sha256 or "") == 64
+    assert first.time.tzinfo is not None and os.path.isfile(first.path)
+    make_db(db, 3)
+    second = pra.backup(db, bdir)
+    names = [b.name for b in pra.list_backups(bdir)]
+    assert names == [second.name, first.name]
+    # Prune: dry run, then for real; an empty policy is refused.
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.prune(bdir)
+    d = pra.prune(bdir, keep_last=1, dry_run=True)
+    assert [x["keep"] for x in d] == [True, False] and d[0]["reasons"]
+    assert len(pra.list_backups(bdir)) == 2
+    assert len(pra.prune(bdir, keep_within=datetime.timedelta(hours=1))) == 2
+    # Restore: preview, refused names, a tampered backup, then for real.
+    p = pra.restore(db, bdir, dry_run=True)
+    assert p["tables"] == [{"table": "events", "current": 8, "backup": 8}]
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.restore(db, bdir, name="../../etc/passwd")
+    with pytest.raises(pra.NotFoundError):
+        pra.restore(db, bdir, before=datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
+    r = pra.restore(db, bdir, name=first.name)
+    assert r["backup"] == first.name and r["tables"] == {"events": 5} and r["safety_copy"]
+    data = bytearray(open(second.path, "rb").read())
+    data[-10] ^= 0xFF
+    open(second.path, "wb").write(bytes(data))
+    with pytest.raises(pra.CorruptBackupError, match="checksum"):
+        pra.restore(db, bdir, name=second.name)
+    assert sqlite3.connect(db).execute("SELECT count(*) FROM events").fetchone() == (5,)
+
+
+def test_restore_refused_while_the_app_holds_the_database(tmp_path):
+    db, bdir = tmp_path / "app.db", tmp_path / "backup"
+    make_db(db, 3)
+    pra.backup(db, bdir)
+    app = sqlite3.connect(db)
+    app.execute("SELECT count(*) FROM events").fetchone()
+    with pytest.raises(pra.BusyError, match="Stop the application"):
+        pra.restore(db, bdir)
+    app.close()
+    pra.restore(db, bdir)
+
+
+def test_fence_admit_inside_the_apps_transaction(tmp_path):
+    conn = sqlite3.connect(tmp_path / "app.db", isolation_level=None)
+    conn.execute("CREATE TABLE results (v TEXT)")
+    conn.execute("BEGIN IMMEDIATE")
+    assert pra.fence_admit(conn, 5) == 5
+    conn.execute("INSERT INTO results VALUES ('new site')")
+    conn.execute("COMMIT")
+    # A job of the old site, token 3, tries to write after the flip.
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(pra.StaleTokenError, match="token 5"):
+        pra.fence_admit(conn, 3)
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT v FROM results").fetchall() == [("new site",)]
+    conn.execute("BEGIN IMMEDIATE")
+    pra.fence_admit(conn, 6)
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT token FROM pra_fence").fetchone() == (5,), "rolled back with the transaction"
+
+
+def test_status_runs_in_other_threads_while_a_backup_runs(tmp_path):
+    """The GIL is released during backup: other threads keep answering /status meanwhile."""
+    db, bdir = tmp_path / "app.db", tmp_path / "backup"
+    make_db(db, 60_000, 1000)  # ~60 MB
+    done = threading.Event()
+    results = []
+
+    def run_backup():
+        t = time.monotonic()
+        results.append(pra.backup(db, bdir))
+        results.append(time.monotonic() - t)
+        done.set()
+
+    calls = 0
+
+    def poll():
+        nonlocal calls
+        while not done.is_set():
+            pra.status(db, tmp_path / "none", "events")
+            calls += 1
+
+    threads = [threading.Thread(target=run_backup)] + [threading.Thread(target=poll) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results and results[0].state == "verified"
+    assert calls >= 3, f"only {calls} status calls completed during a {results[1]:.2f}s backup"
