@@ -474,10 +474,8 @@ pub unsafe extern "C" fn pra_status_json(
             None,
             &SystemClock,
         )?;
-        let json = serde_json::to_string(&status).map_err(|e| Error::Internal(e.to_string()))?;
-        let c = CString::new(json).map_err(|e| Error::Internal(e.to_string()))?;
-        // SAFETY: non-NULL and valid for writes per the contract.
-        unsafe { *out = c.into_raw() };
+        // SAFETY: `out` is non-NULL and valid for writes per the contract.
+        unsafe { write_json(&status, out)? };
         Ok(pra_result::Ok)
     })
 }
@@ -504,13 +502,24 @@ pub unsafe extern "C" fn pra_backup(
             &SystemClock,
         )?;
         if !out.is_null() {
-            let json = serde_json::to_string(&entry).map_err(|e| Error::Internal(e.to_string()))?;
-            let c = CString::new(json).map_err(|e| Error::Internal(e.to_string()))?;
-            // SAFETY: non-NULL and valid for writes per the contract.
-            unsafe { *out = c.into_raw() };
+            // SAFETY: `out` is non-NULL and valid for writes per the contract.
+            unsafe { write_json(&entry, out)? };
         }
         Ok(pra_result::Ok)
     })
+}
+
+/// Serializes `value` and hands it to C through `out` (freed with `pra_string_free`). Nothing is
+/// written if serialization fails.
+///
+/// # Safety
+/// `out` is non-NULL and valid for writing a pointer.
+unsafe fn write_json<T: serde::Serialize>(value: &T, out: *mut *mut c_char) -> Result<(), Error> {
+    let json = serde_json::to_string(value).map_err(|e| Error::Internal(e.to_string()))?;
+    let c = CString::new(json).map_err(|e| Error::Internal(e.to_string()))?;
+    // SAFETY: per this function's contract.
+    unsafe { *out = c.into_raw() };
+    Ok(())
 }
 
 /// Releases a string returned by pra. `pra_string_free(NULL)` does nothing.
