@@ -154,21 +154,21 @@ impl Error {
     }
 
     /// Maps a SQLite error met while doing `what` on `url` to the right kind: a busy or locked
-    /// database is [`Error::Busy`], an unopenable one [`Error::StoreUnavailable`], a damaged one
-    /// [`Error::Corrupt`], anything else [`Error::Internal`].
+    /// database is [`Error::Busy`], an unopenable one [`Error::StoreUnavailable`], a full disk or
+    /// a failed write [`Error::Io`], a damaged one [`Error::Corrupt`], anything else
+    /// [`Error::Internal`].
     pub fn sqlite(what: &str, url: &str, err: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode as C;
         match err.sqlite_error_code() {
             Some(C::DatabaseBusy | C::DatabaseLocked) => {
                 Error::Busy(format!("{what} on {url}: database is locked ({err})"))
             }
-            Some(
-                C::CannotOpen
-                | C::PermissionDenied
-                | C::ReadOnly
-                | C::DiskFull
-                | C::SystemIoFailure,
-            ) => Error::StoreUnavailable {
+            Some(C::DiskFull | C::SystemIoFailure) => Error::Io {
+                op: "write",
+                path: url.into(),
+                source: std::io::Error::other(format!("{what}: {err}")),
+            },
+            Some(C::CannotOpen | C::PermissionDenied | C::ReadOnly) => Error::StoreUnavailable {
                 url: url.to_string(),
                 reason: format!("{what}: {err}"),
             },

@@ -74,3 +74,29 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     }
     result
 }
+
+/// Refuses a store file (or its directory) that any user may write: anyone could then change
+/// the active site. Missing paths pass (the store creates them 0600/0700).
+pub(crate) fn refuse_world_writable(url: &str, paths: &[&Path]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in paths {
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        // A sticky world-writable directory (/tmp) still stops users replacing others' files.
+        let sticky_dir = meta.is_dir() && mode & 0o1000 != 0;
+        if mode & 0o002 != 0 && !sticky_dir {
+            return Err(Error::StoreUnavailable {
+                url: url.to_string(),
+                reason: format!(
+                    "{} is world-writable (mode {:o}): any user could change the active site; run `chmod o-w {}`",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -309,7 +309,13 @@ pub fn latest_usable(dir: &Path) -> Result<Option<BackupEntry>> {
 }
 
 fn sql_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(rusqlite::Error) -> Error + 'a {
-    move |e| Error::sqlite(what, &path.display().to_string(), e)
+    // A database file that cannot be opened or written is an I/O problem here, not a store.
+    move |e| match Error::sqlite(what, &path.display().to_string(), e) {
+        Error::StoreUnavailable { reason, .. } => {
+            Error::io(what, path, std::io::Error::other(reason))
+        }
+        other => other,
+    }
 }
 
 /// Opens an existing database for reading, without creating it.

@@ -201,6 +201,7 @@ impl FileStore {
                 reason: "the lock-file path is a directory".into(),
             });
         }
+        crate::fsutil::refuse_world_writable(&url, &[path, dir])?;
         let store = FileStore {
             url,
             journal_path: with_suffix(path, ".journal"),

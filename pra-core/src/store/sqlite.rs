@@ -89,6 +89,7 @@ impl SqliteStore {
         if path.is_dir() {
             return Err(unavailable("the path is a directory".into()));
         }
+        crate::fsutil::refuse_world_writable(&url, &[path, crate::fsutil::parent_dir(path)])?;
         if !path.exists() {
             create_private(path)
                 .map_err(|e| unavailable(format!("cannot create the database: {e}")))?;
