@@ -8,7 +8,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo build test lint test-rust test-c test-go test-python header apt-tools clean
+FUZZ_TARGETS := lock_file store_url backup_name
+# Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
+FUZZ_SECONDS ?= 10
+
+.PHONY: demo build test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -19,7 +23,7 @@ build:
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python
+test: lint test-rust test-c test-go test-python fuzz-short
 
 lint:
 	$(CARGO) fmt --all --check
@@ -50,6 +54,25 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r pra-py/requirements-dev.txt
+
+## Fuzz the lock-file parser, store URLs and backup names (cargo-fuzz, libFuzzer + ASan).
+## The toolchain is stable: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly-only flags.
+## New inputs go to a scratch corpus; the committed seeds in fuzz/corpus stay as they are.
+fuzz-short: cargo-fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  scratch=$$(mktemp -d); \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+	  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run $$t $$scratch corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) 2>&1 \
+	    | grep -E '^Done|panicked|SUMMARY|crash-|^error' ; status=$${PIPESTATUS[0]}; \
+	  rm -rf $$scratch; [ $$status = 0 ] || exit $$status; \
+	done
+
+## A long fuzzing run: make fuzz FUZZ_SECONDS=3600
+fuzz: FUZZ_SECONDS = 600
+fuzz: fuzz-short
+
+cargo-fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 ## Regenerate include/pra.h with the pinned cbindgen (then commit it).
 header:

@@ -8,7 +8,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
     Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Store, display,
@@ -140,7 +140,8 @@ impl LockFile {
                     format!("CHANGED_AT {at:?} is not an RFC 3339 time: {e}"),
                 )
             })?
-            .with_timezone(&Utc);
+            .with_timezone(&Utc)
+            .trunc_subsecs(6); // pra keeps microseconds everywhere
         let (by, _) = need("CHANGED_BY")?;
         let (reason, _) = need("REASON")?;
         let (head, head_line) = need("JOURNAL_HEAD")?;
@@ -497,6 +498,18 @@ mod tests {
         let text = l.render();
         assert!(text.contains("\nACTIVE_SITE=RBX\n"), "{text}");
         assert_eq!(LockFile::parse(&text, "x").unwrap(), l);
+    }
+
+    #[test]
+    fn sub_microsecond_times_round_trip() {
+        // Found by the lock_file fuzz target: nanoseconds did not survive render -> parse.
+        let text = format!(
+            "ACTIVE_SITE=RBX\nTOKEN=3\nCHANGED_AT=2026-01-01T00:00:00.002555555Z\nCHANGED_BY=ops\nREASON=\nJOURNAL_HEAD={}\n",
+            "0".repeat(64)
+        );
+        let parsed = LockFile::parse(&text, "x").unwrap();
+        assert_eq!(parsed.record.changed_at.timestamp_subsec_nanos(), 2_555_000);
+        assert_eq!(LockFile::parse(&parsed.render(), "x").unwrap(), parsed);
     }
 
     #[test]

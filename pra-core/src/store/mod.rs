@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, Actor, FencingToken, SiteChange};
 use crate::site::SiteId;
 
-pub use file::FileStore;
+pub use file::{FileStore, LockFile};
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
 

@@ -60,10 +60,9 @@ impl StoreUrl {
                     Some(i) => (&rest[..i], &rest[i..]),
                     None => (rest, "/pra"),
                 };
-                let prefix = if prefix == "/" {
-                    "/pra"
-                } else {
-                    prefix.trim_end_matches('/')
+                let prefix = match prefix.trim_end_matches('/') {
+                    "" => "/pra",
+                    p => p,
                 };
                 let endpoints = hosts
                     .split(',')
@@ -152,6 +151,16 @@ mod tests {
             "etcd://h:1,g:2/p",
         ] {
             assert_eq!(StoreUrl::parse(u).unwrap().to_string(), u);
+        }
+    }
+
+    #[test]
+    fn slash_only_prefixes_are_the_default_prefix() {
+        // Found by the store_url fuzz target: a prefix of only slashes became "".
+        for u in ["etcd://-:47428///", "etcd://h:1/", "etcd://h:1//", "etcd://0.0.1::23792//"] {
+            let parsed = StoreUrl::parse(u).unwrap();
+            assert!(matches!(&parsed, StoreUrl::Etcd { prefix, .. } if prefix == "/pra"), "{parsed:?}");
+            assert_eq!(StoreUrl::parse(&parsed.to_string()).unwrap(), parsed);
         }
     }
 
