@@ -132,6 +132,15 @@ fn bad_input_gets_its_documented_exit_code() {
     assert_eq!(code(&o), 3);
     assert!(text(&o).contains("unknown site \"gra\""), "{}", text(&o));
     assert_eq!(code(&e.on("gra", &["check"])), 3);
+    // An empty site falls back to the hostname; one that names neither site is an error.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .to_lowercase();
+    if !host.contains("rbx") && !host.contains("sbg") {
+        let o = e.pra(&["check", "--site", ""]);
+        assert_eq!(code(&o), 3, "{}", text(&o));
+        assert!(text(&o).contains("set PRA_SITE"), "{}", text(&o));
+    }
     ok(e.pra(&["site", "activate", "sbg", "--expect-token", "0"]));
     let o = e.pra(&["site", "deactivate", "--expect-token", "0"]);
     assert_eq!(code(&o), 5);

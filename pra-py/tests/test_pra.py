@@ -77,6 +77,15 @@ def test_store_journal_and_verification(store, tmp_path):
 def test_store_errors(tmp_path):
     with pytest.raises(pra.InvalidArgumentError):
         pra.Store("mysql://x")
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.Store("")
+    (tmp_path / "dir.lock").mkdir()
+    with pytest.raises(pra.StoreUnavailableError, match="directory"):
+        pra.Store(f"file://{tmp_path}/dir.lock")
+    (tmp_path / "open.lock").write_text("ACTIVE_SITE=SBG\n")
+    os.chmod(tmp_path / "open.lock", 0o666)
+    with pytest.raises(pra.StoreUnavailableError, match="world-writable"):
+        pra.Store(f"file://{tmp_path}/open.lock")
     with pytest.raises(pra.StoreUnavailableError):
         pra.Store("sqlite:///nonexistent-dir/state.db")
     with pytest.raises(pra.UnsupportedError):
@@ -137,6 +146,8 @@ def test_guard_check_and_context_manager(store, tmp_path):
             pass
     with pytest.raises(pra.InvalidArgumentError):
         pra.Guard(store, "../x")
+    with pytest.raises(pra.InvalidArgumentError):
+        pra.Guard(store, "")
 
 
 def test_status_with_and_without_backups(tmp_path):

@@ -53,6 +53,7 @@ static void test_open_errors(void) {
   EXPECT(pra_store_open("", &s), PRA_RESULT_INVALID_ARGUMENT);
   EXPECT(pra_store_open("etcd://127.0.0.1:2379/pra", &s), PRA_RESULT_UNSUPPORTED);
   EXPECT(pra_store_open("sqlite:///nonexistent-dir/state.db", &s), PRA_RESULT_STORE_UNAVAILABLE);
+  EXPECT(pra_store_open("file:///tmp", &s), PRA_RESULT_STORE_UNAVAILABLE); /* a directory */
   CHECK(s == (pra_store *)0x1);
   pra_store_free(NULL); /* a no-op */
   CHECK(1);
@@ -73,6 +74,7 @@ static void test_guard_and_changes(void) {
   EXPECT(pra_guard_check(s, NULL, &v), PRA_RESULT_INVALID_ARGUMENT);
   EXPECT(pra_guard_check(s, "rbx", NULL), PRA_RESULT_INVALID_ARGUMENT);
   EXPECT(pra_guard_check(s, "r b x", &v), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_guard_check(s, "", &v), PRA_RESULT_INVALID_ARGUMENT);
   EXPECT(pra_guard_check(s, "\xc3\x28", &v), PRA_RESULT_INVALID_ARGUMENT);
   /* Activate rbx. */
   pra_record r;

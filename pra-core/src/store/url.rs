@@ -157,9 +157,17 @@ mod tests {
     #[test]
     fn slash_only_prefixes_are_the_default_prefix() {
         // Found by the store_url fuzz target: a prefix of only slashes became "".
-        for u in ["etcd://-:47428///", "etcd://h:1/", "etcd://h:1//", "etcd://0.0.1::23792//"] {
+        for u in [
+            "etcd://-:47428///",
+            "etcd://h:1/",
+            "etcd://h:1//",
+            "etcd://0.0.1::23792//",
+        ] {
             let parsed = StoreUrl::parse(u).unwrap();
-            assert!(matches!(&parsed, StoreUrl::Etcd { prefix, .. } if prefix == "/pra"), "{parsed:?}");
+            assert!(
+                matches!(&parsed, StoreUrl::Etcd { prefix, .. } if prefix == "/pra"),
+                "{parsed:?}"
+            );
             assert_eq!(StoreUrl::parse(&parsed.to_string()).unwrap(), parsed);
         }
     }
