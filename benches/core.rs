@@ -1,7 +1,9 @@
-//! Criterion benches of pra-core: guard checks, plan transitions (pure and persisted), backup
-//! and restore of a 100 MB database, status over 100k rows and 5,000 backups.
+//! Criterion benches of pra-core and libpra: guard checks (in process and through the C ABI),
+//! plan transitions (pure and persisted), backup and restore of a 100 MB and a 1 GB database,
+//! status over 100k rows / 5,000 backups and 1M rows / 10,000 backups.
 //!
-//! `cargo bench --bench core`; `PRA_BENCH_MB` changes the database size (issue 8 asks for 1 GB).
+//! `cargo bench --bench core`. `PRA_BENCH_MB="100 1024"` and `PRA_BENCH_STATUS="100000:5000
+//! 1000000:10000"` (the defaults) choose the sizes.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -57,6 +59,35 @@ fn guard(c: &mut Criterion) {
     c.bench_function("guard check, file store", |b| {
         b.iter(|| black_box(pra_core::check(&fs, &rbx).unwrap()))
     });
+
+    // The same checks through the C ABI (what a C or Go program pays).
+    for (name, url) in [
+        (
+            "sqlite",
+            format!("sqlite://{}", dir.path().join("state.db").display()),
+        ),
+        (
+            "file",
+            format!("file://{}", dir.path().join("pra-status.lock").display()),
+        ),
+    ] {
+        let url = std::ffi::CString::new(url).unwrap();
+        let mut store: *mut pra::pra_store = std::ptr::null_mut();
+        // SAFETY: a valid string and out-pointer.
+        assert_eq!(
+            unsafe { pra::pra_store_open(url.as_ptr(), &mut store) },
+            pra::pra_result::Ok
+        );
+        let mut v = std::mem::MaybeUninit::<pra::pra_verdict>::uninit();
+        c.bench_function(&format!("guard check, {name} store, C ABI"), |b| {
+            // SAFETY: a live handle, a static string, a valid out-pointer.
+            b.iter(|| {
+                black_box(unsafe { pra::pra_guard_check(store, c"rbx".as_ptr(), v.as_mut_ptr()) })
+            })
+        });
+        // SAFETY: the handle from pra_store_open, freed once.
+        unsafe { pra::pra_store_free(store) };
+    }
 }
 
 fn transitions(c: &mut Criterion) {
@@ -104,66 +135,93 @@ fn transitions(c: &mut Criterion) {
     });
 }
 
+fn sizes(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.into())
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 fn backup_restore(c: &mut Criterion) {
-    let mb: u64 = std::env::var("PRA_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    make_db(&db, mb * 1024, 1000);
-    let mut g = c.benchmark_group(format!("{mb} MB database"));
-    g.sample_size(10);
-    for method in [Method::OnlineBackup, Method::VacuumInto] {
-        g.bench_function(format!("backup ({method:?})"), |b| {
+    for mb in sizes("PRA_BENCH_MB", "100 1024") {
+        let mb: u64 = mb.parse().expect("PRA_BENCH_MB: sizes in MB");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        make_db(&db, mb * 1024, 1000);
+        let mut g = c.benchmark_group(format!("{mb} MB database"));
+        g.sample_size(10);
+        for method in [Method::OnlineBackup, Method::VacuumInto] {
+            g.bench_function(format!("backup ({method:?})"), |b| {
+                b.iter(|| {
+                    let bdir = dir.path().join("b");
+                    black_box(backup::create(&db, &bdir, method, &SystemClock).unwrap());
+                    std::fs::remove_dir_all(&bdir).unwrap();
+                })
+            });
+        }
+        let bdir = dir.path().join("backups");
+        backup::create(&db, &bdir, Method::OnlineBackup, &SystemClock).unwrap();
+        let target = dir.path().join("restored.db");
+        g.bench_function("restore", |b| {
             b.iter(|| {
-                let bdir = dir.path().join("b");
-                black_box(backup::create(&db, &bdir, method, &SystemClock).unwrap());
-                std::fs::remove_dir_all(&bdir).unwrap();
+                black_box(
+                    restore::restore(
+                        &target,
+                        &bdir,
+                        &RestorePoint::Latest,
+                        restore::Options { safety_copy: false },
+                        &SystemClock,
+                    )
+                    .unwrap(),
+                )
             })
         });
+        g.finish();
     }
-    let bdir = dir.path().join("backups");
-    backup::create(&db, &bdir, Method::OnlineBackup, &SystemClock).unwrap();
-    let target = dir.path().join("restored.db");
-    g.bench_function("restore", |b| {
-        b.iter(|| {
-            black_box(
-                restore::restore(
-                    &target,
-                    &bdir,
-                    &RestorePoint::Latest,
-                    restore::Options { safety_copy: false },
-                    &SystemClock,
-                )
-                .unwrap(),
-            )
-        })
-    });
-    g.finish();
 }
 
 fn status_bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    make_db(&db, 100_000, 16);
-    let bdir = dir.path().join("backup");
-    std::fs::create_dir(&bdir).unwrap();
-    let one = dir.path().join("one");
-    let src = backup::create(&db, &one, Method::OnlineBackup, &SystemClock).unwrap();
-    let start = chrono::Utc::now() - chrono::Duration::days(10);
-    for i in 0..5000 {
-        let name = backup::BackupName {
-            time: start + chrono::Duration::minutes(i),
-            seq: 0,
+    for spec in sizes("PRA_BENCH_STATUS", "100000:5000 1000000:10000") {
+        let (rows, backups) = spec
+            .split_once(':')
+            .expect("PRA_BENCH_STATUS: ROWS:BACKUPS");
+        let (rows, backups): (u64, i64) = (rows.parse().unwrap(), backups.parse().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        make_db(&db, rows, 16);
+        let bdir = dir.path().join("backup");
+        std::fs::create_dir(&bdir).unwrap();
+        let one = dir.path().join("one");
+        let src = backup::create(&db, &one, Method::OnlineBackup, &SystemClock).unwrap();
+        let start = chrono::Utc::now() - chrono::Duration::days(30);
+        for i in 0..backups {
+            let name = backup::BackupName {
+                time: start + chrono::Duration::minutes(i),
+                seq: 0,
+            }
+            .file_name();
+            std::fs::hard_link(&src.path, bdir.join(&name)).unwrap();
         }
-        .file_name();
-        std::fs::copy(&src.path, bdir.join(&name)).unwrap();
+        let opts = status::Options::default();
+        c.bench_function(&format!("status, {rows} rows, {backups} backups"), |b| {
+            b.iter(|| black_box(status::status(&db, &bdir, &opts, None, &SystemClock).unwrap()))
+        });
+        // The floor: open the database read-only and count, as a /status handler must.
+        c.bench_function(&format!("open + SELECT count(*) alone, {rows} rows"), |b| {
+            b.iter(|| {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &db,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                black_box(
+                    conn.query_row("SELECT count(*) FROM events", [], |r| r.get::<_, i64>(0))
+                        .unwrap(),
+                )
+            })
+        });
     }
-    let opts = status::Options::default();
-    c.bench_function("status, 100k rows, 5000 backups", |b| {
-        b.iter(|| black_box(status::status(&db, &bdir, &opts, None, &SystemClock).unwrap()))
-    });
 }
 
 criterion_group!(benches, guard, transitions, backup_restore, status_bench);

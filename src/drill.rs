@@ -561,10 +561,10 @@ fn markdown(r: &DrillReport, took: Duration) -> String {
     ));
     m.push_str("| KPI | measured | target | verdict |\n|---|---|---|---|\n");
     for c in &r.checks {
-        let verdict = match c.pass {
-            Some(true) => "PASS",
-            Some(false) => "**FAIL**",
-            None => "not measured",
+        let verdict = if c.pass == Some(false) {
+            "**FAIL**"
+        } else {
+            c.verdict()
         };
         m.push_str(&format!(
             "| {} | {} | {} | {} |\n",

@@ -2,45 +2,15 @@
 //! database passes integrity_check and holds either the old or the new content, and no partial
 //! backup is ever listed.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use common::{Rng, iterations, kill_after, timed};
 
 use pra_core::backup::{self, Health};
 use rusqlite::Connection;
-
-/// A small xorshift generator: the seed is printed so a failure can be replayed with
-/// PRA_CRASH_SEED.
-struct Rng(u64);
-impl Rng {
-    fn new() -> Rng {
-        let seed = std::env::var("PRA_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("crash test seed: PRA_CRASH_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
-fn iterations() -> usize {
-    std::env::var("PRA_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50)
-}
 
 fn make_db(path: &Path, marker: &str, rows: u32) {
     let conn = Connection::open(path).unwrap();
@@ -68,29 +38,6 @@ fn pra(dir: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Runs `cmd` to completion once and returns how long it took.
-fn timed(mut cmd: Command) -> Duration {
-    let t = Instant::now();
-    assert!(cmd.status().unwrap().success());
-    t.elapsed()
-}
-
-/// Starts `cmd`, SIGKILLs it after `delay` (if still running), waits for it.
-fn kill_after(mut cmd: Command, delay: Duration) -> bool {
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    killed
-}
-
 fn integrity(path: &Path) -> String {
     Connection::open(path)
         .unwrap()
@@ -104,10 +51,10 @@ fn killed_backups_never_leave_a_partial_backup_listed() {
     std::fs::write(dir.path().join("none.toml"), "").unwrap();
     make_db(&dir.path().join("app.db"), "old", 20_000); // ~20 MB
     let full = timed(pra(dir.path(), &["backup"]));
-    let mut rng = Rng::new();
+    let mut rng = Rng::new("crash");
     let mut killed = 0;
     for _ in 0..iterations() {
-        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
+        let delay = rng.delay(full);
         killed += usize::from(kill_after(pra(dir.path(), &["backup"]), delay));
         for e in backup::list(&dir.path().join("backup")).unwrap() {
             assert_ne!(
@@ -169,11 +116,11 @@ fn killed_restores_leave_the_old_or_the_new_database() {
         dir.path(),
         &["restore", "--latest", "--no-safety-copy"],
     ));
-    let mut rng = Rng::new();
+    let mut rng = Rng::new("crash");
     let (mut old, mut new, mut killed) = (0, 0, 0);
     for _ in 0..iterations() {
         reset();
-        let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
+        let delay = rng.delay(full);
         killed += usize::from(kill_after(
             pra(dir.path(), &["restore", "--latest", "--no-safety-copy"]),
             delay,

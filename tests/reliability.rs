@@ -2,48 +2,21 @@
 //! between processes and threads, a full disk and a read-only directory, world-writable stores.
 //! Each test prints what it injected and what held; RELIABILITY.md tabulates those lines.
 
+mod common;
+
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{Rng, iterations, kill_after, timed};
 
 use pra_core::plan::{DrainPolicy, Runner, State};
 use pra_core::store::{SqliteStore, Store};
 use pra_core::{SiteId, SystemClock, Topology, Verdict};
-
-fn iterations() -> usize {
-    std::env::var("PRA_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50)
-}
-
-struct Rng(u64);
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("PRA_CRASH_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("{test}: PRA_CRASH_SEED={seed}");
-        Rng(seed)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 struct Env {
     dir: tempfile::TempDir,
@@ -92,32 +65,6 @@ fn ok(o: Output) -> Output {
     o
 }
 
-/// Runs `cmd`, SIGKILLs it after `delay` if it still runs; true if it was killed.
-fn kill_after(mut cmd: Command, delay: Duration) -> bool {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(100));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    let _ = child.kill();
-    let _ = child.wait();
-    killed
-}
-
-fn timed(mut cmd: Command) -> Duration {
-    let t = Instant::now();
-    assert!(cmd.status().unwrap().success());
-    t.elapsed()
-}
-
 #[test]
 fn killed_site_flips_never_move_the_token_back() {
     let e = Env::new();
@@ -140,10 +87,7 @@ fn killed_site_flips_never_move_the_token_back() {
         };
         let mut a = args.clone();
         a.push(&token);
-        killed += usize::from(kill_after(
-            e.cmd(&a),
-            Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10)),
-        ));
+        killed += usize::from(kill_after(e.cmd(&a), rng.delay(full)));
         let store = e.store();
         let after = store.load().unwrap();
         assert!(

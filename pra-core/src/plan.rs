@@ -905,6 +905,17 @@ pub struct ReportStep {
     pub operator: Option<String>,
 }
 
+impl Check {
+    /// "PASS", "FAIL", or "not measured".
+    pub fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "not measured",
+        }
+    }
+}
+
 /// The KPIs of the seed's §7, computed from the journal and the run registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -1114,11 +1125,7 @@ impl Report {
             "KPI", "measured", "target", "verdict"
         ));
         for c in &self.checks {
-            let verdict = match c.pass {
-                Some(true) => "PASS",
-                Some(false) => "FAIL",
-                None => "not measured",
-            };
+            let verdict = c.verdict();
             s.push_str(&format!(
                 "{:<42} {:>12}  {:<30} {}\n",
                 c.name,
