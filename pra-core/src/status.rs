@@ -115,18 +115,13 @@ pub fn status(
             None
         }
     };
-    let (backup_count, latest) = match backup::scan(dir) {
-        Ok(names) => {
-            let n = names.len();
-            let latest = names
-                .into_iter()
-                .map(|(id, name)| backup::inspect(dir, id, &name))
-                .inspect(|e| {
-                    if let backup::Health::Corrupt { reason } = &e.health {
-                        problems.push(format!("backup {} is corrupt: {reason}", e.name));
-                    }
-                })
-                .find(backup::BackupEntry::usable);
+    let (backup_count, latest) = match backup::newest_usable(dir) {
+        Ok((n, latest, corrupt)) => {
+            for e in corrupt {
+                if let backup::Health::Corrupt { reason } = &e.health {
+                    problems.push(format!("backup {} is corrupt: {reason}", e.name));
+                }
+            }
             (n, latest)
         }
         Err(e) => {

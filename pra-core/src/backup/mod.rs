@@ -44,24 +44,26 @@ impl BackupName {
     /// separator, is `None`.
     pub fn parse(name: &str) -> Option<BackupName> {
         let mid = name.strip_prefix(PREFIX)?.strip_suffix(".db")?;
-        let parts: Vec<&str> = mid.split('-').collect();
-        if !(5..=7).contains(&parts.len()) {
-            return None;
-        }
+        // Up to 7 dash-separated numbers, parsed without allocating (status scans thousands).
         let widths = [4, 2, 2, 2, 2, 2];
         let mut nums = [0u32; 7];
-        for (i, p) in parts.iter().enumerate() {
-            let width_ok = if i < 6 {
-                p.len() == widths[i]
+        let mut count = 0;
+        for p in mid.split('-') {
+            if count == 7 {
+                return None;
+            }
+            let width_ok = if count < 6 {
+                p.len() == widths[count]
             } else {
                 (1..=9).contains(&p.len())
             };
             if !width_ok || !p.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            nums[i] = p.parse().ok()?;
+            nums[count] = p.parse().ok()?;
+            count += 1;
         }
-        if parts.len() == 7 && nums[6] == 0 {
+        if count < 5 || (count == 7 && nums[6] == 0) {
             return None; // the first of a second has no suffix: one name per backup
         }
         let time = NaiveDate::from_ymd_opt(nums[0] as i32, nums[1], nums[2])?
@@ -177,9 +179,9 @@ impl BackupEntry {
     }
 }
 
-/// The backup-named files of `dir`, newest first, without opening them. A missing directory has
-/// none.
-pub fn scan(dir: &Path) -> Result<Vec<(BackupName, String)>> {
+/// The backup-named files of `dir`, in directory order, without opening them. A missing
+/// directory has none.
+fn scan_unsorted(dir: &Path) -> Result<Vec<(BackupName, String)>> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -195,8 +197,32 @@ pub fn scan(dir: &Path) -> Result<Vec<(BackupName, String)>> {
             out.push((id, name));
         }
     }
+    Ok(out)
+}
+
+/// The backup-named files of `dir`, newest first, without opening them. A missing directory has
+/// none.
+pub fn scan(dir: &Path) -> Result<Vec<(BackupName, String)>> {
+    let mut out = scan_unsorted(dir)?;
     out.sort_unstable_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
+}
+
+/// How many backup-named files `dir` holds, the newest usable one, and the unusable ones newer
+/// than it (inspected on the way). One pass over the directory, no sort: what status needs.
+pub fn newest_usable(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<BackupEntry>)> {
+    let mut all = scan_unsorted(dir)?;
+    let count = all.len();
+    let mut skipped = Vec::new();
+    while let Some(i) = (0..all.len()).max_by_key(|&i| all[i].0) {
+        let (id, name) = all.swap_remove(i);
+        let entry = inspect(dir, id, &name);
+        if entry.usable() {
+            return Ok((count, Some(entry), skipped));
+        }
+        skipped.push(entry);
+    }
+    Ok((count, None, skipped))
 }
 
 /// Inspects one backup file: SQLite header, page size, size against the header's page count
@@ -302,10 +328,7 @@ pub fn list(dir: &Path) -> Result<Vec<BackupEntry>> {
 
 /// The newest usable backup of `dir`, inspecting from the newest down only as far as needed.
 pub fn latest_usable(dir: &Path) -> Result<Option<BackupEntry>> {
-    Ok(scan(dir)?
-        .into_iter()
-        .map(|(id, name)| inspect(dir, id, &name))
-        .find(BackupEntry::usable))
+    Ok(newest_usable(dir)?.1)
 }
 
 fn sql_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(rusqlite::Error) -> Error + 'a {
