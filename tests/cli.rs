@@ -337,6 +337,47 @@ fn run_only_on_the_active_site_with_its_token() {
 }
 
 #[test]
+fn run_forwards_signals_to_the_command() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    let ready = e.path("ready");
+    // The command traps SIGTERM and exits 42: seeing 42 proves the wrapper forwarded it.
+    let script = format!(
+        "trap 'exit 42' TERM; touch {}; while :; do sleep 0.05; done",
+        ready.display()
+    );
+    let child = e
+        .cmd(
+            Some("rbx"),
+            &["run", "--job", "sig", "--", "sh", "-c", &script],
+        )
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let conn = rusqlite::Connection::open(e.path("state.db")).unwrap();
+    let (code, outcome): (i32, String) = conn
+        .query_row(
+            "SELECT exit_code, outcome FROM runs WHERE job = 'sig'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((code, outcome.as_str()), (42, "exited 42"));
+}
+
+#[test]
 fn run_no_overlap_refuses_a_second_instance() {
     let e = Env::new();
     ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));

@@ -124,8 +124,22 @@ fn blocking<T: Send>(
     py.detach(f).map_err(PraErr)
 }
 
-/// serde_json value -> Python object (dict, list, str, int, float, bool, None).
+/// serde_json value -> Python object (dict, list, str, int, float, bool, None); the values of
+/// time keys (`at`, `*_at`) that hold RFC 3339 strings become timezone-aware datetimes.
 fn to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
+    to_py_keyed(py, v, "")
+}
+
+fn is_time_key(key: &str) -> bool {
+    key == "at" || key.ends_with("_at")
+}
+
+fn to_py_keyed(py: Python<'_>, v: &serde_json::Value, key: &str) -> PyResult<Py<PyAny>> {
+    if let (true, serde_json::Value::String(s)) = (is_time_key(key), v)
+        && let Ok(t) = DateTime::parse_from_rfc3339(s)
+    {
+        return t.with_timezone(&Utc).into_py_any(py);
+    }
     Ok(match v {
         serde_json::Value::Null => py.None(),
         serde_json::Value::Bool(b) => b.into_py_any(py)?,
@@ -138,14 +152,14 @@ fn to_py(py: Python<'_>, v: &serde_json::Value) -> PyResult<Py<PyAny>> {
         serde_json::Value::Array(a) => {
             let l = PyList::empty(py);
             for x in a {
-                l.append(to_py(py, x)?)?;
+                l.append(to_py_keyed(py, x, key)?)?;
             }
             l.into_any().unbind()
         }
         serde_json::Value::Object(o) => {
             let d = PyDict::new(py);
             for (k, x) in o {
-                d.set_item(k, to_py(py, x)?)?;
+                d.set_item(k, to_py_keyed(py, x, k)?)?;
             }
             d.into_any().unbind()
         }

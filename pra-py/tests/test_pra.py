@@ -65,6 +65,8 @@ def test_store_journal_and_verification(store, tmp_path):
     assert [e.seq for e in j] == [1, 2]
     assert j[1].by == "bob" and j[1].reason == "failover"
     assert j[1].event["type"] == "site_changed" and j[1].event["new"]["token"] == 2
+    assert j[1].event["new"]["changed_at"] == j[1].at, "datetimes, not strings, in event dicts"
+    assert j[1].event["old"]["changed_at"].tzinfo is not None
     assert isinstance(j[0].at, datetime.datetime) and len(j[0].hash) == 64
     assert store.verify_journal() == 2
     conn = sqlite3.connect(tmp_path / "state.db")
