@@ -84,11 +84,10 @@ impl Procs {
     /// SIGKILLs every process group whose tag starts with `tag` (a site dying at once).
     fn kill(&self, tag: &str) {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        for (t, c) in all.iter_mut().filter(|(t, _)| t.starts_with(tag)) {
+        for (_, c) in all.iter_mut().filter(|(t, _)| t.starts_with(tag)) {
             // SAFETY: kill has no memory effects; the group id is our child's pid.
             unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
             let _ = c.wait();
-            let _ = t;
         }
         all.retain(|(t, _)| !t.starts_with(tag));
     }

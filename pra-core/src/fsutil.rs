@@ -51,6 +51,36 @@ pub(crate) fn create_private_file(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
+/// Sets `path` to mode 0600.
+pub(crate) fn set_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// Removes the temporary files `<prefix><pid>...` in `dir` (and their `-journal`) whose process
+/// is gone: what a process killed mid-write left behind. Best effort: errors are ignored.
+pub(crate) fn remove_dead_temps(dir: &Path, prefix: &str) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for ent in rd.flatten() {
+        let name = ent.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let Ok(pid) = rest[..digits].parse::<u32>() else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(file = %ent.path().display(), "removing the temporary file of an interrupted process");
+            let _ = fs::remove_file(ent.path());
+            let _ = fs::remove_file(with_suffix(&ent.path(), "-journal"));
+        }
+    }
+}
+
 /// Writes `data` to `path` atomically: a temporary file in the same directory (mode 0600),
 /// fsync, rename over `path`, fsync of the directory. Readers see the old or the new content,
 /// never a mix; after a crash the temporary file may remain, never a partial `path`.

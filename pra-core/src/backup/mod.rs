@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fsutil::{create_private_dir, create_private_file, parent_dir, sync_dir, write_atomic};
+use crate::fsutil::{create_private_dir, create_private_file, set_private, sync_dir, write_atomic};
 
 /// The prefix of every backup file name.
 pub const PREFIX: &str = "backup-";
@@ -430,25 +430,6 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Removes temporary files left by backups whose process is gone (killed mid-copy).
-fn remove_stale_temps(dir: &Path) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
-            continue;
-        };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid
-            .is_some_and(|p| p != std::process::id() && !Path::new(&format!("/proc/{p}")).exists())
-        {
-            tracing::info!(file = %ent.path().display(), "removing the temporary file of an interrupted backup");
-            let _ = fs::remove_file(ent.path());
-            let _ = fs::remove_file(crate::fsutil::with_suffix(&ent.path(), "-journal"));
-        }
-    }
-}
-
 /// Takes a consistent backup of the live database `db` into `dir` (created 0700 if missing) and
 /// returns its catalog entry. The backup is verified (`quick_check`) before it gets its final
 /// name; the source is only read.
@@ -457,7 +438,7 @@ pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Resul
     let started = Instant::now();
     let src = open_existing(db, true)?;
     create_private_dir(dir)?;
-    remove_stale_temps(dir);
+    crate::fsutil::remove_dead_temps(dir, TEMP_PREFIX);
     let now = clock.now();
     let tmp = dir.join(format!(
         "{TEMP_PREFIX}{}-{}.db",
@@ -579,17 +560,6 @@ fn snapshot(src: &Connection, dst: &Path, method: Method) -> Result<u64> {
             Ok(pages as u64)
         }
     }
-}
-
-fn set_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("chmod", path, e))
-}
-
-/// The directory of `db`, for safety copies and temporary files next to it.
-pub(crate) fn db_dir(db: &Path) -> &Path {
-    parent_dir(db)
 }
 
 #[cfg(test)]

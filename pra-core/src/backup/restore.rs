@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackupEntry, Health, db_dir, inspect, open_existing, quick_check, scan, sha256_file,
-    table_counts, validate_name,
+    BackupEntry, Health, inspect, open_existing, quick_check, scan, sha256_file, table_counts,
+    validate_name,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fsutil::{sync_dir, with_suffix};
+use crate::fsutil::{parent_dir, set_private, sync_dir, with_suffix};
 
 /// Which backup to restore.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,7 +208,7 @@ pub fn restore(
     clock: &dyn Clock,
 ) -> Result<Report> {
     let entry = select(dir, point)?;
-    let target_dir = db_dir(db);
+    let target_dir = parent_dir(db);
     if !target_dir.is_dir() {
         return Err(Error::NotFound(format!(
             "directory {} of the database does not exist",
@@ -222,7 +222,7 @@ pub fn restore(
         )));
     }
     let file_name = db.file_name().and_then(|n| n.to_str()).unwrap_or("db");
-    remove_stale_temps(target_dir, file_name);
+    crate::fsutil::remove_dead_temps(target_dir, &format!(".{file_name}{TEMP_MARK}"));
     let tmp = target_dir.join(format!(".{file_name}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
         fs::copy(&entry.path, &tmp).map_err(|e| Error::io("copy backup to", &tmp, e))?;
@@ -332,28 +332,4 @@ fn copy_synced(from: &Path, to: &Path) -> Result<()> {
     fs::File::open(to)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("fsync", to, e))
-}
-
-fn set_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io("chmod", path, e))
-}
-
-fn remove_stale_temps(dir: &Path, file_name: &str) {
-    let prefix = format!(".{file_name}{TEMP_MARK}");
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for ent in rd.flatten() {
-        let name = ent.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_file(ent.path());
-        }
-    }
 }

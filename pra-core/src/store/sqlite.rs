@@ -91,8 +91,13 @@ impl SqliteStore {
         }
         crate::fsutil::refuse_world_writable(&url, &[path, crate::fsutil::parent_dir(path)])?;
         if !path.exists() {
-            create_private(path)
-                .map_err(|e| unavailable(format!("cannot create the database: {e}")))?;
+            match crate::fsutil::create_private_file(path) {
+                Ok(_) => {}
+                // Another process created it first: fine, SQLite opens it.
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable(format!("cannot create the database: {e}"))),
+            }
         }
         let conn = Connection::open(path).map_err(|e| Error::sqlite("open", &url, e))?;
         let sql = |what: &'static str| {
@@ -249,23 +254,6 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
             other => return other,
         }
     }
-}
-
-fn create_private(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map(drop)
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
 }
 
 impl Store for SqliteStore {
