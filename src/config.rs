@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub lost_after_seconds: Option<u32>,
     pub revoke_grace_seconds: Option<u32>,
     pub drain_timeout_seconds: Option<u32>,
+    pub store_timeout_seconds: Option<u32>,
     pub lock_dir: Option<PathBuf>,
 }
 
@@ -37,7 +38,8 @@ pub struct Overrides {
     /// Configuration file [default: /etc/pra/pra.toml, if it exists].
     #[arg(long, env = "PRA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// Store URL: sqlite:///var/lib/pra/state.db (default), file:///etc/app/pra-status.lock.
+    /// Store URL: sqlite:///var/lib/pra/state.db (default), file:///etc/app/pra-status.lock,
+    /// etcd://host:2379,host2:2379/prefix.
     #[arg(long, env = "PRA_STORE", global = true)]
     pub store: Option<String>,
     /// The two sites, primary first [default: rbx,sbg].
@@ -71,6 +73,8 @@ pub struct Config {
     pub lost_after: Duration,
     pub revoke_grace: Duration,
     pub drain_timeout: Duration,
+    /// The deadline of each call to a network store (etcd).
+    pub store_timeout: Duration,
     pub lock_dir: PathBuf,
 }
 
@@ -103,6 +107,16 @@ impl Config {
             .or(file.table)
             .unwrap_or_else(|| "events".into());
         pra_core::status::validate_table(&table)?;
+        let heartbeat = secs(file.heartbeat_seconds, 10, "heartbeat_seconds")?;
+        let lost_after = secs(file.lost_after_seconds, 60, "lost_after_seconds")?;
+        if heartbeat * 2 > lost_after {
+            // On etcd, lost_after is the TTL of a run's lease: one late heartbeat must not lose it.
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_seconds ({}) must be at most half of lost_after_seconds ({})",
+                heartbeat.num_seconds(),
+                lost_after.num_seconds()
+            )));
+        }
         Ok(Config {
             store: o
                 .store
@@ -123,10 +137,11 @@ impl Config {
                 .unwrap_or_else(|| "/backup".into()),
             table,
             backup_interval: secs(file.backup_interval_seconds, 60, "backup_interval_seconds")?,
-            heartbeat: secs(file.heartbeat_seconds, 10, "heartbeat_seconds")?,
-            lost_after: secs(file.lost_after_seconds, 60, "lost_after_seconds")?,
+            heartbeat,
+            lost_after,
             revoke_grace: secs(file.revoke_grace_seconds, 30, "revoke_grace_seconds")?,
             drain_timeout: secs(file.drain_timeout_seconds, 600, "drain_timeout_seconds")?,
+            store_timeout: secs(file.store_timeout_seconds, 5, "store_timeout_seconds")?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
         })
     }
@@ -139,7 +154,16 @@ impl Config {
 
     /// Opens the configured store.
     pub fn open_store(&self) -> Result<Box<dyn pra_core::Store>> {
-        pra_core::open(&self.store)
+        pra_core::store::open_with(&self.store, &self.store_options())
+    }
+
+    /// The options the store is opened with.
+    pub fn store_options(&self) -> pra_core::store::OpenOptions {
+        pra_core::store::OpenOptions {
+            timeout: self.store_timeout.to_std().unwrap_or_default(),
+            lost_after: self.lost_after.to_std().unwrap_or_default(),
+            ..Default::default()
+        }
     }
 }
 

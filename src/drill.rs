@@ -180,6 +180,7 @@ struct JobFigures {
 #[derive(Debug, Serialize)]
 struct DrillReport {
     scratch: PathBuf,
+    store: String,
     plan: plan::Report,
     restore: RestoreKpis,
     jobs: Vec<JobFigures>,
@@ -279,7 +280,12 @@ fn pause(d: u64) {
 }
 
 /// Runs the drill; exit 0 only if every KPI passes (and the double-execution window is 0).
-pub fn run(dir: Option<&Path>, quiet: bool, json: bool) -> Result<u8, Error> {
+pub fn run(
+    dir: Option<&Path>,
+    store_url: Option<&str>,
+    quiet: bool,
+    json: bool,
+) -> Result<u8, Error> {
     let dir = match dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
@@ -299,10 +305,14 @@ pub fn run(dir: Option<&Path>, quiet: bool, json: bool) -> Result<u8, Error> {
     std::fs::create_dir_all(db.parent().unwrap_or(&dir))
         .map_err(|e| Error::io("create", &dir, e))?;
     let config = dir.join("pra.toml");
+    let store_url = match store_url {
+        Some(u) => u.to_string(),
+        None => format!("sqlite://{}", dir.join("state.db").display()),
+    };
     let toml = format!(
-        "store = \"sqlite://{}\"\nsites = \"rbx,sbg\"\ndb = \"{}\"\nbackup_dir = \"{}\"\ntable = \"events\"\n\
+        "store = \"{}\"\nsites = \"rbx,sbg\"\ndb = \"{}\"\nbackup_dir = \"{}\"\ntable = \"events\"\n\
          backup_interval_seconds = 1\nheartbeat_seconds = 1\nlost_after_seconds = 3\nrevoke_grace_seconds = 2\ndrain_timeout_seconds = 20\n",
-        dir.join("state.db").display(),
+        store_url,
         db.display(),
         backups.display()
     );
@@ -326,7 +336,21 @@ pub fn run(dir: Option<&Path>, quiet: bool, json: bool) -> Result<u8, Error> {
     };
     let started = Instant::now();
     let topology = Topology::parse("rbx,sbg")?;
-    let store = pra_core::open(&format!("sqlite://{}", dir.join("state.db").display()))?;
+    let store = pra_core::store::open_with(
+        &store_url,
+        &pra_core::store::OpenOptions {
+            lost_after: std::time::Duration::from_secs(3),
+            ..Default::default()
+        },
+    )?;
+    let initial = store.load()?;
+    if initial.token != FencingToken(0) {
+        return Err(Error::InvalidArgument(format!(
+            "the drill needs an empty store, and {store_url} is at token {} (active site {}); use a new one (a new etcd prefix)",
+            initial.token,
+            initial.site.as_ref().map_or("NONE", SiteId::as_str)
+        )));
+    }
     let clock = SystemClock;
     let policy = DrainPolicy {
         lost_after: chrono::Duration::seconds(3),
@@ -516,6 +540,7 @@ pub fn run(dir: Option<&Path>, quiet: bool, json: bool) -> Result<u8, Error> {
         checks.iter().all(|c| c.pass != Some(false)) && plan_report.double_execution_seconds == 0.0;
     let drill = DrillReport {
         scratch: dir.clone(),
+        store: store_url.clone(),
         plan: plan_report,
         restore: restore_kpis,
         jobs,
@@ -550,8 +575,9 @@ fn markdown(r: &DrillReport, took: Duration) -> String {
     let v = |s: Option<f64>| s.map_or("-".to_string(), plan::human);
     let mut m = String::from("# pra disaster-recovery drill\n\n");
     m.push_str(&format!(
-        "Scratch directory `{}`, embedded SQLite store, sites rbx (primary) and sbg; ran {:.1} s.\n\n",
+        "Scratch directory `{}`, store `{}`, sites rbx (primary) and sbg; ran {:.1} s.\n\n",
         r.scratch.display(),
+        r.store,
         took.as_secs_f64()
     ));
     m.push_str(&format!(

@@ -77,6 +77,10 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// Run it on this store instead of a scratch SQLite store: an empty one (a new etcd
+        /// prefix, say). Deliberately not read from PRA_STORE or the configuration.
+        #[arg(long, value_name = "URL")]
+        store_url: Option<String>,
     },
     /// (drill helper) One run of the drill's cron job.
     #[command(name = "__drill-job", hide = true)]
@@ -142,7 +146,11 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Restore(args) => commands::restore(&cfg()?, &out, args),
         Command::Status => commands::status(&cfg()?, &out),
         // The drill builds its own configuration in its scratch directory.
-        Command::Drill { dir, quiet } => drill::run(dir.as_deref(), *quiet, cli.json),
+        Command::Drill {
+            dir,
+            quiet,
+            store_url,
+        } => drill::run(dir.as_deref(), store_url.as_deref(), *quiet, cli.json),
         Command::DrillJob { db, job, ms } => drill::job(db, job, *ms),
         Command::DrillApp { db, ms } => drill::app(db, *ms),
     }

@@ -1,7 +1,10 @@
 //! Stores: where the active-site record, its hash-chained journal, the plan state and the run
 //! registry live. One trait, [`Store`], opened from a URL; [`SqliteStore`] is the embedded
-//! default, [`FileStore`] speaks the seed's `ACTIVE_SITE=SBG` lock-file format.
+//! default, [`FileStore`] speaks the seed's `ACTIVE_SITE=SBG` lock-file format, and `EtcdStore`
+//! (cargo feature `etcd`) shares the record between sites on an etcd cluster.
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod file;
 mod sqlite;
 mod url;
@@ -18,6 +21,8 @@ use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, Actor, FencingToken, SiteChange};
 use crate::site::SiteId;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, LockFile};
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
@@ -405,16 +410,62 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// How to open a store. Only network stores read `timeout` and `lost_after`.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// Where every timestamp comes from.
+    pub clock: Arc<dyn Clock>,
+    /// The deadline of each call to a network store (etcd): past it, the call fails with
+    /// [`Error::StoreUnavailable`] and the guard denies.
+    pub timeout: std::time::Duration,
+    /// How long a run may stay silent before it counts as lost; on etcd, the TTL of each run's
+    /// lease.
+    pub lost_after: std::time::Duration,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            clock: Arc::new(SystemClock),
+            timeout: std::time::Duration::from_secs(5),
+            lost_after: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// Opens the store at `url` with the system clock.
 pub fn open(url: &str) -> Result<Box<dyn Store>> {
-    open_with_clock(url, Arc::new(SystemClock))
+    open_with(url, &OpenOptions::default())
 }
 
 /// Opens the store at `url`, taking every timestamp from `clock`.
 pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Box<dyn Store>> {
+    open_with(
+        url,
+        &OpenOptions {
+            clock,
+            ..OpenOptions::default()
+        },
+    )
+}
+
+/// Opens the store at `url` with `opts`.
+pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
+    let clock = opts.clock.clone();
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path, clock)?)),
         StoreUrl::File(path) => Ok(Box::new(FileStore::open(&path, clock)?)),
+        #[cfg(feature = "etcd")]
+        StoreUrl::Etcd { endpoints, prefix } => Ok(Box::new(EtcdStore::open(
+            &endpoints,
+            &prefix,
+            clock,
+            EtcdOptions {
+                timeout: opts.timeout,
+                run_ttl: opts.lost_after,
+            },
+        )?)),
+        #[cfg(not(feature = "etcd"))]
         StoreUrl::Etcd { .. } => Err(Error::Unsupported(
             "etcd:// stores need pra built with the `etcd` feature".into(),
         )),

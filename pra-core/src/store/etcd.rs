@@ -1,0 +1,892 @@
+//! The distributed store: the active-site record, journal, plan and run registry under one etcd
+//! key prefix, every change one etcd transaction guarded by the record's `mod_revision`; runs
+//! live on etcd leases. Built with the `etcd` cargo feature.
+//!
+//! Keys under the prefix `P`:
+//!
+//! | key                   | value                                                             |
+//! |-----------------------|-------------------------------------------------------------------|
+//! | `P/record`            | the active-site record + journal head/length + last commit id    |
+//! | `P/plan`              | `{"revision": n, "doc": {...}}`                                   |
+//! | `P/journal/<seq>`     | one [`JournalEntry`] (seq zero-padded to 20 digits)               |
+//! | `P/runs/<id>`         | one [`RunRecord`] (id = the run's lease id, zero-padded)          |
+//! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
+//! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
+//!
+//! The public API is synchronous: the store owns a private single-threaded tokio runtime and
+//! blocks on it, with a deadline on every call.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, RunId, RunRecord,
+    RunStart, RunStats, Store, StoredPlan, verify_chain,
+};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::site::SiteId;
+
+/// How an [`EtcdStore`] talks to etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// The deadline of every store call (connect, reads, retries and the write together).
+    pub timeout: Duration,
+    /// The time-to-live of a run's lease: a run whose wrapper stops heartbeating is gone from
+    /// the registry of alive runs this long after its last heartbeat (etcd rounds it up to a
+    /// whole second, and to its minimum TTL).
+    pub run_ttl: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            timeout: Duration::from_secs(5),
+            run_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The etcd store. Safe to share between threads; any number of processes on any number of
+/// hosts may use the same prefix.
+pub struct EtcdStore {
+    url: String,
+    prefix: String,
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    clock: Arc<dyn Clock>,
+    opts: EtcdOptions,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("url", &self.url)
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The record as stored at `P/record`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRecord {
+    #[serde(flatten)]
+    record: ActiveSite,
+    journal_head: String,
+    journal_len: u64,
+    /// The id of the commit that wrote this version, to settle an answer lost on the way back.
+    commit_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SkipCount {
+    count: u64,
+    last_at: DateTime<Utc>,
+}
+
+/// One consistent read of the record and the plan.
+struct Snapshot {
+    record: StoredRecord,
+    record_rev: i64,
+    plan: Option<StoredPlan>,
+    plan_rev: i64,
+}
+
+/// Unique within the process and across hosts (host, pid, time, counter).
+fn commit_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}:{}:{nanos}:{n}",
+        crate::site::hostname(),
+        std::process::id()
+    )
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn first_kv(resp: &TxnOpResponse) -> Option<&KeyValue> {
+    match resp {
+        TxnOpResponse::Get(g) => g.kvs().first(),
+        TxnOpResponse::Put(_) | TxnOpResponse::Delete(_) | TxnOpResponse::Txn(_) => None,
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the etcd cluster at `endpoints` (`host:port` each) and uses the keys under
+    /// `prefix`. Connecting is lazy: an unreachable cluster shows at the first call, as
+    /// [`Error::StoreUnavailable`].
+    pub fn open(
+        endpoints: &[String],
+        prefix: &str,
+        clock: Arc<dyn Clock>,
+        opts: EtcdOptions,
+    ) -> Result<Self> {
+        let url = format!("etcd://{}{prefix}", endpoints.join(","));
+        if opts.timeout.is_zero() || opts.run_ttl < Duration::from_secs(1) {
+            return Err(Error::InvalidArgument(format!(
+                "{url}: the timeout must be positive and the run TTL at least one second"
+            )));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::StoreUnavailable {
+                url: url.clone(),
+                reason: format!("cannot start the etcd client runtime: {e}"),
+            })?;
+        let connect = ConnectOptions::new()
+            .with_timeout(opts.timeout)
+            .with_connect_timeout(opts.timeout.min(Duration::from_secs(2)))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(opts.timeout, Client::connect(&endpoints, Some(connect))).await
+            })
+            .map_err(|_| Error::StoreUnavailable {
+                url: url.clone(),
+                reason: format!("no answer within {:?}", opts.timeout),
+            })?
+            .map_err(|e| Error::StoreUnavailable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(EtcdStore {
+            url,
+            prefix: prefix.to_string(),
+            client,
+            rt,
+            clock,
+            opts,
+        })
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}/{rest}", self.prefix)
+    }
+
+    fn unavailable(&self, reason: String) -> Error {
+        Error::StoreUnavailable {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    fn corrupt(&self, what: &str, detail: impl std::fmt::Display) -> Error {
+        Error::Corrupt {
+            what: format!("{what} in {}", self.url),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Runs one request with what is left of `deadline`.
+    fn once<T, F>(&self, what: &str, deadline: Instant, fut: F) -> Result<T>
+    where
+        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.attempt(what, deadline, fut).map_err(|(e, _)| e)
+    }
+
+    /// One request; a failure says whether trying again may help (a dead member, no leader,
+    /// a timeout) or not (a lease that does not exist, a request etcd refuses).
+    fn attempt<T, F>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        fut: F,
+    ) -> std::result::Result<T, (Error, bool)>
+    where
+        F: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        use tonic::Code;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self
+            .rt
+            .block_on(async move { tokio::time::timeout(left, fut).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(etcd_client::Error::GRpcStatus(status))) => match status.code() {
+                Code::NotFound => Err((
+                    Error::NotFound(format!("{what} in {}: {}", self.url, status.message())),
+                    false,
+                )),
+                Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Unknown
+                | Code::Internal
+                | Code::Cancelled
+                | Code::Aborted
+                | Code::ResourceExhausted => Err((
+                    self.unavailable(format!("{what}: {}", status.message())),
+                    true,
+                )),
+                Code::Ok
+                | Code::InvalidArgument
+                | Code::AlreadyExists
+                | Code::PermissionDenied
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::Unimplemented
+                | Code::DataLoss
+                | Code::Unauthenticated => Err((
+                    self.unavailable(format!("{what}: etcd refused the request: {status}")),
+                    false,
+                )),
+            },
+            Ok(Err(e)) => Err((self.unavailable(format!("{what}: {e}")), true)),
+            Err(_) => Err((
+                self.unavailable(format!("{what}: no answer within {:?}", self.opts.timeout)),
+                true,
+            )),
+        }
+    }
+
+    /// Runs an idempotent request again (after a short pause) while it fails in a way that may
+    /// pass, until `deadline`: a member that died or lost its leader is replaced by another.
+    fn retrying<T, F, Fut>(&self, what: &str, deadline: Instant, mut f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.attempt(what, deadline, f(self.client.clone())) {
+                Ok(v) => return Ok(v),
+                Err((e, false)) => return Err(e),
+                Err((e, true)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left <= pause {
+                        return Err(e);
+                    }
+                    tracing::debug!(store = %self.url, error = %e, "etcd request failed; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.opts.timeout
+    }
+
+    fn snapshot(&self, deadline: Instant) -> Result<Snapshot> {
+        let (rk, pk) = (self.key("record"), self.key("plan"));
+        let resp = self.retrying("read the record", deadline, |mut c| {
+            let txn =
+                Txn::new().and_then([TxnOp::get(rk.clone(), None), TxnOp::get(pk.clone(), None)]);
+            async move { c.txn(txn).await }
+        })?;
+        let ops = resp.op_responses();
+        let (record, record_rev) = match ops.first().and_then(first_kv) {
+            Some(kv) => (
+                serde_json::from_slice::<StoredRecord>(kv.value())
+                    .map_err(|e| self.corrupt("the active-site record", e))?,
+                kv.mod_revision(),
+            ),
+            None => (
+                StoredRecord {
+                    record: ActiveSite::initial(),
+                    journal_head: GENESIS_HASH.into(),
+                    journal_len: 0,
+                    commit_id: String::new(),
+                },
+                0,
+            ),
+        };
+        let (plan, plan_rev) = match ops.get(1).and_then(first_kv) {
+            Some(kv) => (
+                Some(
+                    serde_json::from_slice::<StoredPlan>(kv.value())
+                        .map_err(|e| self.corrupt("the plan", e))?,
+                ),
+                kv.mod_revision(),
+            ),
+            None => (None, 0),
+        };
+        Ok(Snapshot {
+            record,
+            record_rev,
+            plan,
+            plan_rev,
+        })
+    }
+
+    /// Every key under `P/<dir>/`, in key order, read page by page at one revision.
+    fn range(&self, dir: &str, deadline: Instant) -> Result<Vec<KeyValue>> {
+        let start = self.key(&format!("{dir}/"));
+        let end = prefix_end(&start);
+        let mut out = Vec::new();
+        let mut from = start.clone().into_bytes();
+        let mut revision = 0;
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(1000)
+                .with_revision(revision);
+            let key = from.clone();
+            let mut resp = self.retrying(&format!("read {dir}"), deadline, |mut c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            match kvs.last() {
+                Some(last) if more => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    out.extend(kvs);
+                    return Ok(out);
+                }
+            }
+            out.extend(kvs);
+        }
+    }
+
+    fn runs_all(&self, deadline: Instant) -> Result<Vec<RunRecord>> {
+        self.range("runs", deadline)?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice::<RunRecord>(kv.value())
+                    .map_err(|e| self.corrupt("the run registry", e))
+            })
+            .collect()
+    }
+
+    fn run_key(&self, id: RunId) -> String {
+        self.key(&format!("runs/{:020}", id.0))
+    }
+
+    fn alive_key(&self, id: RunId) -> String {
+        self.key(&format!("alive/{:020}", id.0))
+    }
+
+    /// Reads run `id` with its mod_revision; NotFound if unknown or finished.
+    fn unfinished_run(&self, id: RunId, deadline: Instant) -> Result<(RunRecord, i64)> {
+        let key = self.run_key(id);
+        let resp = self.retrying("read the run", deadline, |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
+        let not_found = || Error::NotFound(format!("no unfinished run {} in {}", id.0, self.url));
+        let kv = resp.kvs().first().ok_or_else(not_found)?;
+        let run: RunRecord =
+            serde_json::from_slice(kv.value()).map_err(|e| self.corrupt("the run registry", e))?;
+        if run.finished_at.is_some() {
+            return Err(not_found());
+        }
+        Ok((run, kv.mod_revision()))
+    }
+
+    fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    /// Sends a guarded transaction. `Ok(true)`: applied; `Ok(false)`: a compare failed (someone
+    /// else wrote first). When the answer is lost (a member died mid-request), `settle` reads the
+    /// store to tell whether the write landed: `Some(applied)`, or `None` if it cannot tell.
+    fn guarded_txn(
+        &self,
+        what: &str,
+        deadline: Instant,
+        txn: Txn,
+        settle: impl Fn(&Self, Instant) -> Result<Option<bool>>,
+    ) -> Result<bool> {
+        let mut c = self.client.clone();
+        match self.once(what, deadline, async move { c.txn(txn).await }) {
+            Ok(resp) => Ok(resp.succeeded()),
+            Err(e) => {
+                tracing::warn!(store = %self.url, error = %e, "{what}: answer lost; reading back whether it landed");
+                // Give the read its own budget: the write may have used all of the deadline.
+                let read_deadline = Instant::now() + self.opts.timeout;
+                match settle(self, read_deadline) {
+                    Ok(Some(applied)) => Ok(applied),
+                    Ok(None) | Err(_) => Err(self.unavailable(format!(
+                        "{what}: the outcome is unknown ({e}); reload the record before retrying"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+impl Store for EtcdStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn load(&self) -> Result<ActiveSite> {
+        Ok(self.snapshot(self.deadline())?.record.record)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
+    fn commit(&self, commit: &Commit) -> Result<Committed> {
+        let deadline = self.deadline();
+        let id = commit_id();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let snap = self.snapshot(deadline)?;
+            let old = snap.record.record.clone();
+            let at = self.clock.now();
+            if commit.site.is_some()
+                && commit.plan.is_none()
+                && let Some(plan) = &snap.plan
+                && plan.doc.get("running").and_then(|v| v.as_bool()) == Some(true)
+            {
+                let state = plan
+                    .doc
+                    .get("state")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?");
+                return Err(Error::Refused(format!(
+                    "a failover/failback plan is running (state {state}): the active site changes only through `pra plan`, or abort the plan first"
+                )));
+            }
+            let mut events = Vec::with_capacity(commit.events.len() + 1);
+            let mut record = old.clone();
+            if let Some(change) = &commit.site {
+                record = next_record(&old, change, at, &commit.actor)?;
+                events.push(JournalEvent::SiteChanged {
+                    old,
+                    new: record.clone(),
+                });
+            }
+            let mut ops = Vec::new();
+            let mut plan_revision = None;
+            if let Some(plan) = &commit.plan {
+                let current = snap.plan.as_ref().map_or(0, |p| p.revision);
+                if current != plan.expect_revision {
+                    return Err(Error::Refused(format!(
+                        "the plan changed since it was loaded (now at revision {current}, expected {}); reload it",
+                        plan.expect_revision
+                    )));
+                }
+                let stored = StoredPlan {
+                    revision: current + 1,
+                    doc: plan.doc.clone(),
+                };
+                ops.push(TxnOp::put(self.key("plan"), Self::json(&stored)?, None));
+                plan_revision = Some(current + 1);
+            }
+            events.extend(commit.events.iter().cloned());
+            let mut head = snap.record.journal_head.clone();
+            let mut seq = snap.record.journal_len;
+            for event in events {
+                seq += 1;
+                let entry = JournalEntry::seal(seq, at, &commit.actor, event, &head);
+                ops.push(TxnOp::put(
+                    self.key(&format!("journal/{seq:020}")),
+                    Self::json(&entry)?,
+                    None,
+                ));
+                head = entry.hash;
+            }
+            let stored = StoredRecord {
+                record: record.clone(),
+                journal_head: head,
+                journal_len: seq,
+                commit_id: id.clone(),
+            };
+            ops.push(TxnOp::put(self.key("record"), Self::json(&stored)?, None));
+            let txn = Txn::new()
+                .when([
+                    Compare::mod_revision(self.key("record"), CompareOp::Equal, snap.record_rev),
+                    Compare::mod_revision(self.key("plan"), CompareOp::Equal, snap.plan_rev),
+                ])
+                .and_then(ops);
+            let record_rev = snap.record_rev;
+            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
+                let now = s.snapshot(d)?;
+                Ok(if now.record.commit_id == id {
+                    Some(true)
+                } else if now.record_rev == record_rev {
+                    Some(false)
+                } else {
+                    None
+                })
+            };
+            if self.guarded_txn("commit", deadline, txn, settle)? {
+                tracing::info!(store = %self.url, site = ?record.site, token = %record.token, "committed");
+                return Ok(Committed {
+                    record,
+                    plan_revision,
+                });
+            }
+            // Someone else committed in between: validate again against what they wrote.
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "{}: {attempt} attempts to commit lost to other writers within {:?}",
+                    self.url, self.opts.timeout
+                )));
+            }
+        }
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>> {
+        self.range("journal", self.deadline())?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice::<JournalEntry>(kv.value()).map_err(|e| {
+                    self.corrupt(
+                        &format!("journal entry {}", String::from_utf8_lossy(kv.key())),
+                        format!("unreadable: {e}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn verify_journal(&self) -> Result<JournalCheck> {
+        let deadline = self.deadline();
+        // The record first: entries are only ever appended together with a newer record, so
+        // every entry the record's anchor covers is there when the journal is read after it.
+        let snap = self.snapshot(deadline)?;
+        let mut entries = self.journal()?;
+        entries.truncate(snap.record.journal_len as usize);
+        verify_chain(&entries, &snap.record.journal_head)
+    }
+
+    fn load_plan(&self) -> Result<Option<StoredPlan>> {
+        Ok(self.snapshot(self.deadline())?.plan)
+    }
+
+    fn run_start(&self, run: &RunStart) -> Result<RunId> {
+        let deadline = self.deadline();
+        let ttl = self.opts.run_ttl.as_secs_f64().ceil() as i64;
+        let lease = self.once("grant the run's lease", deadline, {
+            let mut c = self.client.clone();
+            async move { c.lease_grant(ttl, None).await }
+        })?;
+        let id = RunId(lease.id());
+        let revoke = |s: &Self| {
+            let mut c = s.client.clone();
+            let _ = s.once("revoke the lease", s.deadline(), async move {
+                c.lease_revoke(id.0).await
+            });
+        };
+        loop {
+            let snap = match self.snapshot(deadline) {
+                Ok(s) => s,
+                Err(e) => {
+                    revoke(self);
+                    return Err(e);
+                }
+            };
+            // Admission, atomic with the registration (the txn compares the record's revision).
+            let record = &snap.record.record;
+            if record.token != run.token {
+                revoke(self);
+                return Err(Error::StaleToken {
+                    presented: run.token,
+                    highest: record.token,
+                });
+            }
+            if record.site.as_ref() != Some(&run.site) {
+                revoke(self);
+                return Err(Error::Refused(format!(
+                    "{} is not the active site (token {}): the run is not admitted",
+                    run.site, record.token
+                )));
+            }
+            let now = self.clock.now();
+            let rec = RunRecord {
+                id,
+                start: run.clone(),
+                started_at: now,
+                heartbeat_at: now,
+                finished_at: None,
+                exit_code: None,
+                outcome: None,
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    self.key("record"),
+                    CompareOp::Equal,
+                    snap.record_rev,
+                )])
+                .and_then([
+                    TxnOp::put(self.run_key(id), Self::json(&rec)?, None),
+                    TxnOp::put(
+                        self.alive_key(id),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(id.0)),
+                    ),
+                ]);
+            let run_key = self.run_key(id);
+            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
+                let resp = s.retrying("read the run", d, |mut c| {
+                    let key = run_key.clone();
+                    async move { c.get(key, None).await }
+                })?;
+                Ok(Some(!resp.kvs().is_empty()))
+            };
+            match self.guarded_txn("register the run", deadline, txn, settle) {
+                Ok(true) => return Ok(id),
+                Ok(false) if Instant::now() < deadline => continue,
+                Ok(false) => {
+                    revoke(self);
+                    return Err(Error::Busy(format!(
+                        "{}: the record kept changing while the run registered",
+                        self.url
+                    )));
+                }
+                Err(e) => {
+                    revoke(self);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn run_heartbeat(&self, id: RunId) -> Result<()> {
+        let deadline = self.deadline();
+        let (mut run, rev) = self.unfinished_run(id, deadline)?;
+        let ttl = self.retrying("keep the run's lease alive", deadline, |mut c| async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(id.0).await?;
+            keeper.keep_alive().await?;
+            Ok(stream.message().await?.map_or(0, |r| r.ttl()))
+        })?;
+        if ttl <= 0 {
+            return Err(Error::NotFound(format!(
+                "run {} in {}: its lease expired (no heartbeat within {:?})",
+                id.0, self.url, self.opts.run_ttl
+            )));
+        }
+        run.heartbeat_at = self.clock.now();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.run_key(id),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then([TxnOp::put(self.run_key(id), Self::json(&run)?, None)]);
+        // A heartbeat lost to a concurrent finish is not an error worth reporting: the lease
+        // is what the drain reads.
+        self.guarded_txn("heartbeat", deadline, txn, |_, _| Ok(Some(true)))?;
+        Ok(())
+    }
+
+    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<()> {
+        let deadline = self.deadline();
+        let (mut run, rev) = self.unfinished_run(id, deadline)?;
+        let now = self.clock.now();
+        run.finished_at = Some(now);
+        run.heartbeat_at = now;
+        run.exit_code = exit_code;
+        run.outcome = Some(outcome.to_string());
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.run_key(id),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then([
+                TxnOp::put(self.run_key(id), Self::json(&run)?, None),
+                TxnOp::delete(self.alive_key(id), None),
+            ]);
+        let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
+            Ok(Some(matches!(
+                s.unfinished_run(id, d),
+                Err(Error::NotFound(_))
+            )))
+        };
+        if !self.guarded_txn("finish the run", deadline, txn, settle)? {
+            return Err(Error::NotFound(format!(
+                "no unfinished run {} in {}",
+                id.0, self.url
+            )));
+        }
+        let mut c = self.client.clone();
+        if let Err(e) = self.once("revoke the run's lease", deadline, async move {
+            c.lease_revoke(id.0).await
+        }) {
+            tracing::debug!(store = %self.url, error = %e, "lease not revoked (it expires by itself)");
+        }
+        Ok(())
+    }
+
+    fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
+        let mut runs: Vec<RunRecord> = self
+            .runs_all(self.deadline())?
+            .into_iter()
+            .filter(|r| r.started_at >= since)
+            .collect();
+        runs.sort_by_key(|r| (r.started_at, r.id.0));
+        Ok(runs)
+    }
+
+    /// Alive means "its lease is alive": a run whose host died drops out when its lease expires,
+    /// whatever `lost_after` says.
+    fn alive_runs_below(
+        &self,
+        below: FencingToken,
+        _lost_after: chrono::Duration,
+    ) -> Result<Vec<RunRecord>> {
+        let deadline = self.deadline();
+        let alive: HashSet<Vec<u8>> = self
+            .range("alive", deadline)?
+            .into_iter()
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        if alive.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut runs: Vec<RunRecord> = self
+            .runs_all(deadline)?
+            .into_iter()
+            .filter(|r| {
+                r.finished_at.is_none()
+                    && r.start.token < below
+                    && alive.contains(self.alive_key(r.id).as_bytes())
+            })
+            .collect();
+        runs.sort_by_key(|r| r.id.0);
+        Ok(runs)
+    }
+
+    fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
+        let deadline = self.deadline();
+        let key = self.key(&format!("skips/{site}/{job}"));
+        loop {
+            let resp = self.retrying("read the skip count", deadline, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })?;
+            let (count, rev) = match resp.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice::<SkipCount>(kv.value())
+                        .map_err(|e| self.corrupt("a skip counter", e))?
+                        .count,
+                    kv.mod_revision(),
+                ),
+                None => (0, 0),
+            };
+            let next = SkipCount {
+                count: count + 1,
+                last_at: self.clock.now(),
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key.clone(), Self::json(&next)?, None)]);
+            // A lost answer may count a skip twice or not at all: a metric, not a record.
+            if self.guarded_txn("count the skip", deadline, txn, |_, _| Ok(Some(true)))? {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!("{}: skip counter contended", self.url)));
+            }
+        }
+    }
+
+    fn run_stats(&self) -> Result<Vec<RunStats>> {
+        let deadline = self.deadline();
+        let mut stats: BTreeMap<(String, String), RunStats> = BTreeMap::new();
+        fn bump<'a>(
+            stats: &'a mut BTreeMap<(String, String), RunStats>,
+            job: &str,
+            site: &SiteId,
+        ) -> &'a mut RunStats {
+            stats
+                .entry((job.to_string(), site.to_string()))
+                .or_insert_with(|| RunStats {
+                    job: job.to_string(),
+                    site: site.clone(),
+                    started: 0,
+                    skipped: 0,
+                    revoked: 0,
+                    unfinished: 0,
+                })
+        }
+        for run in self.runs_all(deadline)? {
+            let s = bump(&mut stats, &run.start.job, &run.start.site);
+            s.started += 1;
+            s.revoked += u64::from(run.outcome.as_deref() == Some("revoked"));
+            s.unfinished += u64::from(run.finished_at.is_none());
+        }
+        let skips_dir = self.key("skips/");
+        for kv in self.range("skips", deadline)? {
+            let key = String::from_utf8_lossy(kv.key());
+            let rest = key.strip_prefix(&skips_dir).unwrap_or(&key);
+            let (site, job) = rest
+                .split_once('/')
+                .ok_or_else(|| self.corrupt("a skip counter", format!("bad key {key}")))?;
+            let site = SiteId::new(site).map_err(|e| self.corrupt("a skip counter", e))?;
+            let count: SkipCount = serde_json::from_slice(kv.value())
+                .map_err(|e| self.corrupt("a skip counter", e))?;
+            bump(&mut stats, job, &site).skipped += count.count;
+        }
+        Ok(stats.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end("/pra/journal/"), b"/pra/journal0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+
+    #[test]
+    fn commit_ids_are_unique() {
+        let a = commit_id();
+        let b = commit_id();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_unreachable_cluster_is_store_unavailable_within_the_timeout() {
+        // Port 1 on loopback: nothing listens, connections are refused at once.
+        let store = EtcdStore::open(
+            &["127.0.0.1:1".to_string()],
+            "/pra",
+            Arc::new(crate::clock::SystemClock),
+            EtcdOptions {
+                timeout: Duration::from_millis(300),
+                run_ttl: Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let t = Instant::now();
+        let err = store.load().unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::StoreUnavailable, "{err}");
+        assert!(err.to_string().contains("etcd://127.0.0.1:1/pra"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let check = crate::check(&store, &SiteId::new("rbx").unwrap());
+        assert!(check.is_err(), "the guard must fail closed: {check:?}");
+    }
+}
