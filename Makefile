@@ -18,18 +18,19 @@ FUZZ_SECONDS ?= 10
 demo: build
 	target/release/pra drill
 
-build:
+build: apt-tools
 	$(CARGO) build --release --workspace
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## Python (module, stubs, Flask app).
 test: lint test-rust test-c test-go test-python fuzz-short
 
-lint:
+lint: apt-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test-rust:
+## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports.
+test-rust: apt-tools
 	$(CARGO) test --workspace
 
 ## The C ABI from C: -Wall -Werror, libpra.so and libpra.a, valgrind.
@@ -44,7 +45,7 @@ test-go: apt-tools
 
 ## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),
 ## its stubs (mypy.stubtest), and the seed's Flask app.
-test-python: $(PY)
+test-python: apt-tools $(PY)
 	$(CARGO) build --bin pra
 	$(PY) -m pip install --quiet --force-reinstall --no-deps ./pra-py
 	$(PY) -m mypy.stubtest pra
@@ -75,12 +76,15 @@ cargo-fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 ## Regenerate include/pra.h with the pinned cbindgen (then commit it).
-header:
+header: apt-tools
 	PRA_BLESS_HEADER=1 $(CARGO) test -p pra-ffi --test header
 
-## Debian packages the tests need, installed only when missing.
+## Debian packages the build and the tests need, installed only when missing: protoc builds the
+## etcd client's gRPC code; etcd-server is the real etcd the tests start.
 apt-tools:
 	@missing=""; \
+	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	command -v go >/dev/null || missing="$$missing golang-go"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \

@@ -103,9 +103,11 @@ const char *pra_last_error_message(void);
 // that is not one. Never free it.
 const char *pra_result_name(uint32_t result);
 
-// Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`).
-// On success `*out` receives a new handle, to be released with `pra_store_free`; on failure
-// `*out` is left untouched.
+// Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`,
+// `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
+// with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
+// contact the cluster: an unreachable one shows at the first call, as
+// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies).
 //
 // # Safety
 // `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.

@@ -1,4 +1,8 @@
-//! Concurrency across OS processes: two processes racing compare-and-swap on one store.
+//! Concurrency across OS processes: two processes racing compare-and-swap on one store
+//! (SQLite, lock file, and a real etcd server started by the fixture).
+
+#[path = "common/etcd.rs"]
+mod etcd_fixture;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -131,4 +135,14 @@ fn two_processes_race_on_file_store() {
         dir.path(),
         &format!("file://{}/pra-status.lock", dir.path().display()),
     );
+}
+
+#[test]
+fn two_processes_race_on_etcd_store() {
+    if std::env::var(RACER_ENV).is_ok() {
+        return;
+    }
+    let etcd = etcd_fixture::Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    race(dir.path(), &etcd.url("/race"));
 }

@@ -25,7 +25,11 @@ struct Env {
 impl Env {
     fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pra.toml"), "lost_after_seconds = 5\n").unwrap();
+        std::fs::write(
+            dir.path().join("pra.toml"),
+            "heartbeat_seconds = 1\nlost_after_seconds = 5\n",
+        )
+        .unwrap();
         Env { dir }
     }
     fn path(&self, p: &str) -> PathBuf {

@@ -228,9 +228,11 @@ pub extern "C" fn pra_result_name(result: u32) -> *const c_char {
     name.as_ptr()
 }
 
-/// Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`).
-/// On success `*out` receives a new handle, to be released with `pra_store_free`; on failure
-/// `*out` is left untouched.
+/// Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`,
+/// `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
+/// with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
+/// contact the cluster: an unreachable one shows at the first call, as
+/// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies).
 ///
 /// # Safety
 /// `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.

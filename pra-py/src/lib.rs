@@ -326,7 +326,10 @@ pub struct JournalEntry {
     hash: String,
 }
 
-/// A store of the active-site record, opened from a URL. Safe to share between threads.
+/// A store of the active-site record, opened from a URL (`sqlite://PATH`, `file://PATH`,
+/// `etcd://HOST:PORT[,HOST:PORT]/PREFIX`). Safe to share between threads. An etcd store contacts
+/// the cluster at its first call; every call waits at most 5 s (GIL released), then raises
+/// `StoreUnavailableError`.
 #[pyclass(frozen, module = "pra")]
 pub struct Store {
     inner: Arc<dyn pra_core::Store>,

@@ -1,9 +1,32 @@
 #!/usr/bin/env bash
 # Builds tests/c/test_pra.c with the system cc (-Wall -Wextra -Werror) against include/pra.h,
 # links it to libpra.so and to libpra.a, runs both, and the static one under valgrind
-# (no definite leak, no invalid access). Run from the repository root by `make test-c`.
+# (no definite leak, no invalid access), against a scratch SQLite store and a real etcd server
+# (Debian's etcd-server) started here on loopback ports. Run from the repository root by
+# `make test-c`.
 set -euo pipefail
 target=${CARGO_TARGET_DIR:-target}/debug
+
+# etcd on two free loopback ports, killed on exit.
+command -v etcd >/dev/null || { echo "etcd is not installed: run make apt-tools" >&2; exit 1; }
+etcd_dir=$(mktemp -d)
+read -r client peer < <(python3 -c 'import socket
+s=[socket.socket() for _ in range(2)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
+etcd --name c-test --data-dir "$etcd_dir/data" \
+  --listen-client-urls "http://127.0.0.1:$client" --advertise-client-urls "http://127.0.0.1:$client" \
+  --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+  --initial-cluster "c-test=http://127.0.0.1:$peer" >"$etcd_dir/log" 2>&1 &
+etcd_pid=$!
+trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null; rm -rf "$etcd_dir"' EXIT
+endpoint=127.0.0.1:$client
+for _ in $(seq 100); do
+  PRA_STORE=etcd://$endpoint/ready "$target/pra" site show >/dev/null 2>&1 && break
+  sleep 0.1
+done
+PRA_STORE=etcd://$endpoint/ready "$target/pra" site show >/dev/null || { cat "$etcd_dir/log"; exit 1; }
+
 out=$target/c-tests
 mkdir -p "$out"
 cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -Iinclude)
@@ -14,14 +37,14 @@ ldd "$out/test_pra_shared" | grep -q libpra.so
 for bin in test_pra_shared test_pra_static; do
   scratch=$(mktemp -d)
   echo "== $bin"
-  "$out/$bin" "$scratch"
+  "$out/$bin" "$scratch" "$endpoint"
   rm -rf "$scratch"
 done
 if command -v valgrind >/dev/null; then
   scratch=$(mktemp -d)
   echo "== valgrind test_pra_static"
   valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-    --show-leak-kinds=definite "$out/test_pra_static" "$scratch"
+    --show-leak-kinds=definite "$out/test_pra_static" "$scratch" "$endpoint"
   rm -rf "$scratch"
 else
   echo "valgrind is not installed" >&2

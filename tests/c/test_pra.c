@@ -1,7 +1,8 @@
 /* The C ABI, exercised from C: every function, every reachable result code, NULL arguments,
- * invalid UTF-8, a corrupt lock file, one store handle shared by several threads.
+ * invalid UTF-8, a corrupt lock file, one store handle shared by several threads, and the same
+ * record on a real etcd server (started by run.sh).
  * Built with -Wall -Wextra -Werror against include/pra.h, linked to libpra.so and libpra.a,
- * and run under valgrind by `make test-c`. Usage: test_pra SCRATCH_DIR */
+ * and run under valgrind by `make test-c`. Usage: test_pra SCRATCH_DIR ETCD_HOST:PORT */
 #include "pra.h"
 
 #include <pthread.h>
@@ -24,7 +25,7 @@ static int passed = 0, failed = 0;
 
 #define EXPECT(call, code) CHECK((call) == (code))
 
-static char url[4200], lock_url[4200], lock_path[4096], db[4096], backups[4096];
+static char url[4200], lock_url[4200], lock_path[4096], db[4096], backups[4096], etcd_url[4200];
 
 static void test_version_and_names(void) {
   CHECK(strcmp(pra_version(), PRA_VERSION_STRING) == 0);
@@ -51,7 +52,6 @@ static void test_open_errors(void) {
   CHECK(strstr(pra_last_error_message(), "UTF-8") != NULL);
   EXPECT(pra_store_open("redis://localhost", &s), PRA_RESULT_INVALID_ARGUMENT);
   EXPECT(pra_store_open("", &s), PRA_RESULT_INVALID_ARGUMENT);
-  EXPECT(pra_store_open("etcd://127.0.0.1:2379/pra", &s), PRA_RESULT_UNSUPPORTED);
   EXPECT(pra_store_open("sqlite:///nonexistent-dir/state.db", &s), PRA_RESULT_STORE_UNAVAILABLE);
   EXPECT(pra_store_open("file:///tmp", &s), PRA_RESULT_STORE_UNAVAILABLE); /* a directory */
   CHECK(s == (pra_store *)0x1);
@@ -59,9 +59,9 @@ static void test_open_errors(void) {
   CHECK(1);
 }
 
-static void test_guard_and_changes(void) {
+static void test_guard_and_changes(const char *store_url) {
   pra_store *s = NULL;
-  EXPECT(pra_store_open(url, &s), PRA_RESULT_OK);
+  EXPECT(pra_store_open(store_url, &s), PRA_RESULT_OK);
   CHECK(s != NULL);
   CHECK(strcmp(pra_last_error_message(), "") == 0);
   pra_verdict v;
@@ -145,6 +145,18 @@ static void test_status_and_backup(void) {
   CHECK(strstr(pra_last_error_message(), "panic") != NULL);
 }
 
+/* Nothing listens on port 1: opening is lazy, the first call fails closed. */
+static void test_unreachable_etcd(void) {
+  pra_store *s = NULL;
+  EXPECT(pra_store_open("etcd://127.0.0.1:1/pra", &s), PRA_RESULT_OK);
+  pra_verdict v;
+  memset(&v, 0x7f, sizeof v);
+  EXPECT(pra_guard_check(s, "rbx", &v), PRA_RESULT_STORE_UNAVAILABLE);
+  CHECK(strstr(pra_last_error_message(), "etcd://127.0.0.1:1/pra") != NULL);
+  CHECK(v.token == 0x7f7f7f7f7f7f7f7fULL); /* untouched on failure */
+  pra_store_free(s);
+}
+
 static pra_store *shared;
 
 static void *checker(void *arg) {
@@ -178,8 +190,8 @@ static void test_threads(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2 || strlen(argv[1]) > 4000) {
-    fprintf(stderr, "usage: %s SCRATCH_DIR (at most 4000 bytes)\n", argv[0]);
+  if (argc != 3 || strlen(argv[1]) > 4000 || strlen(argv[2]) > 4000) {
+    fprintf(stderr, "usage: %s SCRATCH_DIR ETCD_HOST:PORT (at most 4000 bytes each)\n", argv[0]);
     return 2;
   }
   snprintf(url, sizeof url, "sqlite://%s/state.db", argv[1]);
@@ -187,9 +199,13 @@ int main(int argc, char **argv) {
   snprintf(lock_url, sizeof lock_url, "file://%s", lock_path);
   snprintf(db, sizeof db, "%s/app.db", argv[1]);
   snprintf(backups, sizeof backups, "%s/backup", argv[1]);
+  /* A prefix of its own per scratch directory: each run starts from an empty record. */
+  snprintf(etcd_url, sizeof etcd_url, "etcd://%s/c-test%s", argv[2], argv[1]);
   test_version_and_names();
   test_open_errors();
-  test_guard_and_changes();
+  test_guard_and_changes(url);
+  test_guard_and_changes(etcd_url);
+  test_unreachable_etcd();
   test_corrupt_lock_file();
   test_status_and_backup();
   test_threads();

@@ -1,0 +1,100 @@
+"""The pra Python module on etcd:// stores, against a real etcd server started here."""
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+import pra
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    """host:port of a one-member etcd (Debian's etcd-server), killed after the module."""
+    binary = os.environ.get("PRA_ETCD_BIN") or shutil.which("etcd")
+    if not binary:
+        pytest.fail("etcd is not installed: run `make apt-tools` (Debian's etcd-server)")
+    d = tmp_path_factory.mktemp("etcd")
+    client, peer = free_ports(2)
+    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    log = open(d / "log", "wb")
+    proc = subprocess.Popen(
+        [binary, "--name", "py", "--data-dir", str(d / "data"),
+         "--listen-client-urls", c, "--advertise-client-urls", c,
+         "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+         "--initial-cluster", f"py={p}"],
+        stdout=log, stderr=log)
+    endpoint = f"127.0.0.1:{client}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pra.Store(f"etcd://{endpoint}/ready").active()
+                break
+            except pra.StoreUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+
+
+def test_activation_journal_and_guard_on_etcd(etcd):
+    store = pra.Store(f"etcd://{etcd}/py-guard")
+    assert store.url == f"etcd://{etcd}/py-guard"
+    assert (store.active().site, store.active().token) == (None, 0)
+    assert store.activate("rbx", expect_token=0, by="alice", reason="go live").token == 1
+    with pytest.raises(pra.ConflictError, match="break before make"):
+        store.activate("sbg", expect_token=1, by="bob")
+    # A second handle (another process would do the same) sees the same record.
+    other = pra.Store(f"etcd://{etcd}/py-guard")
+    assert other.active().site == "rbx"
+    g = pra.Guard(other, "rbx", job="invoices")
+    with g as verdict:
+        assert verdict.token == 1
+        g.heartbeat()  # keeps the run's etcd lease alive
+    assert not pra.Guard(store, "sbg", job="invoices").check()
+    store.deactivate(expect_token=1, by="bob")
+    assert store.verify_journal() == 2
+    assert [e.event["type"] for e in store.journal()] == ["site_changed", "site_changed"]
+
+
+def test_an_unreachable_etcd_fails_closed_without_holding_the_gil():
+    store = pra.Store("etcd://127.0.0.1:1/pra")  # nothing listens on port 1
+    errors = []
+
+    def check():
+        try:
+            pra.Guard(store, "rbx").check()
+        except pra.PraError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=check)
+    started = time.monotonic()
+    t.start()
+    ticks = 0
+    while t.is_alive():
+        ticks += 1
+        time.sleep(0.01)
+    assert len(errors) == 1 and isinstance(errors[0], pra.StoreUnavailableError), errors
+    assert "etcd://127.0.0.1:1/pra" in str(errors[0])
+    assert time.monotonic() - started < 30
+    # The main thread ran while the check waited on the network.
+    assert ticks > 20

@@ -1,0 +1,536 @@
+//! The etcd store against a real etcd server started by the fixture: the store's contract, a full
+//! failover/failback drill, lease expiry of a killed `pra run`, etcd stopped mid-run, and a
+//! three-member cluster losing its leader during flips. (The two-process CAS race is in
+//! tests/concurrency.rs.)
+
+#[path = "common/etcd.rs"]
+mod etcd_fixture;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use etcd_fixture::Etcd;
+use pra_core::store::{Commit, JournalEvent, PlanWrite, RunStart, Store};
+use pra_core::{Actor, ErrorKind, FencingToken, SiteChange, SiteId, Verdict};
+
+const STORE_UNAVAILABLE_EXIT: i32 = 9;
+
+fn site(s: &str) -> SiteId {
+    SiteId::new(s).unwrap()
+}
+
+fn actor() -> Actor {
+    Actor::new("test", "etcd test").unwrap()
+}
+
+fn activate(store: &dyn Store, s: &str) -> FencingToken {
+    let expect = store.load().unwrap().token;
+    store
+        .change(
+            SiteChange::Activate {
+                site: site(s),
+                expect,
+            },
+            &actor(),
+        )
+        .unwrap()
+        .token
+}
+
+/// A config file for the `pra` binary: short heartbeats, run leases of `lost_after` seconds.
+fn write_config(dir: &Path, url: &str, lost_after: u32) -> std::path::PathBuf {
+    let path = dir.join("pra.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "store = \"{url}\"\nsites = \"rbx,sbg\"\nheartbeat_seconds = 1\nlost_after_seconds = {lost_after}\nrevoke_grace_seconds = 1\nstore_timeout_seconds = 1\nlock_dir = \"{}\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn pra(config: &Path, site: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+    c.args(args)
+        .env("PRA_CONFIG", config)
+        .env("PRA_SITE", site)
+        .env_remove("PRA_STORE")
+        .env_remove("RUST_LOG");
+    c
+}
+
+fn output(mut c: Command) -> Output {
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn the_store_keeps_its_contract_on_etcd() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/contract", Duration::from_secs(5));
+    assert_eq!(store.load().unwrap().token, FencingToken(0));
+    assert_eq!(store.verify_journal().unwrap().entries, 0);
+    assert!(store.load_plan().unwrap().is_none());
+
+    // Break before make, and compare-and-swap on the token.
+    let t1 = activate(&store, "rbx");
+    assert_eq!(t1, FencingToken(1));
+    let err = store
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: t1,
+            },
+            &actor(),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}"); // Refused is a Conflict kind
+    let err = store
+        .change(
+            SiteChange::Deactivate {
+                expect: FencingToken(0),
+            },
+            &actor(),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(
+        pra_core::check(&store, &site("rbx")).unwrap(),
+        Verdict::Run { token: t1 }
+    );
+    assert!(matches!(
+        pra_core::check(&store, &site("sbg")).unwrap(),
+        Verdict::Standby { .. }
+    ));
+
+    // Plan writes are guarded by their revision, and a running plan owns the flips.
+    let doc = serde_json::json!({"state": "draining", "running": true});
+    let c = store
+        .commit(&Commit {
+            actor: actor(),
+            site: None,
+            plan: Some(PlanWrite {
+                expect_revision: 0,
+                doc: doc.clone(),
+            }),
+            events: vec![JournalEvent::DrainForced {
+                plan: "p1".into(),
+                alive_runs: 2,
+            }],
+        })
+        .unwrap();
+    assert_eq!(c.plan_revision, Some(1));
+    assert_eq!(store.load_plan().unwrap().unwrap().doc, doc);
+    let stale = store.commit(&Commit {
+        actor: actor(),
+        site: None,
+        plan: Some(PlanWrite {
+            expect_revision: 0,
+            doc: doc.clone(),
+        }),
+        events: vec![],
+    });
+    assert!(stale.unwrap_err().to_string().contains("revision 1"));
+    let err = store
+        .change(SiteChange::Deactivate { expect: t1 }, &actor())
+        .unwrap_err();
+    assert!(err.to_string().contains("plan is running"), "{err}");
+    store
+        .commit(&Commit {
+            actor: actor(),
+            site: Some(SiteChange::Deactivate { expect: t1 }),
+            plan: Some(PlanWrite {
+                expect_revision: 1,
+                doc: serde_json::json!({"state": "done", "running": false}),
+            }),
+            events: vec![],
+        })
+        .unwrap();
+    let t3 = activate(&store, "sbg");
+    assert_eq!(t3, FencingToken(3));
+
+    // The journal is one hash chain anchored in the record.
+    let journal = store.journal().unwrap();
+    assert_eq!(journal.len(), 4);
+    assert!(matches!(journal[1].event, JournalEvent::DrainForced { .. }));
+    assert_eq!(store.verify_journal().unwrap().entries, 4);
+
+    // Runs: admission atomic with registration.
+    let start = |s: &str, token: FencingToken| RunStart {
+        job: "nightly".into(),
+        site: site(s),
+        token,
+        host: "h".into(),
+        pid: 1,
+    };
+    let err = store.run_start(&start("sbg", t1)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::StaleToken, "{err}");
+    let err = store.run_start(&start("rbx", t3)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let id = store.run_start(&start("sbg", t3)).unwrap();
+    store.run_heartbeat(id).unwrap();
+    let alive = store
+        .alive_runs_below(FencingToken(4), chrono::Duration::seconds(60))
+        .unwrap();
+    assert_eq!(alive.len(), 1);
+    assert_eq!(alive[0].id, id);
+    assert!(
+        store
+            .alive_runs_below(t3, chrono::Duration::seconds(60))
+            .unwrap()
+            .is_empty(),
+        "below the run's own token"
+    );
+    store.run_finish(id, Some(0), "exited 0").unwrap();
+    let err = store.run_finish(id, Some(0), "again").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert_eq!(
+        store.run_heartbeat(id).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(
+        store
+            .alive_runs_below(FencingToken(4), chrono::Duration::seconds(60))
+            .unwrap()
+            .is_empty()
+    );
+    let runs = store.runs(before).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].exit_code, Some(0));
+    assert!(runs[0].finished_at.is_some());
+    store.note_skip("nightly", &site("rbx")).unwrap();
+    store.note_skip("nightly", &site("rbx")).unwrap();
+    let stats = store.run_stats().unwrap();
+    let of = |s: &str| stats.iter().find(|x| x.site.as_str() == s).unwrap().clone();
+    assert_eq!((of("sbg").started, of("sbg").unfinished), (1, 0));
+    assert_eq!(of("rbx").skipped, 2);
+
+    // Another prefix is another record.
+    let other = etcd.store_on(&[0], "/contract-other", Duration::from_secs(5));
+    assert_eq!(other.load().unwrap().token, FencingToken(0));
+
+    // Damaged data is Corrupt, never a default; the guard denies.
+    etcd.put_raw("/contract/record", b"{not json");
+    let err = store.load().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(pra_core::check(&store, &site("sbg")).is_err());
+}
+
+#[test]
+fn a_full_failover_and_failback_drill_runs_on_etcd() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.url("/drill");
+    let out = output({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+        c.args(["drill", "--quiet", "--json", "--store-url", &url])
+            .arg("--dir")
+            .arg(dir.path())
+            .env_remove("PRA_STORE");
+        c
+    });
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["store"], url);
+    assert_eq!(report["plan"]["double_execution_seconds"], 0.0);
+    // The record went rbx -> none -> sbg -> none -> rbx, every flip journaled on etcd.
+    let store = etcd.store_on(&[0], "/drill", Duration::from_secs(5));
+    let record = store.load().unwrap();
+    assert_eq!(record.site, Some(site("rbx")));
+    assert!(record.token.0 >= 5, "{record:?}");
+    let flips = store
+        .journal()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.event, JournalEvent::SiteChanged { .. }))
+        .count() as u64;
+    assert_eq!(flips, record.token.0);
+    store.verify_journal().unwrap();
+    // A second drill on the same prefix is refused: it needs an empty store.
+    let again = output({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+        c.args(["drill", "--quiet", "--store-url", &url])
+            .arg("--dir")
+            .arg(dir.path().join("again"));
+        c
+    });
+    assert_eq!(again.status.code(), Some(3), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("empty store"));
+}
+
+#[test]
+fn a_killed_pra_run_drops_out_of_the_drain_when_its_lease_expires() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.url("/lease");
+    let config = write_config(dir.path(), &url, 4);
+    let store = etcd.store_on(&[0], "/lease", Duration::from_secs(5));
+    let token = activate(&store, "rbx");
+
+    let mut run = pra(
+        &config,
+        "rbx",
+        &["run", "--job", "long", "--", "sleep", "60"],
+    );
+    run.process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = run.spawn().unwrap();
+    let pgid = child.id() as i32;
+    wait_until("the run registers", Duration::from_secs(10), || {
+        store
+            .alive_runs_below(FencingToken(token.0 + 1), chrono::Duration::seconds(60))
+            .unwrap()
+            .len()
+            == 1
+    });
+    // Heartbeats keep it alive well past its 4 s lease.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        store
+            .alive_runs_below(FencingToken(token.0 + 1), chrono::Duration::seconds(60))
+            .unwrap()
+            .len(),
+        1,
+        "a heartbeating run must stay alive"
+    );
+
+    // The host dies: the wrapper and its command are killed without a word to the store.
+    // SAFETY: kill(2) on the process group we created.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    child.wait().unwrap();
+    let killed = Instant::now();
+
+    // The operators fail over; the break happens, and the drain sees the dead run for as long
+    // as its lease lives.
+    let ops = |args: &[&str]| output(pra(&config, "sbg", args));
+    for step in [
+        &[
+            "plan",
+            "start-failover",
+            "--by",
+            "alice",
+            "--reason",
+            "rbx lost",
+        ][..],
+        &["plan", "apply", "failover-decided", "--operator", "alice"],
+        &["plan", "apply", "execute-failover"],
+    ] {
+        let o = ops(step);
+        assert!(o.status.success(), "{step:?}: {}", text(&o));
+    }
+    let early = ops(&["plan", "apply", "drained", "--no-wait"]);
+    if killed.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            early.status.code(),
+            Some(8),
+            "busy while the lease lives: {}",
+            text(&early)
+        );
+    }
+    let gone = wait_until("the lease expires", Duration::from_secs(15), || {
+        store
+            .alive_runs_below(FencingToken(token.0 + 1), chrono::Duration::seconds(60))
+            .unwrap()
+            .is_empty()
+    });
+    eprintln!(
+        "run dropped out {:?} after the kill (lease TTL 4 s)",
+        killed.elapsed()
+    );
+    let _ = gone;
+    // Its record stays, unfinished: the report sees how it ended.
+    let runs = store
+        .runs(Utc::now() - chrono::Duration::minutes(5))
+        .unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].finished_at.is_none());
+    assert_eq!(runs[0].start.job, "long");
+
+    // The drain completes without --force.
+    let drained = ops(&["plan", "apply", "drained", "--no-wait"]);
+    assert!(drained.status.success(), "{}", text(&drained));
+    assert!(
+        !store
+            .journal()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e.event, JournalEvent::DrainForced { .. })),
+        "the drain must not have needed a force"
+    );
+    store.verify_journal().unwrap();
+}
+
+#[test]
+fn with_etcd_down_the_guard_fails_closed_and_recovers_when_it_returns() {
+    let mut etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.url("/outage");
+    let config = write_config(dir.path(), &url, 10);
+    let store = etcd.store_on(&[0], "/outage", Duration::from_secs(2));
+    let token = activate(&store, "rbx");
+
+    // A job that outlives the outage.
+    let marker = dir.path().join("long-finished");
+    let mut long = pra(
+        &config,
+        "rbx",
+        &[
+            "run",
+            "--job",
+            "long",
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep 6; touch {}", marker.display()),
+        ],
+    );
+    long.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut long = long.spawn().unwrap();
+    wait_until("the long run registers", Duration::from_secs(10), || {
+        !store
+            .runs(Utc::now() - chrono::Duration::minutes(1))
+            .unwrap()
+            .is_empty()
+    });
+
+    etcd.kill(0);
+    let t = Instant::now();
+    let check = output(pra(&config, "rbx", &["check"]));
+    assert_eq!(
+        check.status.code(),
+        Some(STORE_UNAVAILABLE_EXIT),
+        "{}",
+        text(&check)
+    );
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("unavailable"));
+    let ran = dir.path().join("ran");
+    let run = output(pra(
+        &config,
+        "rbx",
+        &[
+            "run",
+            "--job",
+            "short",
+            "--",
+            "touch",
+            ran.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        run.status.code(),
+        Some(STORE_UNAVAILABLE_EXIT),
+        "{}",
+        text(&run)
+    );
+    assert!(!ran.exists(), "a job ran while the store was unreachable");
+
+    std::thread::sleep(Duration::from_secs(1));
+    etcd.restart(0);
+    let check = output(pra(&config, "rbx", &["check"]));
+    assert!(check.status.success(), "{}", text(&check));
+    assert_eq!(store.load().unwrap().token, token);
+    store.verify_journal().unwrap();
+
+    // The long run kept going through the outage (its writes are fenced by token) and its end
+    // is recorded once etcd is back.
+    assert!(long.wait().unwrap().success());
+    assert!(marker.exists());
+    let runs = store
+        .runs(Utc::now() - chrono::Duration::minutes(1))
+        .unwrap();
+    let long = runs.iter().find(|r| r.start.job == "long").unwrap();
+    assert_eq!(long.exit_code, Some(0), "{long:?}");
+    assert!(runs.iter().all(|r| r.start.job != "short"));
+}
+
+#[test]
+fn a_three_member_cluster_keeps_flipping_when_its_leader_is_killed() {
+    let mut etcd = Etcd::cluster(3);
+    let leader = etcd.leader(0);
+    let store = pra_core::store::open_with(
+        &etcd.url("/cluster"),
+        &pra_core::store::OpenOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let a = actor();
+    let mut seen = Vec::new();
+    let mut unknown = 0;
+    let mut killed_at = None;
+    let t = Instant::now();
+    for i in 0..60 {
+        if i == 20 {
+            etcd.kill(leader);
+            killed_at = Some(seen.len());
+        }
+        let r = store.load().unwrap();
+        let change = match r.site {
+            None => SiteChange::Activate {
+                site: site(if i % 4 == 0 { "rbx" } else { "sbg" }),
+                expect: r.token,
+            },
+            Some(_) => SiteChange::Deactivate { expect: r.token },
+        };
+        match store.change(change, &a) {
+            Ok(rec) => seen.push(rec.token.0),
+            // An answer lost with the member that died and not settled by reading back.
+            Err(e) if e.kind() == ErrorKind::StoreUnavailable => unknown += 1,
+            Err(e) => panic!("flip {i}: {e}"),
+        }
+    }
+    eprintln!(
+        "60 flips in {:?} with the leader (member {leader}) killed at flip 20; {unknown} outcomes unknown",
+        t.elapsed()
+    );
+    assert!(
+        unknown <= 1,
+        "at most the flip in flight may be in doubt: {unknown}"
+    );
+    let after_kill = seen.len() - killed_at.unwrap();
+    assert!(after_kill >= 39, "flips after the kill: {after_kill}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "tokens must increase: {seen:?}"
+    );
+    let record = store.load().unwrap();
+    assert_eq!(record.token.0, *seen.last().unwrap());
+    assert_eq!(store.verify_journal().unwrap().entries, record.token.0);
+
+    // The killed member comes back, catches up, and serves the same record.
+    etcd.restart(leader);
+    let only_it = etcd.store_on(&[leader], "/cluster", Duration::from_secs(5));
+    wait_until(
+        "the restarted member catches up",
+        Duration::from_secs(15),
+        || only_it.load().map(|r| r == record).unwrap_or(false),
+    );
+    assert_eq!(only_it.verify_journal().unwrap().entries, record.token.0);
+}
