@@ -1,5 +1,6 @@
 //! `pra run`: the cron wrapper. Runs a command only on the active site, registers the run,
-//! heartbeats, and stops the command if the site loses the active role while it runs.
+//! heartbeats, and stops the command if the site loses the active role while it runs, or if the
+//! store can no longer vouch for the run before a drain would stop waiting for it.
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
@@ -182,6 +183,18 @@ fn supervise(
     let _forwarder = forward_signals(pid.clone());
     let heartbeat = cfg.heartbeat.to_std().unwrap_or(Duration::from_secs(10));
     let grace = cfg.revoke_grace.to_std().unwrap_or(Duration::from_secs(30));
+    let lost_after = cfg.lost_after.to_std().unwrap_or(Duration::from_secs(60));
+    // Past `lost_after` without a heartbeat, the drain stops waiting for this run (on etcd its
+    // lease expires). Self-fence early enough that the command is gone by then: a heartbeat
+    // interval and a store call's timeout to notice, then SIGTERM and the grace, all fit before
+    // the deadline (or stop at the first missed beat when they cannot).
+    let store_timeout = cfg.store_timeout.to_std().unwrap_or(Duration::from_secs(5));
+    let self_fence_after = lost_after
+        .saturating_sub(grace)
+        .saturating_sub(heartbeat)
+        .saturating_sub(store_timeout)
+        .max(heartbeat);
+    let mut last_beat_ok = Instant::now();
     let mut next_beat = Instant::now() + heartbeat;
     let mut revoked_at: Option<Instant> = None;
     let mut killed = false;
@@ -195,8 +208,35 @@ fn supervise(
         let now = Instant::now();
         if now >= next_beat {
             next_beat = now + heartbeat;
-            if let Err(e) = store.run_heartbeat(id) {
-                tracing::warn!(error = %e, "heartbeat failed; the command keeps running (its writes are fenced by token)");
+            let lost_reason = match store.run_heartbeat(id) {
+                Ok(()) => {
+                    last_beat_ok = now;
+                    None
+                }
+                // The registration is gone (its lease expired): nothing holds the drain back.
+                Err(e) if e.kind() == ErrorKind::NotFound => Some(format!("{e}")),
+                Err(e) if now.duration_since(last_beat_ok) >= self_fence_after => Some(format!(
+                    "no heartbeat reached the store for {:?} ({e}); past {:?} the drain counts this run as lost",
+                    now.duration_since(last_beat_ok),
+                    lost_after
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat failed; the command keeps running for now (its writes are fenced by token)");
+                    None
+                }
+            };
+            if let (Some(why), None) = (&lost_reason, revoked_at) {
+                log_line(
+                    &format!(
+                        "job {}: stopping it, as the store can no longer vouch for it: {why}",
+                        args.job
+                    ),
+                    true,
+                );
+                if args.on_revoke == OnRevoke::Kill {
+                    signal(&pid, libc::SIGTERM);
+                }
+                revoked_at = Some(now);
             }
             if revoked_at.is_none() {
                 match pra_core::check(store, site) {

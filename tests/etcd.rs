@@ -534,3 +534,40 @@ fn a_three_member_cluster_keeps_flipping_when_its_leader_is_killed() {
     );
     assert_eq!(only_it.verify_journal().unwrap().entries, record.token.0);
 }
+
+#[test]
+fn a_run_that_cannot_reach_etcd_stops_its_command_before_its_lease_would_expire() {
+    let mut etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = etcd.url("/selffence");
+    // lost_after 6, grace 1, heartbeat 1, store timeout 1: self-fence after 3 s without a
+    // heartbeat, so that the command is dead before the lease (6 s) expires.
+    let config = write_config(dir.path(), &url, 6);
+    let store = etcd.store_on(&[0], "/selffence", Duration::from_secs(2));
+    activate(&store, "rbx");
+    let mut run = pra(
+        &config,
+        "rbx",
+        &["run", "--job", "long", "--", "sleep", "60"],
+    );
+    run.stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = run.spawn().unwrap();
+    wait_until("the run registers", Duration::from_secs(10), || {
+        !store
+            .runs(Utc::now() - chrono::Duration::minutes(1))
+            .unwrap()
+            .is_empty()
+    });
+    etcd.kill(0);
+    let down = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = down.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // SIGTERM: 128 + 15.
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("can no longer vouch"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "stopped {took:?} after the outage began; the lease lives 6 s"
+    );
+}
