@@ -19,7 +19,7 @@ etcd --name c-test --data-dir "$etcd_dir/data" \
   --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
   --initial-cluster "c-test=http://127.0.0.1:$peer" >"$etcd_dir/log" 2>&1 &
 etcd_pid=$!
-trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null; rm -rf "$etcd_dir"' EXIT
+trap 'kill $etcd_pid 2>/dev/null; wait $etcd_pid 2>/dev/null || true; rm -rf "$etcd_dir"' EXIT
 endpoint=127.0.0.1:$client
 for _ in $(seq 100); do
   PRA_STORE=etcd://$endpoint/ready "$target/pra" site show >/dev/null 2>&1 && break
