@@ -228,6 +228,20 @@ fn the_store_keeps_its_contract_on_etcd() {
     assert_eq!((of("sbg").started, of("sbg").unfinished), (1, 0));
     assert_eq!(of("rbx").skipped, 2);
 
+    // One handle shared by threads (its runtime is driven by whichever thread blocks on it).
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..50 {
+                    assert_eq!(
+                        pra_core::check(&store, &site("sbg")).unwrap(),
+                        Verdict::Run { token: t3 }
+                    );
+                }
+            });
+        }
+    });
+
     // Another prefix is another record.
     let other = etcd.store_on(&[0], "/contract-other", Duration::from_secs(5));
     assert_eq!(other.load().unwrap().token, FencingToken(0));
