@@ -90,8 +90,6 @@ def test_store_errors(tmp_path):
         pra.Store(f"file://{tmp_path}/open.lock")
     with pytest.raises(pra.StoreUnavailableError):
         pra.Store("sqlite:///nonexistent-dir/state.db")
-    with pytest.raises(pra.UnsupportedError):
-        pra.Store("etcd://127.0.0.1:2379/pra")
     lock = tmp_path / "pra-status.lock"
     lock.write_text("ACTIVE_SITE SBG\n")
     s = pra.Store(f"file://{lock}")
@@ -99,6 +97,10 @@ def test_store_errors(tmp_path):
         s.active()
     lock.write_text("ACTIVE_SITE=SBG\n")
     assert s.active().site == "sbg"
+    # The lock-file store keeps no run registry: a job guard cannot register its run there.
+    with pytest.raises(pra.UnsupportedError, match="run registry"):
+        with pra.Guard(s, "sbg", job="invoices"):
+            pytest.fail("the block must not run unregistered")
     with pytest.raises(pra.InvalidArgumentError):
         pra.Store(f"sqlite://{tmp_path}/s.db").activate("r b x", expect_token=0, by="x")
     with pytest.raises(pra.InvalidArgumentError, match="control"):
