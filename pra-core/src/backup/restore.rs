@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackupEntry, Health, inspect, open_existing, quick_check, scan, sha256_file, table_counts,
-    validate_name,
+    BackupEntry, Health, check_and_count, inspect, join, open_existing, scan, sha256_file,
+    table_counts, validate_name,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -195,10 +195,10 @@ const TEMP_MARK: &str = ".pra-restore-tmp-";
 /// Restores the backup `point` designates over `db`.
 ///
 /// Order, so that a crash at any moment leaves either the old or the new database, never a mix:
-/// the backup is copied next to `db` and verified there (checksum against its manifest, then
-/// `quick_check`); the current database, if any, is copied aside and its `-wal` checkpointed
-/// into it (or, if that fails, moved aside) so no old WAL can be applied to the new file; then
-/// one `rename(2)` puts the new database in place and the directory is fsynced.
+/// the backup is copied next to `db` and verified (the copy's checksum against the manifest,
+/// and `quick_check`); the current database, if any, is kept aside (a hard link) and its `-wal`
+/// checkpointed into it (or, if that fails, moved aside) so no old WAL can be applied to the new
+/// file; then one `rename(2)` puts the new database in place and the directory is fsynced.
 #[tracing::instrument(level = "info", skip(clock), fields(db = %db.display(), dir = %dir.display()))]
 pub fn restore(
     db: &Path,
@@ -225,12 +225,7 @@ pub fn restore(
     crate::fsutil::remove_dead_temps(target_dir, &format!(".{file_name}{TEMP_MARK}"));
     let tmp = target_dir.join(format!(".{file_name}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
-        fs::copy(&entry.path, &tmp).map_err(|e| Error::io("copy backup to", &tmp, e))?;
-        set_private(&tmp)?;
-        let tables = verify_copy(&entry, &tmp)?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("fsync", &tmp, e))?;
+        let tables = copy_verified(&entry, &tmp)?;
 
         let stamp = clock.now().format("%Y%m%dT%H%M%SZ");
         let wal = with_suffix(db, "-wal");
@@ -239,7 +234,12 @@ pub fn restore(
         if replaced {
             if opts.safety_copy {
                 let keep = with_suffix(db, &format!(".pre-restore-{stamp}"));
-                copy_synced(db, &keep)?;
+                // The old file is about to be replaced by a rename, never written again: a
+                // second name for it (a hard link) keeps it without copying it.
+                if let Err(e) = fs::hard_link(db, &keep) {
+                    tracing::debug!(error = %e, "no hard link here; copying the database aside");
+                    copy_synced(db, &keep)?;
+                }
                 if wal.is_file() {
                     copy_synced(&wal, &with_suffix(&keep, "-wal"))?;
                 }
@@ -277,34 +277,53 @@ pub fn restore(
     result
 }
 
-/// Verifies the copy about to be installed: its checksum against the manifest (when there is
-/// one), then `quick_check`. Returns its row counts.
-fn verify_copy(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u64>> {
+/// Copies the backup to `copy` (fsynced) and verifies what will be installed: the copy's
+/// checksum against the manifest, and `quick_check`. With a manifest, the checksum ties the copy
+/// to the backup's bytes, so the integrity check reads the backup itself, beside the copy and
+/// its hash; without one, it reads the copy after it is made. Returns the row counts.
+fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u64>> {
     let corrupt = |detail: String| Error::Corrupt {
         what: format!("backup {}", entry.name),
         detail,
     };
-    match &entry.manifest {
-        Some(m) => {
-            let sha = sha256_file(copy)?;
-            if sha != m.sha256 {
-                return Err(corrupt(format!(
-                    "checksum {} does not match the manifest's {}",
-                    &sha[..12],
-                    &m.sha256[..12.min(m.sha256.len())]
-                )));
-            }
+    let copy_hash_sync = || -> Result<Option<String>> {
+        fs::copy(&entry.path, copy).map_err(|e| Error::io("copy backup to", copy, e))?;
+        set_private(copy)?;
+        let sha = match &entry.manifest {
+            Some(_) => Some(sha256_file(copy)?),
+            None => None,
+        };
+        fs::File::open(copy)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync", copy, e))?;
+        Ok(sha)
+    };
+    let (sha, checked) = match &entry.manifest {
+        Some(_) => std::thread::scope(|s| {
+            let copied = s.spawn(copy_hash_sync);
+            let checked = check_and_count(&entry.path);
+            (join(copied), checked)
+        }),
+        None => {
+            tracing::warn!(backup = %entry.name, "no manifest: checking integrity only");
+            let sha = copy_hash_sync();
+            (sha, check_and_count(copy))
         }
-        None => tracing::warn!(backup = %entry.name, "no manifest: checking integrity only"),
+    };
+    let sha = sha?;
+    if let (Some(sha), Some(m)) = (sha, &entry.manifest)
+        && sha != m.sha256
+    {
+        return Err(corrupt(format!(
+            "checksum {} does not match the manifest's {}",
+            &sha[..12],
+            &m.sha256[..12.min(m.sha256.len())]
+        )));
     }
-    let conn = open_existing(copy, false)?;
-    let check = quick_check(&conn).map_err(|e| corrupt(e.to_string()))?;
+    let (check, tables) = checked.map_err(|e| corrupt(e.to_string()))?;
     if check != "ok" {
         return Err(corrupt(format!("quick_check: {check}")));
     }
-    let tables = table_counts(&conn)?;
-    conn.close()
-        .map_err(|(_, e)| Error::sqlite("close", &copy.display().to_string(), e))?;
     Ok(tables)
 }
 
