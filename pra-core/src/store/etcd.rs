@@ -424,9 +424,11 @@ impl EtcdStore {
         settle: impl Fn(&Self, Instant) -> Result<Option<bool>>,
     ) -> Result<bool> {
         let mut c = self.client.clone();
-        match self.once(what, deadline, async move { c.txn(txn).await }) {
+        match self.attempt(what, deadline, async move { c.txn(txn).await }) {
             Ok(resp) => Ok(resp.succeeded()),
-            Err(e) => {
+            // Refused as such (too large, not allowed...): it was not applied.
+            Err((e, false)) => Err(e),
+            Err((e, true)) => {
                 tracing::warn!(store = %self.url, error = %e, "{what}: answer lost; reading back whether it landed");
                 // Give the read its own budget: the write may have used all of the deadline.
                 let read_deadline = Instant::now() + self.opts.timeout;
@@ -458,6 +460,17 @@ impl Store for EtcdStore {
         loop {
             attempt += 1;
             let snap = self.snapshot(deadline)?;
+            if attempt > 1 && snap.record.commit_id == id {
+                // An earlier attempt whose answer was lost (and read back as not applied) landed
+                // after all: it is this commit.
+                return Ok(Committed {
+                    record: snap.record.record,
+                    plan_revision: commit
+                        .plan
+                        .as_ref()
+                        .and(snap.plan.as_ref().map(|p| p.revision)),
+                });
+            }
             let old = snap.record.record.clone();
             let at = self.clock.now();
             if commit.site.is_some()
