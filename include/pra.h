@@ -107,17 +107,30 @@ const char *pra_result_name(uint32_t result);
 // `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
 // with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
 // contact the cluster: an unreachable one shows at the first call, as
-// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies).
+// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies). As
+// `pra_store_open_with(url, 5000, 60, out)`.
 //
 // # Safety
 // `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.
 pra_result pra_store_open(const char *url, pra_store **out);
 
+// Opens the store at `url` like `pra_store_open`, with the deadline of each call to a network
+// store (`timeout_ms`, at least 1) and the time after which a silent run counts as lost
+// (`lost_after_s`, at least 1; on etcd, the TTL of each run's lease). Zero is
+// `PRA_RESULT_INVALID_ARGUMENT`.
+//
+// # Safety
+// As for `pra_store_open`.
+pra_result pra_store_open_with(const char *url,
+                               uint32_t timeout_ms,
+                               uint32_t lost_after_s,
+                               pra_store **out);
+
 // Releases a store handle. `pra_store_free(NULL)` does nothing. The handle must not be used
 // afterwards, nor be in use by another thread.
 //
 // # Safety
-// `store` is NULL or a handle from `pra_store_open` not freed yet.
+// `store` is NULL or a handle from `pra_store_open` or `pra_store_open_with` not freed yet.
 void pra_store_free(pra_store *store);
 
 // May `site` run jobs now? Fills `*out` and returns `PRA_RESULT_OK` if it may,

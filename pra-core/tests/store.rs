@@ -229,6 +229,17 @@ fn store_urls_open_the_right_store() {
         open("redis://x").unwrap_err().kind(),
         ErrorKind::InvalidArgument
     );
+    // Deadlines and run TTLs of zero are refused, whatever the store.
+    for (timeout, lost_after) in [(0, 60), (5000, 0)] {
+        let opts = pra_core::store::OpenOptions {
+            timeout: std::time::Duration::from_millis(timeout),
+            lost_after: std::time::Duration::from_secs(lost_after),
+            ..Default::default()
+        };
+        let url = format!("sqlite://{}/s.db", dir.path().display());
+        let err = pra_core::store::open_with(&url, &opts).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
 }
 
 #[test]

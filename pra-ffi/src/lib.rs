@@ -232,7 +232,8 @@ pub extern "C" fn pra_result_name(result: u32) -> *const c_char {
 /// `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
 /// with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
 /// contact the cluster: an unreachable one shows at the first call, as
-/// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies).
+/// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies). As
+/// `pra_store_open_with(url, 5000, 60, out)`.
 ///
 /// # Safety
 /// `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.
@@ -241,13 +242,36 @@ pub unsafe extern "C" fn pra_store_open(
     url: *const c_char,
     out: *mut *mut pra_store,
 ) -> pra_result {
+    // SAFETY: same contract.
+    unsafe { pra_store_open_with(url, 5000, 60, out) }
+}
+
+/// Opens the store at `url` like `pra_store_open`, with the deadline of each call to a network
+/// store (`timeout_ms`, at least 1) and the time after which a silent run counts as lost
+/// (`lost_after_s`, at least 1; on etcd, the TTL of each run's lease). Zero is
+/// `PRA_RESULT_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// As for `pra_store_open`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_store_open_with(
+    url: *const c_char,
+    timeout_ms: u32,
+    lost_after_s: u32,
+    out: *mut *mut pra_store,
+) -> pra_result {
     ffi_boundary!({
         // SAFETY: per this function's contract.
         let url = unsafe { arg(url, "url") }?;
         if out.is_null() {
             return Err(null_out("out"));
         }
-        let store = pra_core::open(url)?;
+        let opts = pra_core::store::OpenOptions {
+            timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
+            lost_after: std::time::Duration::from_secs(u64::from(lost_after_s)),
+            ..Default::default()
+        };
+        let store = pra_core::store::open_with(url, &opts)?;
         let handle = Box::into_raw(Box::new(pra_store { inner: store }));
         // SAFETY: `out` is non-NULL and valid for writes per the contract.
         unsafe { *out = handle };
@@ -259,11 +283,11 @@ pub unsafe extern "C" fn pra_store_open(
 /// afterwards, nor be in use by another thread.
 ///
 /// # Safety
-/// `store` is NULL or a handle from `pra_store_open` not freed yet.
+/// `store` is NULL or a handle from `pra_store_open` or `pra_store_open_with` not freed yet.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pra_store_free(store: *mut pra_store) {
     if !store.is_null() {
-        // SAFETY: the handle came from Box::into_raw in pra_store_open and is freed once.
+        // SAFETY: the handle came from Box::into_raw in pra_store_open_with and is freed once.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             drop(unsafe { Box::from_raw(store) })
         }));

@@ -328,8 +328,10 @@ pub struct JournalEntry {
 
 /// A store of the active-site record, opened from a URL (`sqlite://PATH`, `file://PATH`,
 /// `etcd://HOST:PORT[,HOST:PORT]/PREFIX`). Safe to share between threads. An etcd store contacts
-/// the cluster at its first call; every call waits at most 5 s (GIL released), then raises
-/// `StoreUnavailableError`.
+/// the cluster at its first call; every call waits at most `timeout` seconds (GIL released),
+/// then raises `StoreUnavailableError`. A run registered by `Guard` counts as lost when it has
+/// not called `heartbeat()` for `lost_after` seconds (on etcd, its lease expires): heartbeat
+/// more often than that.
 #[pyclass(frozen, module = "pra")]
 pub struct Store {
     inner: Arc<dyn pra_core::Store>,
@@ -342,8 +344,21 @@ fn actor(by: &str, reason: &str) -> PraResult<Actor> {
 #[pymethods]
 impl Store {
     #[new]
-    fn new(py: Python<'_>, url: String) -> PraResult<Self> {
-        let inner = blocking(py, move || pra_core::open(&url))?;
+    #[pyo3(signature = (url, *, timeout = 5.0, lost_after = 60.0))]
+    fn new(py: Python<'_>, url: String, timeout: f64, lost_after: f64) -> PraResult<Self> {
+        let secs = |v: f64, what: &str| {
+            std::time::Duration::try_from_secs_f64(v).map_err(|_| {
+                pra_core::Error::InvalidArgument(format!(
+                    "{what} must be a finite number of seconds >= 0, not {v}"
+                ))
+            })
+        };
+        let opts = pra_core::store::OpenOptions {
+            timeout: secs(timeout, "timeout")?,
+            lost_after: secs(lost_after, "lost_after")?,
+            ..Default::default()
+        };
+        let inner = blocking(py, move || pra_core::store::open_with(&url, &opts))?;
         Ok(Store {
             inner: Arc::from(inner),
         })

@@ -98,3 +98,17 @@ def test_an_unreachable_etcd_fails_closed_without_holding_the_gil():
     assert time.monotonic() - started < 30
     # The main thread ran while the check waited on the network.
     assert ticks > 20
+
+
+def test_store_timeouts_are_options():
+    t = time.monotonic()
+    store = pra.Store("etcd://127.0.0.1:1/pra", timeout=0.3)
+    with pytest.raises(pra.StoreUnavailableError):
+        store.active()
+    assert time.monotonic() - t < 3
+    for bad in ({"timeout": 0}, {"timeout": -1.0}, {"timeout": float("nan")},
+                {"lost_after": 0.5}, {"lost_after": float("inf")}):
+        with pytest.raises(pra.InvalidArgumentError):
+            pra.Store("etcd://127.0.0.1:1/pra", **bad)
+    with pytest.raises(TypeError):
+        pra.Store("etcd://127.0.0.1:1/pra", timeout="5")

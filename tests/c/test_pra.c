@@ -148,7 +148,13 @@ static void test_status_and_backup(void) {
 /* Nothing listens on port 1: opening is lazy, the first call fails closed. */
 static void test_unreachable_etcd(void) {
   pra_store *s = NULL;
-  EXPECT(pra_store_open("etcd://127.0.0.1:1/pra", &s), PRA_RESULT_OK);
+  EXPECT(pra_store_open_with("etcd://127.0.0.1:1/pra", 0, 60, &s), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open_with("etcd://127.0.0.1:1/pra", 300, 0, &s), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open_with(NULL, 300, 60, &s), PRA_RESULT_INVALID_ARGUMENT);
+  EXPECT(pra_store_open_with("etcd://127.0.0.1:1/pra", 300, 60, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(s == NULL);
+  /* A 300 ms deadline instead of the default 5 s. */
+  EXPECT(pra_store_open_with("etcd://127.0.0.1:1/pra", 300, 60, &s), PRA_RESULT_OK);
   pra_verdict v;
   memset(&v, 0x7f, sizeof v);
   EXPECT(pra_guard_check(s, "rbx", &v), PRA_RESULT_STORE_UNAVAILABLE);

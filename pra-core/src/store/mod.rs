@@ -449,8 +449,15 @@ pub fn open_with_clock(url: &str, clock: Arc<dyn Clock>) -> Result<Box<dyn Store
     )
 }
 
-/// Opens the store at `url` with `opts`.
+/// Opens the store at `url` with `opts` (a zero timeout, or `lost_after` under one second, is
+/// [`Error::InvalidArgument`], whatever the store).
 pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
+    if opts.timeout.is_zero() || opts.lost_after < std::time::Duration::from_secs(1) {
+        return Err(Error::InvalidArgument(format!(
+            "opening {url}: the timeout must be positive and lost_after at least 1 second (got {:?} and {:?})",
+            opts.timeout, opts.lost_after
+        )));
+    }
     let clock = opts.clock.clone();
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path, clock)?)),
