@@ -600,7 +600,7 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
 }
 
 pub fn backup(cfg: &Config, out: &Out) -> Result<u8, Error> {
-    let b = backup::create(&cfg.db, &cfg.backup_dir, Method::OnlineBackup, &SystemClock)?;
+    let b = backup::create(&cfg.db, &cfg.backup_dir, Method::Auto, &SystemClock)?;
     out.print(&b, || {
         let m = b.manifest.as_ref();
         format!(

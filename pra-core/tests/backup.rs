@@ -18,8 +18,12 @@ fn clock() -> ManualClock {
 }
 
 fn make_db(path: &Path, rows: u32) {
+    make_db_in(path, rows, "WAL");
+}
+
+fn make_db_in(path: &Path, rows: u32, journal_mode: &str) {
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);").unwrap();
+    conn.execute_batch(&format!("PRAGMA journal_mode = {journal_mode}; CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);")).unwrap();
     let tx = conn.unchecked_transaction().unwrap();
     for _ in 0..rows {
         tx.execute("INSERT INTO events (body) VALUES (hex(randomblob(32)))", [])
@@ -46,10 +50,16 @@ fn integrity(path: &Path) -> String {
 
 #[test]
 fn backup_of_a_database_under_continuous_writes_is_a_consistent_prefix() {
-    for method in [Method::OnlineBackup, Method::VacuumInto] {
+    for (method, journal_mode) in [
+        (Method::OnlineBackup, "WAL"),
+        (Method::VacuumInto, "WAL"),
+        (Method::Auto, "WAL"),
+        (Method::Auto, "DELETE"),
+        (Method::FileCopy, "DELETE"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("app.db");
-        make_db(&db, 20_000);
+        make_db_in(&db, 20_000, journal_mode);
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let (db, stop) = (db.clone(), stop.clone());
@@ -62,6 +72,11 @@ fn backup_of_a_database_under_continuous_writes_is_a_consistent_prefix() {
                     conn.execute("INSERT INTO events (body) VALUES (hex(randomblob(32)))", [])
                         .unwrap();
                     n += 1;
+                    if journal_mode == "DELETE" {
+                        // In rollback mode a writer committing back to back starves every
+                        // reader (its PENDING lock wins each race): leave readers a gap.
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
                 }
                 n
             })
@@ -91,7 +106,15 @@ fn backup_of_a_database_under_continuous_writes_is_a_consistent_prefix() {
             assert_eq!(b.health, Health::Verified);
             let m = b.manifest.as_ref().unwrap();
             assert_eq!(m.tables["events"], got.len() as u64);
-            assert_eq!(m.method, method);
+            match method {
+                // Under a steady writer the WAL is rarely all in the file: either may be used.
+                Method::Auto if journal_mode == "WAL" => {
+                    assert!(matches!(m.method, Method::FileCopy | Method::OnlineBackup))
+                }
+                // In rollback mode the read lock keeps writers out: always the file copy.
+                Method::Auto => assert_eq!(m.method, Method::FileCopy),
+                _ => assert_eq!(m.method, method),
+            }
         }
         // Same second on a fixed clock: three distinct names.
         let names: Vec<_> = taken.iter().map(|b| b.name.clone()).collect();
@@ -104,6 +127,59 @@ fn backup_of_a_database_under_continuous_writes_is_a_consistent_prefix() {
             ]
         );
     }
+}
+
+#[test]
+fn a_file_copy_is_taken_only_when_the_snapshot_is_the_file_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let bdir = dir.path().join("backups");
+    make_db(&db, 1_000);
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
+    let c = clock();
+    // Idle: the last commit's frames are checkpointed by the probe, the file is the snapshot.
+    let b = backup::create(&db, &bdir, Method::FileCopy, &c).unwrap();
+    assert_eq!(b.manifest.as_ref().unwrap().method, Method::FileCopy);
+    assert_eq!(ids(&b.path).len(), 1_000);
+    assert_eq!(integrity(&b.path), "ok");
+    assert_eq!(
+        fs::metadata(&b.path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mode: String = Connection::open(&b.path)
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "a backup needs no -wal beside it");
+
+    // A reader pinned at an older snapshot keeps newer frames out of the file.
+    let reader = Connection::open(&db).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 1_000);
+    make_db(&db, 500);
+    let err = backup::create(&db, &bdir, Method::FileCopy, &c).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Busy, "{err}");
+    assert!(err.to_string().contains("WAL"), "{err}");
+    let b = backup::create(&db, &bdir, Method::Auto, &c).unwrap();
+    assert_eq!(b.manifest.as_ref().unwrap().method, Method::OnlineBackup);
+    assert_eq!(ids(&b.path).len(), 1_500);
+    // Once the reader is gone, the file copy is possible again.
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let b = backup::create(&db, &bdir, Method::Auto, &c).unwrap();
+    assert_eq!(b.manifest.as_ref().unwrap().method, Method::FileCopy);
+    assert_eq!(ids(&b.path), (1..=1_500).collect::<Vec<_>>());
+    // No temporary file left behind by the refused attempt.
+    let leftovers: Vec<_> = fs::read_dir(&bdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
 #[test]

@@ -524,7 +524,7 @@ pub unsafe extern "C" fn pra_backup(
         let entry = pra_core::backup::create(
             &PathBuf::from(db),
             &PathBuf::from(dir),
-            pra_core::backup::Method::OnlineBackup,
+            pra_core::backup::Method::Auto,
             &SystemClock,
         )?;
         if !out.is_null() {

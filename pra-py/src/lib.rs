@@ -572,7 +572,7 @@ fn status(
 #[pyo3(name = "backup")]
 fn backup_fn(py: Python<'_>, db: PathBuf, backup_dir: PathBuf) -> PraResult<Backup> {
     Ok(blocking(py, move || {
-        backup::create(&db, &backup_dir, Method::OnlineBackup, &SystemClock)
+        backup::create(&db, &backup_dir, Method::Auto, &SystemClock)
     })?
     .into())
 }

@@ -97,16 +97,27 @@ pub fn validate_name(name: &str) -> Result<BackupName> {
     })
 }
 
-/// How the snapshot is taken. Both give a consistent copy of a live database.
+/// How the snapshot is taken. Each gives a consistent copy of a live database; the manifest
+/// records the one used ([`Method::FileCopy`] or [`Method::OnlineBackup`] for `Auto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
+    /// [`Method::FileCopy`] when the snapshot lies entirely in the database file, else
+    /// [`Method::OnlineBackup`].
+    #[default]
+    Auto,
     /// SQLite's online backup API, all pages in one step inside one read transaction (a steady
     /// writer cannot make it restart, and in WAL mode writers are never blocked).
-    #[default]
     OnlineBackup,
     /// `VACUUM INTO`: a compacted copy, also in one read transaction.
     VacuumInto,
+    /// A kernel copy of the database file (`copy_file_range`, as `cp` does) inside one read
+    /// transaction, taken only when that transaction's snapshot is the file alone: in
+    /// rollback-journal mode (its SHARED lock keeps writers out of the file), or in WAL mode
+    /// when, after the snapshot was taken, a passive checkpoint finds every WAL frame already in
+    /// the file (checkpoints cannot then write past the snapshot). Otherwise the backup is
+    /// refused as [`Error::Busy`] (`Auto` falls back to the online backup API).
+    FileCopy,
 }
 
 /// What pra records about each backup, in `<backup>.json`.
@@ -462,7 +473,7 @@ pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Resul
         now.timestamp_micros()
     ));
     let result = (|| {
-        let source_page_count = snapshot(&src, &tmp, method)?;
+        let (source_page_count, method) = snapshot(&src, db, &tmp, method)?;
         drop(src);
         {
             let dst = Connection::open(&tmp).map_err(sql_err("open backup", &tmp))?;
@@ -548,11 +559,27 @@ impl ZeroNanos for DateTime<Utc> {
     }
 }
 
-/// Copies `src` into the new file `dst` in one read transaction; returns the source's page count.
-fn snapshot(src: &Connection, dst: &Path, method: Method) -> Result<u64> {
+/// Copies `src` (the database at `db`) into the new file `dst` in one read transaction;
+/// returns the source's page count and the method used.
+fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(u64, Method)> {
     let f = create_private_file(dst)?;
     drop(f);
     match method {
+        Method::Auto => match file_copy(src, db, dst)? {
+            Some(pages) => Ok((pages, Method::FileCopy)),
+            None => {
+                // Nothing was copied; start over on a fresh file.
+                fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
+                snapshot(src, db, dst, Method::OnlineBackup)
+            }
+        },
+        Method::FileCopy => match file_copy(src, db, dst)? {
+            Some(pages) => Ok((pages, Method::FileCopy)),
+            None => Err(Error::Busy(format!(
+                "{}: its WAL holds frames not yet in the database file (a writer or a long reader is active); use the online backup method",
+                db.display()
+            ))),
+        },
         Method::OnlineBackup => {
             let mut out = Connection::open(dst).map_err(sql_err("open backup", dst))?;
             // A new file nobody else sees: no journal, no syncs while copying (the finished file
@@ -571,7 +598,7 @@ fn snapshot(src: &Connection, dst: &Path, method: Method) -> Result<u64> {
                     _ => std::thread::sleep(std::time::Duration::from_millis(5)),
                 }
             }
-            Ok(backup.progress().pagecount as u64)
+            Ok((backup.progress().pagecount as u64, Method::OnlineBackup))
         }
         Method::VacuumInto => {
             // VACUUM INTO refuses an existing file, even empty: hand it a fresh name.
@@ -587,9 +614,84 @@ fn snapshot(src: &Connection, dst: &Path, method: Method) -> Result<u64> {
             src.execute("VACUUM INTO ?1", [target])
                 .map_err(sql_err("VACUUM INTO", dst))?;
             set_private(dst)?;
-            Ok(pages as u64)
+            Ok((pages as u64, Method::VacuumInto))
         }
     }
+}
+
+/// The [`Method::FileCopy`] snapshot: `Ok(None)` when the snapshot is not the file alone (or
+/// the checkpoint probe cannot run), and nothing is copied then.
+fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<u64>> {
+    // Dropped (rolled back) on every way out: the read transaction spans the whole copy.
+    let tx = src.unchecked_transaction().map_err(sql_err("begin", db))?;
+    // The first read takes the snapshot.
+    let (pages, page_size): (i64, i64) = tx
+        .query_row(
+            "SELECT page_count, page_size FROM pragma_page_count(), pragma_page_size()
+             WHERE (SELECT count(*) FROM sqlite_schema) >= 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(sql_err("read the page count", db))?;
+    // Read inside the transaction: switching modes needs an exclusive lock, which our read
+    // lock holds off until the copy is done.
+    let mode: String = tx
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sql_err("journal mode", db))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        // Asked after our snapshot was taken: if every frame is in the file, our snapshot is in
+        // the file, and no checkpoint can write a newer page into it while we read.
+        let probe = match Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "no checkpoint probe (read-only access?): online backup");
+                return Ok(None);
+            }
+        };
+        let frames = probe.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match frames {
+            Ok((0, log, done)) if log >= 0 && log == done => {}
+            Ok((busy, log, done)) => {
+                tracing::debug!(busy, log, done, "WAL frames not in the file: online backup");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpoint probe failed: online backup");
+                return Ok(None);
+            }
+        }
+    } else if !["delete", "truncate", "persist"].contains(&mode.to_ascii_lowercase().as_str()) {
+        // memory/off journals: no lock discipline to rely on.
+        return Ok(None);
+    }
+    let want = (pages * page_size) as u64;
+    let copied = fs::copy(db, dst).map_err(|e| Error::io("copy", db, e))?;
+    // fs::copy gave the copy the source's permissions: a backup stays private.
+    set_private(dst)?;
+    if copied < want {
+        return Err(Error::Corrupt {
+            what: db.display().to_string(),
+            detail: format!("the file holds {copied} bytes, its snapshot {want}"),
+        });
+    }
+    if copied > want {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dst)
+            .and_then(|f| f.set_len(want))
+            .map_err(|e| Error::io("truncate", dst, e))?;
+    }
+    drop(tx);
+    Ok(Some(pages as u64))
 }
 
 #[cfg(test)]
