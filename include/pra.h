@@ -181,7 +181,8 @@ pra_result pra_deactivate(const pra_store *store,
 // The strings are NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
 pra_result pra_status_json(const char *db, const char *backup_dir, const char *table, char **out);
 
-// Takes a consistent, verified backup of `db` into `backup_dir` (created if missing). On success,
+// Takes a consistent, verified backup of `db` into `backup_dir` (created if missing), with
+// SQLite's online backup API, which is safe inside the application's own process. On success,
 // when `out` is not NULL, `*out` receives the backup's catalog entry as JSON, to be released
 // with `pra_string_free`.
 //

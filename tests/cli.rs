@@ -537,6 +537,8 @@ fn backup_list_prune_restore_and_status() {
     let v = json(&ok(e.pra(&["backup", "--json"])));
     let name = v["name"].as_str().unwrap().to_string();
     assert_eq!(v["health"]["state"], "verified");
+    // An idle database: the command copies the file itself (Method::Auto).
+    assert_eq!(v["manifest"]["method"], "file_copy", "{v}");
     ok(e.pra(&["backup"]));
     let v = json(&ok(e.pra(&["backups", "--json"])));
     assert_eq!(v.as_array().unwrap().len(), 2);

@@ -506,7 +506,8 @@ pub unsafe extern "C" fn pra_status_json(
     })
 }
 
-/// Takes a consistent, verified backup of `db` into `backup_dir` (created if missing). On success,
+/// Takes a consistent, verified backup of `db` into `backup_dir` (created if missing), with
+/// SQLite's online backup API, which is safe inside the application's own process. On success,
 /// when `out` is not NULL, `*out` receives the backup's catalog entry as JSON, to be released
 /// with `pra_string_free`.
 ///
@@ -524,7 +525,7 @@ pub unsafe extern "C" fn pra_backup(
         let entry = pra_core::backup::create(
             &PathBuf::from(db),
             &PathBuf::from(dir),
-            pra_core::backup::Method::Auto,
+            pra_core::backup::Method::OnlineBackup,
             &SystemClock,
         )?;
         if !out.is_null() {

@@ -567,12 +567,13 @@ fn status(
     json_of(py, &st)
 }
 
-/// Takes a consistent, verified backup of `db` into `backup_dir`.
+/// Takes a consistent, verified backup of `db` into `backup_dir` (SQLite's online backup API:
+/// safe inside the application's own process).
 #[pyfunction]
 #[pyo3(name = "backup")]
 fn backup_fn(py: Python<'_>, db: PathBuf, backup_dir: PathBuf) -> PraResult<Backup> {
     Ok(blocking(py, move || {
-        backup::create(&db, &backup_dir, Method::Auto, &SystemClock)
+        backup::create(&db, &backup_dir, Method::OnlineBackup, &SystemClock)
     })?
     .into())
 }

@@ -1,6 +1,7 @@
 """The pra Python module: every function, every exception class, threads and the GIL."""
 
 import datetime
+import json
 import os
 import sqlite3
 import threading
@@ -179,6 +180,10 @@ def test_backup_list_prune_restore(tmp_path):
     first = pra.backup(db, bdir)
     assert first.state == "verified" and first.tables == {"events": 5} and len(first.sha256 or "") == 64
     assert first.time.tzinfo is not None and os.path.isfile(first.path)
+    # In the application's process: SQLite's online backup API, never a raw copy of the file
+    # (closing a descriptor of our own would drop the app's POSIX locks on it).
+    with open(first.path + ".json") as f:
+        assert json.load(f)["method"] == "online_backup"
     make_db(db, 3)
     second = pra.backup(db, bdir)
     names = [b.name for b in pra.list_backups(bdir)]

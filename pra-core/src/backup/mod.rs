@@ -103,7 +103,8 @@ pub fn validate_name(name: &str) -> Result<BackupName> {
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// [`Method::FileCopy`] when the snapshot lies entirely in the database file, else
-    /// [`Method::OnlineBackup`].
+    /// [`Method::OnlineBackup`]. For a process that does not itself use the database (the
+    /// `pra backup` command): see [`Method::FileCopy`].
     #[default]
     Auto,
     /// SQLite's online backup API, all pages in one step inside one read transaction (a steady
@@ -117,6 +118,11 @@ pub enum Method {
     /// when, after the snapshot was taken, a passive checkpoint finds every WAL frame already in
     /// the file (checkpoints cannot then write past the snapshot). Otherwise the backup is
     /// refused as [`Error::Busy`] (`Auto` falls back to the online backup API).
+    ///
+    /// It reads the file through a descriptor of its own, and closing it drops, by POSIX rules,
+    /// every `fcntl` lock this process holds on the file — harmless once the copy is done for a
+    /// process whose only connections are the backup's own, but not inside the application:
+    /// the C and Python bindings, which run in applications, use [`Method::OnlineBackup`].
     FileCopy,
 }
 
@@ -674,6 +680,8 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<u64>> {
         return Ok(None);
     }
     let want = (pages * page_size) as u64;
+    // Closing this copy's descriptor on `db` releases this process's POSIX locks on it (ours
+    // included): after the copy is complete, and nothing reads `db` afterwards.
     let copied = fs::copy(db, dst).map_err(|e| Error::io("copy", db, e))?;
     // fs::copy gave the copy the source's permissions: a backup stays private.
     set_private(dst)?;
