@@ -208,15 +208,19 @@ fn supervise(
         let now = Instant::now();
         if now >= next_beat {
             next_beat = now + heartbeat;
-            let lost_reason = match store.run_heartbeat(id) {
+            // Why the command must stop, if it must: the store can no longer vouch for the run,
+            // or the site lost the active role.
+            let mut stop = match store.run_heartbeat(id) {
                 Ok(()) => {
                     last_beat_ok = now;
                     None
                 }
                 // The registration is gone (its lease expired): nothing holds the drain back.
-                Err(e) if e.kind() == ErrorKind::NotFound => Some(format!("{e}")),
+                Err(e) if e.kind() == ErrorKind::NotFound => Some(format!(
+                    "stopping it, as the store can no longer vouch for it: {e}"
+                )),
                 Err(e) if now.duration_since(last_beat_ok) >= self_fence_after => Some(format!(
-                    "no heartbeat reached the store for {:?} ({e}); past {:?} the drain counts this run as lost",
+                    "stopping it, as the store can no longer vouch for it: no heartbeat reached the store for {:?} ({e}); past {:?} the drain counts this run as lost",
                     now.duration_since(last_beat_ok),
                     lost_after
                 )),
@@ -225,40 +229,25 @@ fn supervise(
                     None
                 }
             };
-            if let (Some(why), None) = (&lost_reason, revoked_at) {
-                log_line(
-                    &format!(
-                        "job {}: stopping it, as the store can no longer vouch for it: {why}",
-                        args.job
-                    ),
-                    true,
-                );
+            if stop.is_none() && revoked_at.is_none() {
+                stop = match pra_core::check(store, site) {
+                    Ok(Verdict::Run { token: t }) if t == token => None,
+                    Ok(v) => Some(format!(
+                        "{site} lost the active role (now token {}) while it ran",
+                        v.token()
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot re-check the active site; the command keeps running");
+                        None
+                    }
+                };
+            }
+            if let (Some(why), None) = (stop, revoked_at) {
+                log_line(&format!("job {}: {why}", args.job), true);
                 if args.on_revoke == OnRevoke::Kill {
                     signal(&pid, libc::SIGTERM);
                 }
                 revoked_at = Some(now);
-            }
-            if revoked_at.is_none() {
-                match pra_core::check(store, site) {
-                    Ok(Verdict::Run { token: t }) if t == token => {}
-                    Ok(v) => {
-                        log_line(
-                            &format!(
-                                "job {}: {site} lost the active role (now token {}) while it ran",
-                                args.job,
-                                v.token()
-                            ),
-                            true,
-                        );
-                        if args.on_revoke == OnRevoke::Kill {
-                            signal(&pid, libc::SIGTERM);
-                        }
-                        revoked_at = Some(now);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-check the active site; the command keeps running")
-                    }
-                }
             }
         }
         if let Some(at) = revoked_at
