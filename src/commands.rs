@@ -315,7 +315,8 @@ pub fn describe(event: &JournalEvent) -> String {
     }
 }
 
-fn runner_policy(cfg: &Config) -> DrainPolicy {
+/// The drain policy of the configuration (`pra plan` polls every 500 ms).
+pub(crate) fn runner_policy(cfg: &Config) -> DrainPolicy {
     DrainPolicy {
         lost_after: cfg.lost_after,
         timeout: cfg.drain_timeout,

@@ -154,16 +154,12 @@ impl Config {
 
     /// Opens the configured store.
     pub fn open_store(&self) -> Result<Box<dyn pra_core::Store>> {
-        pra_core::store::open_with(&self.store, &self.store_options())
-    }
-
-    /// The options the store is opened with.
-    pub fn store_options(&self) -> pra_core::store::OpenOptions {
-        pra_core::store::OpenOptions {
+        let opts = pra_core::store::OpenOptions {
             timeout: self.store_timeout.to_std().unwrap_or_default(),
             lost_after: self.lost_after.to_std().unwrap_or_default(),
             ..Default::default()
-        }
+        };
+        pra_core::store::open_with(&self.store, &opts)
     }
 }
 

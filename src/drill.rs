@@ -336,13 +336,13 @@ pub fn run(
     };
     let started = Instant::now();
     let topology = Topology::parse("rbx,sbg")?;
-    let store = pra_core::store::open_with(
-        &store_url,
-        &pra_core::store::OpenOptions {
-            lost_after: std::time::Duration::from_secs(3),
-            ..Default::default()
-        },
-    )?;
+    // The drill's own configuration, as its `pra` processes read it: one source for the store,
+    // its run TTL and the drain.
+    let cfg = crate::config::Config::load(&crate::config::Overrides {
+        config: Some(d.config.clone()),
+        ..Default::default()
+    })?;
+    let store = cfg.open_store()?;
     let initial = store.load()?;
     if initial.token != FencingToken(0) {
         return Err(Error::InvalidArgument(format!(
@@ -353,9 +353,8 @@ pub fn run(
     }
     let clock = SystemClock;
     let policy = DrainPolicy {
-        lost_after: chrono::Duration::seconds(3),
-        timeout: chrono::Duration::seconds(20),
         poll: chrono::Duration::milliseconds(100),
+        ..crate::commands::runner_policy(&cfg)
     };
     let runner = Runner::new(&*store, &topology, &clock, policy);
     let ops = Actor::new("drill", "disaster-recovery drill")?;
@@ -387,10 +386,10 @@ pub fn run(
     d.procs.spawn("app", app)?;
     let cron_rbx = d.cron("rbx");
     let cron_sbg = d.cron("sbg");
-    let (exe, cfg) = (d.exe.clone(), d.config.clone());
+    let (exe, config) = (d.exe.clone(), d.config.clone());
     let backup_loop = Loop::start(&d.procs, "backup", Duration::from_millis(500), move || {
         let mut c = Command::new(&exe);
-        c.env("PRA_CONFIG", &cfg)
+        c.env("PRA_CONFIG", &config)
             .env("PRA_SITE", "rbx")
             .env_remove("PRA_STORE")
             .env_remove("PRA_DB")
@@ -469,10 +468,6 @@ pub fn run(
         pra_core::backup::BackupName::parse(&report.backup).map_or(lost_at, |n| n.time);
 
     d.phase("report");
-    let cfg = crate::config::Config::load(&crate::config::Overrides {
-        config: Some(d.config.clone()),
-        ..Default::default()
-    })?;
     let plan_report = crate::commands::build_report(&cfg, &*store)?;
     let stats = store.run_stats()?;
     let conn = rusqlite::Connection::open(&db).map_err(|e| Error::sqlite("open", "app", e))?;
