@@ -441,6 +441,67 @@ impl EtcdStore {
             }
         }
     }
+    /// Registers run `id` (its lease granted) atomically with its admission: the txn compares
+    /// the record's revision, so a flip in between makes it check again.
+    fn register(&self, run: &RunStart, id: RunId, deadline: Instant) -> Result<RunId> {
+        loop {
+            let snap = self.snapshot(deadline)?;
+            let record = &snap.record.record;
+            if record.token != run.token {
+                return Err(Error::StaleToken {
+                    presented: run.token,
+                    highest: record.token,
+                });
+            }
+            if record.site.as_ref() != Some(&run.site) {
+                return Err(Error::Refused(format!(
+                    "{} is not the active site (token {}): the run is not admitted",
+                    run.site, record.token
+                )));
+            }
+            let now = self.clock.now();
+            let rec = RunRecord {
+                id,
+                start: run.clone(),
+                started_at: now,
+                heartbeat_at: now,
+                finished_at: None,
+                exit_code: None,
+                outcome: None,
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    self.key("record"),
+                    CompareOp::Equal,
+                    snap.record_rev,
+                )])
+                .and_then([
+                    TxnOp::put(self.run_key(id), Self::json(&rec)?, None),
+                    TxnOp::put(
+                        self.alive_key(id),
+                        Vec::new(),
+                        Some(PutOptions::new().with_lease(id.0)),
+                    ),
+                ]);
+            let run_key = self.run_key(id);
+            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
+                let resp = s.retrying("read the run", d, |mut c| {
+                    let key = run_key.clone();
+                    async move { c.get(key, None).await }
+                })?;
+                Ok(Some(!resp.kvs().is_empty()))
+            };
+            if self.guarded_txn("register the run", deadline, txn, settle)? {
+                return Ok(id);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "{}: the record kept changing while the run registered",
+                    self.url
+                )));
+            }
+        }
+    }
 }
 
 impl Store for EtcdStore {
@@ -603,84 +664,13 @@ impl Store for EtcdStore {
             async move { c.lease_grant(ttl, None).await }
         })?;
         let id = RunId(lease.id());
-        let revoke = |s: &Self| {
-            let mut c = s.client.clone();
-            let _ = s.once("revoke the lease", s.deadline(), async move {
+        self.register(run, id, deadline).inspect_err(|_| {
+            // Not admitted (or unknown): the lease goes, and its key with it if it was written.
+            let mut c = self.client.clone();
+            let _ = self.once("revoke the lease", self.deadline(), async move {
                 c.lease_revoke(id.0).await
             });
-        };
-        loop {
-            let snap = match self.snapshot(deadline) {
-                Ok(s) => s,
-                Err(e) => {
-                    revoke(self);
-                    return Err(e);
-                }
-            };
-            // Admission, atomic with the registration (the txn compares the record's revision).
-            let record = &snap.record.record;
-            if record.token != run.token {
-                revoke(self);
-                return Err(Error::StaleToken {
-                    presented: run.token,
-                    highest: record.token,
-                });
-            }
-            if record.site.as_ref() != Some(&run.site) {
-                revoke(self);
-                return Err(Error::Refused(format!(
-                    "{} is not the active site (token {}): the run is not admitted",
-                    run.site, record.token
-                )));
-            }
-            let now = self.clock.now();
-            let rec = RunRecord {
-                id,
-                start: run.clone(),
-                started_at: now,
-                heartbeat_at: now,
-                finished_at: None,
-                exit_code: None,
-                outcome: None,
-            };
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    self.key("record"),
-                    CompareOp::Equal,
-                    snap.record_rev,
-                )])
-                .and_then([
-                    TxnOp::put(self.run_key(id), Self::json(&rec)?, None),
-                    TxnOp::put(
-                        self.alive_key(id),
-                        Vec::new(),
-                        Some(PutOptions::new().with_lease(id.0)),
-                    ),
-                ]);
-            let run_key = self.run_key(id);
-            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
-                let resp = s.retrying("read the run", d, |mut c| {
-                    let key = run_key.clone();
-                    async move { c.get(key, None).await }
-                })?;
-                Ok(Some(!resp.kvs().is_empty()))
-            };
-            match self.guarded_txn("register the run", deadline, txn, settle) {
-                Ok(true) => return Ok(id),
-                Ok(false) if Instant::now() < deadline => continue,
-                Ok(false) => {
-                    revoke(self);
-                    return Err(Error::Busy(format!(
-                        "{}: the record kept changing while the run registered",
-                        self.url
-                    )));
-                }
-                Err(e) => {
-                    revoke(self);
-                    return Err(e);
-                }
-            }
-        }
+        })
     }
 
     fn run_heartbeat(&self, id: RunId) -> Result<()> {
