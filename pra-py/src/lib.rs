@@ -341,6 +341,14 @@ fn actor(by: &str, reason: &str) -> PraResult<Actor> {
     Ok(Actor::new(by, reason)?)
 }
 
+impl Store {
+    /// One change of the record, made with the GIL released.
+    fn change(&self, py: Python<'_>, change: SiteChange, a: Actor) -> PraResult<ActiveSite> {
+        let s = self.inner.clone();
+        Ok(blocking(py, move || s.change(change, &a))?.into())
+    }
+}
+
 #[pymethods]
 impl Store {
     #[new]
@@ -386,17 +394,12 @@ impl Store {
         by: String,
         reason: String,
     ) -> PraResult<ActiveSite> {
-        let (s, a) = (self.inner.clone(), actor(&by, &reason)?);
-        Ok(blocking(py, move || {
-            s.change(
-                SiteChange::Activate {
-                    site: SiteId::new(&site)?,
-                    expect: FencingToken(expect_token),
-                },
-                &a,
-            )
-        })?
-        .into())
+        let a = actor(&by, &reason)?;
+        let change = SiteChange::Activate {
+            site: SiteId::new(&site)?,
+            expect: FencingToken(expect_token),
+        };
+        self.change(py, change, a)
     }
 
     /// Makes no site active if the record is at `expect_token`.
@@ -408,16 +411,11 @@ impl Store {
         by: String,
         reason: String,
     ) -> PraResult<ActiveSite> {
-        let (s, a) = (self.inner.clone(), actor(&by, &reason)?);
-        Ok(blocking(py, move || {
-            s.change(
-                SiteChange::Deactivate {
-                    expect: FencingToken(expect_token),
-                },
-                &a,
-            )
-        })?
-        .into())
+        let a = actor(&by, &reason)?;
+        let change = SiteChange::Deactivate {
+            expect: FencingToken(expect_token),
+        };
+        self.change(py, change, a)
     }
 
     /// The audit journal, oldest first.
