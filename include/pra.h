@@ -61,6 +61,11 @@ typedef uint32_t pra_result;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A run of a job registered from inside the calling process (the C counterpart of Python's
+// `pra.Guard`): a thread heartbeats while it lives. Opaque; from `pra_run_start`, released by
+// `pra_run_finish` or `pra_run_free`.
+typedef struct pra_run pra_run;
+
 // A store of the active-site record. Opaque; safe to use from several threads at once.
 typedef struct pra_store pra_store;
 
@@ -125,6 +130,60 @@ pra_result pra_store_open_with(const char *url,
                                uint32_t timeout_ms,
                                uint32_t lost_after_s,
                                pra_store **out);
+
+// Registers a run of `job` on `site` if, and only if, `site` is the active site — the check
+// and the registration are one atomic step. `PRA_RESULT_OK`: `*out` is a new run handle (its
+// token from `pra_run_token`); `PRA_RESULT_STANDBY`: the job must not run (also when a flip
+// won the race with the registration), `*out` untouched. Any other result: do not run.
+//
+// A thread heartbeats every lost_after/6 (at most 10 s) until the run is finished or freed.
+// The handle keeps its own reference to the store: the store handle may be freed first.
+//
+// # Safety
+// `store` is NULL or a live handle; `site` and `job` are NULL or NUL-terminated strings; `out`
+// is NULL or valid for writing a pointer.
+pra_result pra_run_start(const pra_store *store, const char *site, const char *job, pra_run **out);
+
+// The fencing token the run holds (0 for NULL): carry it into every fenced write.
+//
+// # Safety
+// `run` is NULL or a live handle.
+uint64_t pra_run_token(const pra_run *run);
+
+// May the run go on? `PRA_RESULT_OK`: yes. `PRA_RESULT_STANDBY`: stop now — the site lost the
+// active role, the store dropped the registration, or no heartbeat got through for long
+// enough that a drain may soon count the run lost (`pra_last_error_message` says which).
+//
+// # Safety
+// `run` is NULL or a live handle.
+pra_result pra_run_check(const pra_run *run);
+
+// Records the end of the run (`exit_code`, and `outcome`: a short note, or NULL for "exited
+// N") and releases the handle, whatever the result.
+//
+// # Safety
+// `run` is NULL or a handle from `pra_run_start` not released yet; `outcome` is NULL or a
+// NUL-terminated string.
+pra_result pra_run_finish(pra_run *run, int32_t exit_code, const char *outcome);
+
+// Releases a run handle without recording an end ("abandoned"). `pra_run_free(NULL)` does
+// nothing.
+//
+// # Safety
+// `run` is NULL or a handle from `pra_run_start` not released yet.
+void pra_run_free(pra_run *run);
+
+// The fence's SQL, for a C program to run with its own SQLite connection inside its own
+// `BEGIN IMMEDIATE` transaction (libpra never opens the application's database: two SQLite
+// libraries on one file in one process break each other's locks). `which`: 0 creates the
+// table, 1 reads the highest token (no row: 0), 2 records `?1` (the highest only ever
+// rises). NULL for another value. Static strings: do not free.
+const char *pra_fence_sql(uint32_t which);
+
+// The fence's rule: `PRA_RESULT_OK` if `presented` may be admitted given the `highest` token
+// the fence table holds (then record it with `pra_fence_sql(2)`), `PRA_RESULT_STALE_TOKEN`
+// if a newer token was already admitted (roll the transaction back).
+pra_result pra_fence_decide(uint64_t presented, uint64_t highest);
 
 // Releases a store handle. `pra_store_free(NULL)` does nothing. The handle must not be used
 // afterwards, nor be in use by another thread.

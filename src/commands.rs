@@ -39,12 +39,19 @@ impl Out {
 pub enum SiteCmd {
     /// Show the active-site record.
     Show,
-    /// Make SITE active; only while no site is active (break before make).
+    /// Make SITE active; only while no site is active (break before make), and only once no
+    /// run of an older token is alive (the same drain as the plan's).
     Activate {
         site: String,
         /// The token you saw in `pra site show`: the change fails if the record moved since.
         #[arg(long)]
         expect_token: u64,
+        /// Do not wait for live runs of the old token: refuse (exit 8) while there are.
+        #[arg(long)]
+        no_wait: bool,
+        /// Activate past live runs of the old token (needs --reason; journaled).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         who: Who,
     },
@@ -220,14 +227,37 @@ pub fn site(cfg: &Config, out: &Out, cmd: &SiteCmd) -> Result<u8, Error> {
         SiteCmd::Activate {
             site,
             expect_token,
+            no_wait,
+            force,
             who,
-        } => store.change(
-            SiteChange::Activate {
-                site: cfg.topology.site(site)?,
-                expect: FencingToken(*expect_token),
-            },
-            &Actor::new(&who.by, &who.reason)?,
-        )?,
+        } => {
+            let std = |d: chrono::Duration| d.to_std().unwrap_or_default();
+            let (record, drained) = pra_core::run::activate(
+                &*store,
+                &SystemClock,
+                &cfg.topology.site(site)?,
+                FencingToken(*expect_token),
+                &Actor::new(&who.by, &who.reason)?,
+                &pra_core::run::ActivateOptions {
+                    wait: !no_wait,
+                    timeout: std(cfg.drain_timeout),
+                    poll: std::time::Duration::from_millis(500),
+                    lost_after: std(cfg.lost_after),
+                    force: *force,
+                },
+            )?;
+            match drained {
+                pra_core::run::Drained::Clean => {}
+                pra_core::run::Drained::Forced { alive_runs } => eprintln!(
+                    "pra: activated past {alive_runs} live run(s) of the old token (forced; journaled)"
+                ),
+                pra_core::run::Drained::NoRegistry => eprintln!(
+                    "pra: warning: {} keeps no run registry: nothing was drained; jobs of the old site may still run",
+                    store.url()
+                ),
+            }
+            record
+        }
         SiteCmd::Deactivate { expect_token, who } => store.change(
             SiteChange::Deactivate {
                 expect: FencingToken(*expect_token),

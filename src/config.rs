@@ -109,15 +109,7 @@ impl Config {
         pra_core::status::validate_table(&table)?;
         let heartbeat = secs(file.heartbeat_seconds, 10, "heartbeat_seconds")?;
         let lost_after = secs(file.lost_after_seconds, 60, "lost_after_seconds")?;
-        if heartbeat * 2 > lost_after {
-            // On etcd, lost_after is the TTL of a run's lease: one late heartbeat must not lose it.
-            return Err(Error::InvalidArgument(format!(
-                "heartbeat_seconds ({}) must be at most half of lost_after_seconds ({})",
-                heartbeat.num_seconds(),
-                lost_after.num_seconds()
-            )));
-        }
-        Ok(Config {
+        let cfg = Config {
             store: o
                 .store
                 .clone()
@@ -143,7 +135,22 @@ impl Config {
             drain_timeout: secs(file.drain_timeout_seconds, 600, "drain_timeout_seconds")?,
             store_timeout: secs(file.store_timeout_seconds, 5, "store_timeout_seconds")?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
-        })
+        };
+        // Refused here, before anything runs: timings under which a run cut off from the store
+        // could outlive the drain's patience.
+        cfg.timings().validate()?;
+        Ok(cfg)
+    }
+
+    /// The run and drain timings.
+    pub fn timings(&self) -> pra_core::run::Timings {
+        let std = |d: Duration| d.to_std().unwrap_or_default();
+        pra_core::run::Timings {
+            heartbeat: std(self.heartbeat),
+            lost_after: std(self.lost_after),
+            revoke_grace: std(self.revoke_grace),
+            store_timeout: std(self.store_timeout),
+        }
     }
 
     /// This host's site: the configured one, or the one found in the hostname.

@@ -19,22 +19,73 @@ use serde::Serialize;
 
 use crate::exit;
 
-/// Hidden helper: one run of the drill's cron job. Admits its token at the app database's fence,
-/// records itself, holds the job for `ms`, and commits.
-pub fn job(db: &Path, job: &str, ms: u64) -> Result<u8, Error> {
+/// Hidden helper: the worker of the drill's cron job, started by the job's script (so it is a
+/// grandchild of `pra run`) and deaf to SIGTERM, as real workers often are. It records its
+/// work in the app database as it goes — one row per 50 ms slice: site, token, pid, start and
+/// end — which is the drill's ground truth of what ran where, whatever pra's registry says;
+/// then it admits its token at the app database's fence and commits its business row.
+pub fn job(db: &Path, job: &str, ms: u64, fence_each: bool) -> Result<u8, Error> {
     let token: u64 = std::env::var("PRA_TOKEN")
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| {
             Error::InvalidArgument("PRA_TOKEN is not set: run me through `pra run`".into())
         })?;
+    // SAFETY: setting a signal's disposition to "ignore" has no memory effects.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     let site = std::env::var("PRA_SITE").unwrap_or_default();
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|e| Error::sqlite("open", &db.display().to_string(), e))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(|e| Error::sqlite("open", "app", e))?;
-    std::thread::sleep(Duration::from_millis(ms));
+    let sql = |what: &'static str| move |e| Error::sqlite(what, "app", e);
+    conn.execute_batch(WORK_TABLES).map_err(sql("create"))?;
+    let us = |t: chrono::DateTime<Utc>| t.timestamp_micros();
+    let slice = Duration::from_millis(50);
+    let mut done = Duration::ZERO;
+    while done < Duration::from_millis(ms) {
+        let start = Utc::now();
+        std::thread::sleep(slice);
+        let row = rusqlite::params![
+            job,
+            site,
+            token as i64,
+            std::process::id(),
+            us(start),
+            us(Utc::now())
+        ];
+        if fence_each {
+            conn.execute_batch("BEGIN IMMEDIATE")
+                .map_err(sql("begin"))?;
+            match pra_core::Fence::admit_in(&conn, FencingToken(token)) {
+                Ok(_) => {
+                    conn.execute(
+                        "INSERT INTO work (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        row,
+                    )
+                    .map_err(sql("insert"))?;
+                    conn.execute_batch("COMMIT").map_err(sql("commit"))?;
+                }
+                Err(Error::StaleToken { .. }) => {
+                    conn.execute_batch("ROLLBACK").map_err(sql("rollback"))?;
+                    conn.execute(
+                        "INSERT INTO refused (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        row,
+                    )
+                    .map_err(sql("insert"))?;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            conn.execute(
+                "INSERT INTO work (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                row,
+            )
+            .map_err(sql("insert"))?;
+        }
+        done += slice;
+    }
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| Error::sqlite("begin", "app", e))?;
     pra_core::Fence::admit_in(&conn, FencingToken(token))?;
@@ -46,6 +97,44 @@ pub fn job(db: &Path, job: &str, ms: u64) -> Result<u8, Error> {
     conn.execute_batch("COMMIT")
         .map_err(|e| Error::sqlite("commit", "app", e))?;
     Ok(exit::OK)
+}
+
+/// The tables the drill's job writes: its slices of work (the ground truth), the slices the
+/// fence refused, and its business rows.
+const WORK_TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS work (id INTEGER PRIMARY KEY, job TEXT NOT NULL, site TEXT NOT NULL,
+        token INTEGER NOT NULL, pid INTEGER NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS refused (id INTEGER PRIMARY KEY, job TEXT NOT NULL, site TEXT NOT NULL,
+        token INTEGER NOT NULL, pid INTEGER NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS job_runs (id INTEGER PRIMARY KEY, job TEXT, site TEXT, token INTEGER, at TEXT);";
+
+/// The work units the drill's jobs recorded in the app database.
+fn work_units(db: &Path) -> Result<Vec<plan::WorkUnit>, Error> {
+    let conn = rusqlite::Connection::open(db).map_err(|e| Error::sqlite("open", "app", e))?;
+    let mut stmt = conn
+        .prepare("SELECT job, site, start_us, end_us FROM work ORDER BY start_us")
+        .map_err(|e| Error::sqlite("read work", "app", e))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(|e| Error::sqlite("read work", "app", e))?;
+    let time = |us: i64| chrono::DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+    rows.map(|r| {
+        let (job, site, start, end) = r.map_err(|e| Error::sqlite("read work", "app", e))?;
+        Ok(plan::WorkUnit {
+            job,
+            site: SiteId::new(&site)?,
+            start: time(start),
+            end: time(end),
+        })
+    })
+    .collect()
 }
 
 /// Hidden helper: the app. Inserts an event every `ms` until killed.
@@ -176,12 +265,24 @@ struct JobFigures {
     job_rows_written: u64,
 }
 
+/// The double-execution window measured from the jobs' own writes in the app database.
+#[derive(Debug, Serialize)]
+struct GroundTruth {
+    /// Slices of work the jobs recorded.
+    units: usize,
+    /// Seconds during which the same job worked on both sites.
+    double_execution_seconds: f64,
+    /// Where.
+    overlaps: Vec<plan::Overlap>,
+}
+
 /// The drill's report.
 #[derive(Debug, Serialize)]
 struct DrillReport {
     scratch: PathBuf,
     store: String,
     plan: plan::Report,
+    ground_truth: GroundTruth,
     restore: RestoreKpis,
     jobs: Vec<JobFigures>,
     checks: Vec<plan::Check>,
@@ -224,23 +325,54 @@ impl Drill {
                 c.env("PRA_CONFIG", &config)
                     .env("PRA_SITE", &site)
                     .env_remove("PRA_STORE");
+                // The job is a script whose worker is its child: the process tree a revocation
+                // must take down whole (the shell dies on SIGTERM; the worker ignores it).
                 c.args([
                     "run",
                     "--job",
                     "invoices",
                     "--",
-                    exe.to_str().unwrap_or("pra"),
-                    "__drill-job",
-                    "--job",
-                    "invoices",
-                    "--ms",
-                    "300",
-                    "--db",
+                    "/bin/sh",
+                    "-c",
+                    "\"$0\" __drill-job --job invoices --ms 300 --db \"$1\" & wait",
                 ]);
-                c.arg(&db);
+                c.arg(&exe).arg(&db);
                 c
             },
         )
+    }
+
+    /// SIGSTOPs one running wrapper of `site` and SIGKILLs another (found in the registry);
+    /// returns their pids.
+    fn disturb_wrappers(
+        &self,
+        store: &dyn pra_core::Store,
+        site: &str,
+    ) -> (Option<libc::pid_t>, Option<libc::pid_t>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pids: Vec<libc::pid_t> = Vec::new();
+        while pids.len() < 2 && Instant::now() < deadline {
+            pids = store
+                .unfinished_runs_below(FencingToken(i64::MAX as u64))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|u| u.run.start.site.as_str() == site)
+                .map(|u| u.run.start.pid as libc::pid_t)
+                .collect();
+            pause(20);
+        }
+        let paused = pids.first().copied();
+        let killed = pids.get(1).copied();
+        // SAFETY: kill(2) on processes the drill started.
+        unsafe {
+            if let Some(p) = paused {
+                libc::kill(p, libc::SIGSTOP);
+            }
+            if let Some(p) = killed {
+                libc::kill(p, libc::SIGKILL);
+            }
+        }
+        (paused, killed)
     }
 
     fn say(&self, msg: &str) {
@@ -311,7 +443,7 @@ pub fn run(
     };
     let toml = format!(
         "store = \"{}\"\nsites = \"rbx,sbg\"\ndb = \"{}\"\nbackup_dir = \"{}\"\ntable = \"events\"\n\
-         backup_interval_seconds = 1\nheartbeat_seconds = 1\nlost_after_seconds = 3\nrevoke_grace_seconds = 2\ndrain_timeout_seconds = 20\n",
+         backup_interval_seconds = 1\nheartbeat_seconds = 1\nlost_after_seconds = 5\nrevoke_grace_seconds = 1\nstore_timeout_seconds = 1\ndrain_timeout_seconds = 20\n",
         store_url,
         db.display(),
         backups.display()
@@ -365,9 +497,9 @@ pub fn run(
             rusqlite::Connection::open(&db).map_err(|e| Error::sqlite("create", "app", e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL, at TEXT NOT NULL);
-             CREATE TABLE job_runs (id INTEGER PRIMARY KEY, job TEXT, site TEXT, token INTEGER, at TEXT);",
+             CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL, at TEXT NOT NULL);",
         )
+        .and_then(|()| conn.execute_batch(WORK_TABLES))
         .map_err(|e| Error::sqlite("create", "app", e))?;
     }
     store.change(
@@ -425,8 +557,21 @@ pub fn run(
     apply(&runner, EventKind::PrimaryValidated, &ops)?;
 
     d.phase("commit failback: sbg fenced, drain its running jobs, rbx activated");
+    // The worst of a failback: one of sbg's wrappers is SIGKILLed (OOM killer, kill -9) and
+    // another is paused (SIGSTOP) while their jobs run. Neither may let its job outlive the
+    // drain.
+    let (paused, killed) = d.disturb_wrappers(&*store, "sbg");
+    d.say(&format!(
+        "sbg: wrapper {} SIGKILLed, wrapper {} paused (SIGSTOP) while their jobs run",
+        killed.map_or("-".into(), |p| p.to_string()),
+        paused.map_or("-".into(), |p| p.to_string())
+    ));
     apply(&runner, EventKind::CommitFailback, &ops)?;
     apply(&runner, EventKind::Drained, &ops)?;
+    if let Some(p) = paused {
+        // SAFETY: kill(2) on a process the drill started.
+        unsafe { libc::kill(p, libc::SIGCONT) };
+    }
     apply(&runner, EventKind::TrafficOnPrimary, &ops)?;
     cron_sbg.stop();
     d.procs.wait("cron-sbg", Duration::from_secs(5));
@@ -531,12 +676,30 @@ pub fn run(
         target: "skipped > 0 during the failback".into(),
         pass: Some(rbx_skipped > 0),
     });
-    let passed =
-        checks.iter().all(|c| c.pass != Some(false)) && plan_report.double_execution_seconds == 0.0;
+    // Ground truth: what the jobs wrote, not what pra's registry believes.
+    let units = work_units(&db)?;
+    let (truth, truth_overlaps) = plan::ground_truth(&units);
+    let registry = plan_report.double_execution_seconds;
+    checks.insert(
+        1,
+        plan::Check {
+            name: "double-execution window, from the jobs' own writes".into(),
+            value_seconds: Some(truth),
+            target: "0 s, and equal to the registry's".into(),
+            pass: Some(truth == 0.0 && registry == truth && !units.is_empty()),
+        },
+    );
+    let ground_truth = GroundTruth {
+        units: units.len(),
+        double_execution_seconds: truth,
+        overlaps: truth_overlaps,
+    };
+    let passed = checks.iter().all(|c| c.pass != Some(false)) && registry == 0.0 && truth == 0.0;
     let drill = DrillReport {
         scratch: dir.clone(),
         store: store_url.clone(),
         plan: plan_report,
+        ground_truth,
         restore: restore_kpis,
         jobs,
         checks,
@@ -576,8 +739,10 @@ fn markdown(r: &DrillReport, took: Duration) -> String {
         took.as_secs_f64()
     ));
     m.push_str(&format!(
-        "**Double-execution window: {}**\n\n",
-        plan::human(r.plan.double_execution_seconds)
+        "**Double-execution window: {} from the run registry, {} from the jobs' own writes ({} slices of work)**\n\n",
+        plan::human(r.plan.double_execution_seconds),
+        plan::human(r.ground_truth.double_execution_seconds),
+        r.ground_truth.units
     ));
     m.push_str("| KPI | measured | target | verdict |\n|---|---|---|---|\n");
     for c in &r.checks {

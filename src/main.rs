@@ -91,6 +91,10 @@ enum Command {
         job: String,
         #[arg(long)]
         ms: u64,
+        /// Admit the token at the fence for every slice of work, not only the final commit
+        /// (a refused slice is logged in the `refused` table and the work goes on).
+        #[arg(long)]
+        fence_each: bool,
     },
     /// (drill helper) The drill's app: an insert every MS milliseconds.
     #[command(name = "__drill-app", hide = true)]
@@ -151,7 +155,12 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
             quiet,
             store_url,
         } => drill::run(dir.as_deref(), store_url.as_deref(), *quiet, cli.json),
-        Command::DrillJob { db, job, ms } => drill::job(db, job, *ms),
+        Command::DrillJob {
+            db,
+            job,
+            ms,
+            fence_each,
+        } => drill::job(db, job, *ms, *fence_each),
         Command::DrillApp { db, ms } => drill::app(db, *ms),
     }
 }

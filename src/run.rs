@@ -4,13 +4,10 @@
 
 use std::ffi::CString;
 use std::fs::OpenOptions;
-use std::process::{Command, ExitStatus};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
 
-use pra_core::store::{RunId, RunStart, Store};
-use pra_core::{Error, ErrorKind, SiteId, Verdict};
+use pra_core::run::{self, ContainmentRequest, RunEnd, RunEvent, RunOptions};
+use pra_core::{Error, SiteId};
 
 use crate::config::Config;
 use crate::exit;
@@ -22,6 +19,27 @@ pub enum OnRevoke {
     Kill,
     /// Let the command finish; the revocation is recorded.
     Wait,
+}
+
+/// Which containment to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContainmentArg {
+    /// The strongest available.
+    Auto,
+    /// A PID namespace (user namespace too when unprivileged), or refuse.
+    Namespace,
+    /// Process group and subreaper only.
+    ProcessGroup,
+}
+
+impl From<ContainmentArg> for ContainmentRequest {
+    fn from(a: ContainmentArg) -> Self {
+        match a {
+            ContainmentArg::Auto => ContainmentRequest::Auto,
+            ContainmentArg::Namespace => ContainmentRequest::Strict,
+            ContainmentArg::ProcessGroup => ContainmentRequest::ProcessGroup,
+        }
+    }
 }
 
 /// `pra run` arguments.
@@ -42,6 +60,14 @@ pub struct RunArgs {
     /// Print the skip line on stderr too (by default it goes to syslog only, so cron mails nothing).
     #[arg(long)]
     pub verbose: bool,
+    /// How the command's processes are held together: `auto` (a PID namespace where the kernel
+    /// allows it, else the process group), `namespace` (refuse otherwise), `process-group`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub containment: ContainmentArg,
+    /// Refuse to run (exit 11) unless every process of the run is guaranteed to die with it
+    /// (same as `--containment namespace`).
+    #[arg(long)]
+    pub strict_containment: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -81,7 +107,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     validate_job(&args.job)?;
     let site = cfg.this_site()?;
     let store = cfg.open_store()?;
-    let _overlap_lock = if args.no_overlap {
+    let overlap_lock = if args.no_overlap {
         let path = cfg.lock_dir.join(format!("pra-run-{}.lock", args.job));
         let f = OpenOptions::new()
             .create(true)
@@ -106,198 +132,78 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     } else {
         None
     };
-    let verdict = pra_core::check(&*store, &site)?;
-    let token = match verdict {
-        Verdict::Run { token } => token,
-        Verdict::Standby { active, token } => {
-            return Ok(skip(&*store, args, &site, active.as_ref(), token));
-        }
-    };
-    let host = pra_core::site::hostname();
-    let start = RunStart {
+    let opts = RunOptions {
         job: args.job.clone(),
-        site: site.clone(),
-        token,
-        host,
-        pid: std::process::id(),
+        timings: cfg.timings(),
+        on_revoke: match args.on_revoke {
+            OnRevoke::Kill => run::OnRevoke::Kill,
+            OnRevoke::Wait => run::OnRevoke::Wait,
+        },
+        containment: if args.strict_containment {
+            ContainmentRequest::Strict
+        } else {
+            args.containment.into()
+        },
+        // Every process of the run holds the lock: it is free again only when the last is gone.
+        inherit_fd: overlap_lock.as_ref().map(|f| f.as_raw_fd()),
     };
-    let id = match store.run_start(&start) {
-        Ok(id) => id,
-        // The record moved between the check and the registration: standby after all.
-        Err(e) if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::StaleToken) => {
-            let now = store.load()?;
-            return Ok(skip(&*store, args, &site, now.site.as_ref(), now.token));
-        }
-        Err(e) => return Err(e),
+    let signals = forwarded_signals();
+    let pending = || {
+        signals
+            .as_ref()
+            .and_then(|s| s.lock().ok()?.pending().next())
     };
-    supervise(cfg, args, &*store, &site, token, id)
-}
-
-fn skip(
-    store: &dyn Store,
-    args: &RunArgs,
-    site: &SiteId,
-    active: Option<&SiteId>,
-    token: pra_core::FencingToken,
-) -> u8 {
-    log_line(
-        &format!(
-            "job {} skipped: {site} is standby; active site is {} (token {token})",
-            args.job,
-            active.map_or("NONE", SiteId::as_str)
-        ),
-        args.verbose,
-    );
-    if let Err(e) = store.note_skip(&args.job, site) {
-        tracing::warn!(error = %e, "could not count the skip");
-    }
-    if args.strict {
-        exit::STANDBY_STRICT
-    } else {
-        exit::OK
-    }
-}
-
-fn supervise(
-    cfg: &Config,
-    args: &RunArgs,
-    store: &dyn Store,
-    site: &SiteId,
-    token: pra_core::FencingToken,
-    id: RunId,
-) -> Result<u8, Error> {
-    let mut child = match Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .env("PRA_SITE", site.as_str())
-        .env("PRA_TOKEN", token.to_string())
-        .env("PRA_JOB", &args.job)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = store.run_finish(id, None, &format!("failed to start: {e}"));
-            return Err(Error::io("start", &args.command[0], e));
-        }
-    };
-    let pid = Arc::new(AtomicI32::new(child.id() as i32));
-    let _forwarder = forward_signals(pid.clone());
-    let heartbeat = cfg.heartbeat.to_std().unwrap_or(Duration::from_secs(10));
-    let grace = cfg.revoke_grace.to_std().unwrap_or(Duration::from_secs(30));
-    let lost_after = cfg.lost_after.to_std().unwrap_or(Duration::from_secs(60));
-    // Past `lost_after` without a heartbeat, the drain stops waiting for this run (on etcd its
-    // lease expires). Self-fence early enough that the command is gone by then: a heartbeat
-    // interval and a store call's timeout to notice, then SIGTERM and the grace, all fit before
-    // the deadline (or stop at the first missed beat when they cannot).
-    let store_timeout = cfg.store_timeout.to_std().unwrap_or(Duration::from_secs(5));
-    let self_fence_after = lost_after
-        .saturating_sub(grace)
-        .saturating_sub(heartbeat)
-        .saturating_sub(store_timeout)
-        .max(heartbeat);
-    let mut last_beat_ok = Instant::now();
-    let mut next_beat = Instant::now() + heartbeat;
-    let mut revoked_at: Option<Instant> = None;
-    let mut killed = false;
-    let status: ExitStatus = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| Error::io("wait for", &args.command[0], e))?
-        {
-            break status;
-        }
-        let now = Instant::now();
-        if now >= next_beat {
-            next_beat = now + heartbeat;
-            // Why the command must stop, if it must: the store can no longer vouch for the run,
-            // or the site lost the active role.
-            let mut stop = match store.run_heartbeat(id) {
-                Ok(()) => {
-                    last_beat_ok = now;
-                    None
+    let job = args.job.clone();
+    let end = run::supervise(
+        &*store,
+        &site,
+        &args.command,
+        &opts,
+        &pending,
+        &mut |event| match event {
+            RunEvent::Skipped { active, token } => log_line(
+                &format!(
+                    "job {job} skipped: {site} is standby; active site is {} (token {token})",
+                    active.as_ref().map_or("NONE", SiteId::as_str)
+                ),
+                args.verbose,
+            ),
+            RunEvent::Started {
+                containment, id, ..
+            } => {
+                tracing::debug!(run = id.0, %containment, "started");
+                if !containment.is_strong() {
+                    log_line(
+                        &format!(
+                            "job {job}: weak containment ({containment}): a process that leaves the process group survives if pra's init is SIGKILLed"
+                        ),
+                        args.verbose,
+                    );
                 }
-                // The registration is gone (its lease expired): nothing holds the drain back.
-                Err(e) if e.kind() == ErrorKind::NotFound => Some(format!(
-                    "stopping it, as the store can no longer vouch for it: {e}"
-                )),
-                Err(e) if now.duration_since(last_beat_ok) >= self_fence_after => Some(format!(
-                    "stopping it, as the store can no longer vouch for it: no heartbeat reached the store for {:?} ({e}); past {:?} the drain counts this run as lost",
-                    now.duration_since(last_beat_ok),
-                    lost_after
-                )),
-                Err(e) => {
-                    tracing::warn!(error = %e, "heartbeat failed; the command keeps running for now (its writes are fenced by token)");
-                    None
-                }
-            };
-            if stop.is_none() && revoked_at.is_none() {
-                stop = match pra_core::check(store, site) {
-                    Ok(Verdict::Run { token: t }) if t == token => None,
-                    Ok(v) => Some(format!(
-                        "{site} lost the active role (now token {}) while it ran",
-                        v.token()
-                    )),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot re-check the active site; the command keeps running");
-                        None
-                    }
-                };
             }
-            if let (Some(why), None) = (stop, revoked_at) {
-                log_line(&format!("job {}: {why}", args.job), true);
-                if args.on_revoke == OnRevoke::Kill {
-                    signal(&pid, libc::SIGTERM);
-                }
-                revoked_at = Some(now);
-            }
-        }
-        if let Some(at) = revoked_at
-            && args.on_revoke == OnRevoke::Kill
-            && !killed
-            && now.duration_since(at) >= grace
-        {
-            signal(&pid, libc::SIGKILL);
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(20).min(heartbeat));
-    };
-    pid.store(0, Ordering::SeqCst);
-    use std::os::unix::process::ExitStatusExt;
-    let (code, outcome) = match (status.code(), status.signal()) {
-        (Some(c), _) => (c.clamp(0, 255) as u8, format!("exited {c}")),
-        (None, Some(sig)) => (
-            128u8.saturating_add(sig as u8),
-            format!("killed by signal {sig}"),
-        ),
-        (None, None) => (exit::code(ErrorKind::Internal), "unknown end".to_string()),
-    };
-    let outcome = if revoked_at.is_some() {
-        "revoked".to_string()
-    } else {
-        outcome
-    };
-    if let Err(e) = store.run_finish(id, status.code(), &outcome) {
-        tracing::warn!(error = %e, "could not record the end of the run");
-    }
-    Ok(code)
+            RunEvent::Stopping { why } => log_line(&format!("job {job}: stopping it: {why}"), true),
+            RunEvent::Revoked { token } => log_line(
+                &format!("job {job}: {site} lost the active role (now token {token}) while it ran"),
+                true,
+            ),
+            RunEvent::HeartbeatFailed { error } => tracing::warn!(
+                %error,
+                "heartbeat failed; the command keeps running until its deadline (its writes are fenced by token)"
+            ),
+        },
+    )?;
+    drop(overlap_lock);
+    Ok(match end {
+        RunEnd::Skipped { .. } if args.strict => exit::STANDBY_STRICT,
+        other => other.exit_code(),
+    })
 }
 
-fn signal(pid: &AtomicI32, sig: i32) {
-    let p = pid.load(Ordering::SeqCst);
-    if p > 0 {
-        // SAFETY: kill has no memory effects; p is our child's pid until we reap it.
-        unsafe { libc::kill(p, sig) };
-    }
-}
-
-/// Forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the child.
-fn forward_signals(pid: Arc<AtomicI32>) -> Option<std::thread::JoinHandle<()>> {
+/// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the wrapper are forwarded to the
+/// command.
+fn forwarded_signals() -> Option<std::sync::Mutex<signal_hook::iterator::Signals>> {
     use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
-            .ok()?;
-    Some(std::thread::spawn(move || {
-        for sig in signals.forever() {
-            signal(&pid, sig);
-        }
-    }))
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
+        .ok()
+        .map(std::sync::Mutex::new)
 }

@@ -16,7 +16,7 @@ impl Env {
         let store = format!("sqlite://{}/state.db", dir.path().display());
         std::fs::write(
             dir.path().join("pra.toml"),
-            "heartbeat_seconds = 1\nrevoke_grace_seconds = 1\nlost_after_seconds = 5\n",
+            "heartbeat_seconds = 1\nrevoke_grace_seconds = 1\nlost_after_seconds = 5\nstore_timeout_seconds = 1\n",
         )
         .unwrap();
         Env { dir, store }

@@ -23,6 +23,13 @@ fn the_drill_passes_with_a_zero_window_and_writes_its_reports() {
     let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(r["passed"], true);
     assert_eq!(r["plan"]["double_execution_seconds"], 0.0);
+    // Ground truth: the jobs' own writes in the app database, independent of the registry.
+    assert!(
+        r["ground_truth"]["units"].as_u64().unwrap() > 20,
+        "the jobs recorded their work"
+    );
+    assert_eq!(r["ground_truth"]["double_execution_seconds"], 0.0);
+    assert!(r["ground_truth"]["overlaps"].as_array().unwrap().is_empty());
     assert_eq!(
         r["plan"]["fenced"].as_array().unwrap().len(),
         2,
@@ -46,6 +53,10 @@ fn the_drill_passes_with_a_zero_window_and_writes_its_reports() {
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(
         md.contains("| double-execution window | 0.000s | 0 s | PASS |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| double-execution window, from the jobs' own writes | 0.000s |"),
         "{md}"
     );
 }

@@ -27,7 +27,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("pra.toml"),
-            "heartbeat_seconds = 1\nlost_after_seconds = 5\n",
+            "heartbeat_seconds = 1\nlost_after_seconds = 5\nrevoke_grace_seconds = 1\nstore_timeout_seconds = 1\n",
         )
         .unwrap();
         Env { dir }

@@ -197,8 +197,9 @@ impl Fence {
     pub const SQL_CREATE: &'static str = "CREATE TABLE IF NOT EXISTS pra_fence (id INTEGER PRIMARY KEY CHECK (id = 1), token INTEGER NOT NULL)";
     /// Reads the highest admitted token (no row: none admitted yet).
     pub const SQL_HIGHEST: &'static str = "SELECT token FROM pra_fence WHERE id = 1";
-    /// Records `?1` as the highest admitted token.
-    pub const SQL_RECORD: &'static str = "INSERT INTO pra_fence (id, token) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET token = excluded.token";
+    /// Records `?1` as the highest admitted token; the fence only ever rises, whatever the
+    /// caller checked before.
+    pub const SQL_RECORD: &'static str = "INSERT INTO pra_fence (id, token) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET token = max(token, excluded.token)";
 
     /// The fence's rule, for front ends that run [`Fence::SQL_CREATE`], [`Fence::SQL_HIGHEST`]
     /// and [`Fence::SQL_RECORD`] through their own connection (Python's `sqlite3`): `presented`
@@ -218,6 +219,11 @@ impl Fence {
     /// transaction the check and the update are two statements and a concurrent writer could
     /// slip between them.
     pub fn admit_in(conn: &rusqlite::Connection, token: FencingToken) -> Result<FencingToken> {
+        if conn.is_autocommit() {
+            return Err(Error::InvalidArgument(
+                "fence admission must run inside the transaction that writes the job's results: BEGIN IMMEDIATE first".into(),
+            ));
+        }
         let sql_err = |e| Error::sqlite("fence admit", "application database", e);
         conn.execute_batch(Self::SQL_CREATE).map_err(sql_err)?;
         let raw = Self::decide(token, Self::highest(conn)?)?;

@@ -12,6 +12,7 @@ pub mod fencing;
 mod fsutil;
 pub mod guard;
 pub mod plan;
+pub mod run;
 pub mod site;
 pub mod status;
 pub mod store;

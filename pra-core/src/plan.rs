@@ -617,6 +617,8 @@ pub struct Runner<'a> {
     topology: &'a Topology,
     clock: &'a dyn Clock,
     drain: DrainPolicy,
+    // One observer for the runner's lifetime: liveness is what it saw move, on its own clock.
+    drainer: crate::run::Drainer<'a>,
 }
 
 impl<'a> Runner<'a> {
@@ -632,6 +634,11 @@ impl<'a> Runner<'a> {
             topology,
             clock,
             drain,
+            drainer: crate::run::Drainer::new(
+                store,
+                clock,
+                drain.lost_after.to_std().unwrap_or_default(),
+            ),
         }
     }
 
@@ -653,12 +660,12 @@ impl<'a> Runner<'a> {
         Ok(self.load()?.1)
     }
 
-    /// Runs registered under a token older than the record's that are still alive: what a drain
-    /// waits for.
+    /// Runs registered under a token older than the record's that are still alive for this
+    /// runner (see [`crate::run::Liveness`]: a runner that has not watched a run yet counts it
+    /// alive): what a drain waits for.
     pub fn alive_old_runs(&self) -> Result<Vec<RunRecord>> {
         let record = self.store.load()?;
-        self.store
-            .alive_runs_below(record.token, self.drain.lost_after)
+        self.drainer.alive_below(record.token)
     }
 
     /// Applies `event`: checks the transition, performs its effects and writes the new plan state
@@ -691,12 +698,21 @@ impl<'a> Runner<'a> {
             ))
         };
         let plan_id = id.clone().unwrap_or_default();
+        let lost_race = |e: Error| -> Result<Applied> {
+            // Another process moved the plan (and the record) since we loaded it: if it applied
+            // this very event, say so.
+            let (_, now) = self.load()?;
+            match now.steps.last() {
+                Some(last) if last.event == event && last.to == now.state => {
+                    Ok(Applied::AlreadyApplied { step: last.clone() })
+                }
+                Some(_) | None => Err(e),
+            }
+        };
         for effect in &t.effects {
             match effect {
                 Effect::RequireDrained => {
-                    let alive = self
-                        .store
-                        .alive_runs_below(record.token, self.drain.lost_after)?;
+                    let alive = self.drainer.alive_below(record.token)?;
                     if !alive.is_empty() {
                         return Err(Error::Busy(format!(
                             "drain not finished: {}",
@@ -705,9 +721,7 @@ impl<'a> Runner<'a> {
                     }
                 }
                 Effect::RecordForcedDrain { reason } => {
-                    let alive = self
-                        .store
-                        .alive_runs_below(record.token, self.drain.lost_after)?;
+                    let alive = self.drainer.alive_below(record.token)?;
                     tracing::warn!(alive = alive.len(), reason, "drain forced");
                     extra.push(JournalEvent::DrainForced {
                         plan: plan_id.clone(),
@@ -716,7 +730,7 @@ impl<'a> Runner<'a> {
                 }
                 Effect::Deactivate { site } => {
                     if record.site.as_ref() != Some(site) {
-                        return Err(Error::Refused(format!(
+                        return lost_race(Error::Refused(format!(
                             "the plan expects {site} to be active, but the record says {} (token {}); fix the record or abort",
                             record.site.as_ref().map_or("NONE", SiteId::as_str),
                             record.token
@@ -728,7 +742,7 @@ impl<'a> Runner<'a> {
                 }
                 Effect::Activate { site } => {
                     if let Some(active) = &record.site {
-                        return Err(Error::Refused(format!(
+                        return lost_race(Error::Refused(format!(
                             "the plan expects no site to be active before activating {site}, but {active} is (token {})",
                             record.token
                         )));
@@ -783,16 +797,7 @@ impl<'a> Runner<'a> {
                 record: done.record,
                 plan: next,
             }),
-            Err(e @ (Error::Refused(_) | Error::Conflict { .. })) => {
-                // Lost a race with another process: if it applied this very event, say so.
-                let (_, now) = self.load()?;
-                match now.steps.last() {
-                    Some(last) if last.event == event && last.to == now.state => {
-                        Ok(Applied::AlreadyApplied { step: last.clone() })
-                    }
-                    Some(_) | None => Err(e),
-                }
-            }
+            Err(e @ (Error::Refused(_) | Error::Conflict { .. })) => lost_race(e),
             Err(e) => Err(e),
         }
     }
@@ -800,51 +805,16 @@ impl<'a> Runner<'a> {
     /// Waits (on the clock) until no run of the old site is alive, then applies
     /// [`Event::Drained`]. Gives up with [`Error::Busy`] after the drain timeout, naming the runs.
     pub fn drain(&self, actor: &Actor) -> Result<Applied> {
-        let deadline = self.clock.now() + self.drain.timeout;
-        loop {
-            let alive = self.alive_old_runs()?;
-            if alive.is_empty() {
-                return self.apply(Event::Drained, actor);
-            }
-            if self.clock.now() >= deadline {
-                return Err(Error::Busy(format!(
-                    "drain timed out after {}s: {}; if that site is dead, force it with a reason",
-                    self.drain.timeout.num_seconds(),
-                    describe_runs(&alive)
-                )));
-            }
-            tracing::info!(alive = alive.len(), "draining");
-            self.clock.sleep(
-                self.drain
-                    .poll
-                    .to_std()
-                    .unwrap_or(std::time::Duration::from_secs(1)),
-            );
-        }
+        let record = self.store.load()?;
+        let std = |d: Duration| d.to_std().unwrap_or(std::time::Duration::from_secs(1));
+        self.drainer
+            .wait(record.token, std(self.drain.timeout), std(self.drain.poll))?;
+        self.apply(Event::Drained, actor)
     }
 }
 
 fn describe_runs(runs: &[RunRecord]) -> String {
-    let shown: Vec<String> = runs
-        .iter()
-        .take(5)
-        .map(|r| {
-            format!(
-                "{} on {} ({}, pid {}, token {})",
-                r.start.job, r.start.site, r.start.host, r.start.pid, r.start.token
-            )
-        })
-        .collect();
-    let more = if runs.len() > 5 {
-        format!(" and {} more", runs.len() - 5)
-    } else {
-        String::new()
-    };
-    format!(
-        "{} run(s) of the old site still alive: {}{more}",
-        runs.len(),
-        shown.join(", ")
-    )
+    crate::run::describe_runs(runs)
 }
 
 /// A period during which no site was active (the flip's fenced time).
@@ -1065,23 +1035,60 @@ fn overlaps(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec
         None if now - r.heartbeat_at > lost_after => r.heartbeat_at,
         None => now,
     };
-    let mut by_job: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
-    for r in runs {
-        by_job.entry(r.start.job.as_str()).or_default().push(r);
+    let units: Vec<WorkUnit> = runs
+        .iter()
+        .map(|r| WorkUnit {
+            job: r.start.job.clone(),
+            site: r.start.site.clone(),
+            start: r.started_at,
+            end: end(r),
+        })
+        .collect();
+    unit_overlaps(&units)
+}
+
+/// A stretch of work as the job itself recorded it in the application's database: the ground
+/// truth of what ran where, independent of pra's run registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// The job.
+    pub job: String,
+    /// The site it ran on.
+    pub site: SiteId,
+    /// When the work started.
+    pub start: DateTime<Utc>,
+    /// When it was last seen working.
+    pub end: DateTime<Utc>,
+}
+
+/// The double-execution window measured from the jobs' own writes: the total time during which
+/// the same job was working on two sites, and the overlaps themselves.
+pub fn ground_truth(units: &[WorkUnit]) -> (f64, Vec<Overlap>) {
+    let overlaps = unit_overlaps(units);
+    let total = union_seconds(overlaps.iter().map(|o| (o.start, o.end)).collect());
+    (total, overlaps)
+}
+
+fn unit_overlaps(units: &[WorkUnit]) -> Vec<Overlap> {
+    let mut by_job: BTreeMap<&str, Vec<&WorkUnit>> = BTreeMap::new();
+    for u in units {
+        by_job.entry(u.job.as_str()).or_default().push(u);
     }
     let mut out = Vec::new();
-    for (job, rs) in by_job {
-        for (i, a) in rs.iter().enumerate() {
-            for b in &rs[i + 1..] {
-                if a.start.site == b.start.site {
+    for (job, mut us) in by_job {
+        us.sort_by_key(|u| u.start);
+        for (i, a) in us.iter().enumerate() {
+            // Sorted by start: once b starts after a ends, no later one overlaps a.
+            for b in us[i + 1..].iter().take_while(|b| b.start < a.end) {
+                if a.site == b.site {
                     continue;
                 }
-                let start = a.started_at.max(b.started_at);
-                let stop = end(a).min(end(b));
+                let start = a.start.max(b.start);
+                let stop = a.end.min(b.end);
                 if start < stop {
                     out.push(Overlap {
                         job: job.to_string(),
-                        sites: (a.start.site.clone(), b.start.site.clone()),
+                        sites: (a.site.clone(), b.site.clone()),
                         start,
                         end: stop,
                     });

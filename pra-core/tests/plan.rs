@@ -85,6 +85,7 @@ impl World {
             token,
             host: format!("{on}-vm"),
             pid: 1,
+            containment: None,
         })
     }
 }
@@ -454,8 +455,21 @@ fn lost_runs_do_not_hold_a_drain() {
     ] {
         w.apply(k).unwrap();
     }
-    w.clock.advance(Duration::seconds(61)); // silent for longer than lost_after (60 s)
-    w.apply(EventKind::Drained).unwrap();
+    // A wall clock that jumps (NTP, a skewed host) proves nothing: a runner that has not
+    // watched the run for lost_after on its own monotonic clock counts it alive.
+    w.clock.set(t0() + Duration::days(1));
+    let e = w.apply(EventKind::Drained).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    // A drain watches it: silent for lost_after (60 s) of the drain's own clock, it is lost.
+    let runner = w.runner();
+    let before = w.clock.monotonic();
+    runner.drain(&ops()).unwrap();
+    let waited = w.clock.monotonic() - before;
+    assert!(
+        waited >= std::time::Duration::from_secs(60),
+        "the drain waited {waited:?}"
+    );
+    assert_eq!(w.active().as_deref(), Some("sbg"));
 }
 
 #[test]
@@ -515,7 +529,9 @@ fn run(id: i64, job: &str, on: &str, start: i64, end: Option<i64>) -> RunRecord 
             token: FencingToken(1),
             host: "h".into(),
             pid: 1,
+            containment: None,
         },
+        beats: 0,
         started_at: t0() + Duration::seconds(start),
         heartbeat_at: t0() + Duration::seconds(end.unwrap_or(start)),
         finished_at: end.map(|e| t0() + Duration::seconds(e)),
@@ -654,7 +670,7 @@ proptest! {
                             pending.insert((s, j), check(&w.store, &sites[s]).unwrap());
                         }
                         Some(Verdict::Run { token }) => {
-                            let start = RunStart { job: jobs[j].into(), site: sites[s].clone(), token, host: "h".into(), pid: 1 };
+                            let start = RunStart { job: jobs[j].into(), site: sites[s].clone(), token, host: "h".into(), pid: 1, containment: None };
                             if let Ok(id) = w.store.run_start(&start) {
                                 running.push(id);
                             }
@@ -691,4 +707,34 @@ proptest! {
         prop_assert!(w.store.verify_journal().is_ok());
         prop_assert_eq!(r.forced_drains > 0, forced);
     }
+}
+
+/// The drill's ground truth: overlapping work of one job on two sites is measured from the
+/// jobs' own records, whatever the registry says; same-site and other-job overlaps are not
+/// double execution.
+#[test]
+fn ground_truth_measures_overlaps_from_the_jobs_writes() {
+    let u = |job: &str, on: &str, start_ms: i64, end_ms: i64| plan::WorkUnit {
+        job: job.into(),
+        site: site(on),
+        start: t0() + Duration::milliseconds(start_ms),
+        end: t0() + Duration::milliseconds(end_ms),
+    };
+    let none = [
+        u("a", "rbx", 0, 50),
+        u("a", "rbx", 40, 90),
+        u("b", "sbg", 0, 100),
+        u("a", "sbg", 90, 140),
+    ];
+    assert_eq!(plan::ground_truth(&none).0, 0.0);
+    // A worker of rbx that survived its revocation, working beside sbg's for 70 ms in all.
+    let twice = [
+        u("a", "rbx", 0, 50),
+        u("a", "sbg", 30, 80),
+        u("a", "rbx", 60, 110),
+        u("a", "sbg", 100, 130),
+    ];
+    let (secs, overlaps) = plan::ground_truth(&twice);
+    assert!((secs - 0.050).abs() < 1e-9, "{secs}: {overlaps:?}");
+    assert_eq!(overlaps.len(), 3);
 }

@@ -543,6 +543,7 @@ fn file_store_has_no_plans_or_runs() {
         token: FencingToken(1),
         host: "h".into(),
         pid: 1,
+        containment: None,
     };
     assert_eq!(
         s.run_start(&run).unwrap_err().kind(),
@@ -572,6 +573,7 @@ fn run_registry_tracks_running_finished_and_lost_runs() {
         token: FencingToken(token),
         host: "sbg-vm1".into(),
         pid: 4242,
+        containment: Some(pra_core::run::Containment::PidNamespace),
     };
     // No site active: nothing is admitted.
     assert_eq!(
@@ -628,29 +630,51 @@ fn run_registry_tracks_running_finished_and_lost_runs() {
         ErrorKind::NotFound
     );
 
-    // Below token 3 and fresh within 30 s: only `a` (b finished, c is under token 3).
-    let alive = s
-        .alive_runs_below(FencingToken(3), Duration::seconds(30))
-        .unwrap();
-    assert_eq!(alive.iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
-    // 40 s later without heartbeat, `a` is lost and no longer holds a drain.
-    clock.advance(Duration::seconds(40));
-    assert!(
-        s.alive_runs_below(FencingToken(3), Duration::seconds(30))
-            .unwrap()
-            .is_empty()
+    // Below token 3: only `a` is unfinished (b finished, c is under token 3); one beat counted.
+    let unfinished = s.unfinished_runs_below(FencingToken(3)).unwrap();
+    assert_eq!(
+        unfinished.iter().map(|u| u.run.id).collect::<Vec<_>>(),
+        vec![a]
+    );
+    assert_eq!(
+        unfinished[0].pulse,
+        pra_core::store::Pulse::Counter { beats: 1 }
+    );
+    assert_eq!(
+        unfinished[0].run.start.containment,
+        Some(pra_core::run::Containment::PidNamespace)
+    );
+    // A drain judges on its own clock: `a` is alive until its counter stays still for 30 s.
+    let drainer = pra_core::run::Drainer::new(&s, &*clock, std::time::Duration::from_secs(30));
+    assert_eq!(drainer.alive_below(FencingToken(3)).unwrap().len(), 1);
+    clock.advance(Duration::seconds(29));
+    assert_eq!(drainer.alive_below(FencingToken(3)).unwrap().len(), 1);
+    clock.advance(Duration::seconds(1));
+    assert!(drainer.alive_below(FencingToken(3)).unwrap().is_empty());
+    // Judged lost, it was recorded so: a new drain does not wait for it again.
+    assert!(s.unfinished_runs_below(FencingToken(3)).unwrap().is_empty());
+    assert_eq!(
+        s.run_heartbeat(a).unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "a run counted lost hears it at its next heartbeat, and stops"
     );
 
     let runs = s.runs(t0).unwrap();
     assert_eq!(runs.len(), 3);
     let now = clock.now_for_test();
-    assert_eq!(runs[0].state(now, Duration::seconds(30)), RunState::Lost);
+    assert_eq!(
+        runs[0].state(now, Duration::seconds(30)),
+        RunState::Finished
+    );
+    assert!(runs[0].outcome.as_deref().unwrap().starts_with("lost"));
+    assert_eq!(runs[2].state(now, Duration::seconds(30)), RunState::Lost);
     assert_eq!(
         runs[1].state(now, Duration::seconds(30)),
         RunState::Finished
     );
     assert_eq!(runs[1].exit_code, Some(0));
     assert_eq!(runs[2].id, c);
+    let _ = c;
     assert_eq!(runs[0].started_at, t0);
 }
 
@@ -720,4 +744,65 @@ proptest! {
         }
         prop_assert_eq!(s.verify_journal().unwrap().entries, last);
     }
+}
+
+/// Case 3 of the run issue: a site whose clock is behind (a VM restored from a replica before
+/// NTP converges) writes heartbeat times far in the past. Liveness never compares them: the
+/// run stays alive for the drain as long as its counter moves.
+#[test]
+fn a_heartbeating_run_of_a_skewed_host_is_never_counted_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let drainer_clock = clock();
+    // The wrapper's host is an hour behind.
+    let skewed = Arc::new(ManualClock::new(
+        drainer_clock.now_for_test() - Duration::hours(1),
+    ));
+    let on_drainer = SqliteStore::open(&path, drainer_clock.clone()).unwrap();
+    let on_wrapper = SqliteStore::open(&path, skewed.clone()).unwrap();
+    on_drainer
+        .change(
+            SiteChange::Activate {
+                site: site("rbx"),
+                expect: FencingToken(0),
+            },
+            &ops(),
+        )
+        .unwrap();
+    let id = on_wrapper
+        .run_start(&RunStart {
+            job: "invoices".into(),
+            site: site("rbx"),
+            token: FencingToken(1),
+            host: "rbx-vm".into(),
+            pid: 7,
+            containment: None,
+        })
+        .unwrap();
+    on_drainer
+        .change(
+            SiteChange::Deactivate {
+                expect: FencingToken(1),
+            },
+            &ops(),
+        )
+        .unwrap();
+    let drainer = pra_core::run::Drainer::new(
+        &on_drainer,
+        &*drainer_clock,
+        std::time::Duration::from_secs(60),
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            drainer.alive_below(FencingToken(2)).unwrap().len(),
+            1,
+            "a live run of a skewed host must hold the drain"
+        );
+        on_wrapper.run_heartbeat(id).unwrap();
+        drainer_clock.advance(Duration::seconds(50));
+    }
+    // Its wrapper stops beating: lost 60 s (of the drainer's clock) after the last change seen.
+    assert_eq!(drainer.alive_below(FencingToken(2)).unwrap().len(), 1);
+    drainer_clock.advance(Duration::seconds(60));
+    assert!(drainer.alive_below(FencingToken(2)).unwrap().is_empty());
 }

@@ -125,7 +125,8 @@ fn null_out(name: &str) -> Error {
 
 /// A store of the active-site record. Opaque; safe to use from several threads at once.
 pub struct pra_store {
-    inner: Box<dyn Store>,
+    inner: std::sync::Arc<dyn Store>,
+    timings: pra_core::run::Timings,
 }
 
 /// Size of the site buffers: a site name is at most 32 bytes, plus the NUL.
@@ -272,9 +273,192 @@ pub unsafe extern "C" fn pra_store_open_with(
             ..Default::default()
         };
         let store = pra_core::store::open_with(url, &opts)?;
-        let handle = Box::into_raw(Box::new(pra_store { inner: store }));
+        let timings = pra_core::run::Timings {
+            heartbeat: (opts.lost_after / 6).min(std::time::Duration::from_secs(10)),
+            lost_after: opts.lost_after,
+            revoke_grace: opts.lost_after / 4,
+            store_timeout: opts.timeout,
+        };
+        let handle = Box::into_raw(Box::new(pra_store {
+            inner: std::sync::Arc::from(store),
+            timings,
+        }));
         // SAFETY: `out` is non-NULL and valid for writes per the contract.
         unsafe { *out = handle };
+        Ok(pra_result::Ok)
+    })
+}
+
+/// A run of a job registered from inside the calling process (the C counterpart of Python's
+/// `pra.Guard`): a thread heartbeats while it lives. Opaque; from `pra_run_start`, released by
+/// `pra_run_finish` or `pra_run_free`.
+pub struct pra_run {
+    inner: Option<pra_core::run::Registered>,
+}
+
+/// Registers a run of `job` on `site` if, and only if, `site` is the active site — the check
+/// and the registration are one atomic step. `PRA_RESULT_OK`: `*out` is a new run handle (its
+/// token from `pra_run_token`); `PRA_RESULT_STANDBY`: the job must not run (also when a flip
+/// won the race with the registration), `*out` untouched. Any other result: do not run.
+///
+/// A thread heartbeats every lost_after/6 (at most 10 s) until the run is finished or freed.
+/// The handle keeps its own reference to the store: the store handle may be freed first.
+///
+/// # Safety
+/// `store` is NULL or a live handle; `site` and `job` are NULL or NUL-terminated strings; `out`
+/// is NULL or valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_run_start(
+    store: *const pra_store,
+    site: *const c_char,
+    job: *const c_char,
+    out: *mut *mut pra_run,
+) -> pra_result {
+    ffi_boundary!({
+        // SAFETY: per this function's contract.
+        let (st, site, job) = unsafe {
+            (
+                store
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidArgument("store is NULL".into()))?,
+                arg(site, "site")?,
+                arg(job, "job")?,
+            )
+        };
+        if out.is_null() {
+            return Err(null_out("out"));
+        }
+        let site = SiteId::new(site)?;
+        match pra_core::run::Registered::start(st.inner.clone(), &site, job, st.timings)? {
+            pra_core::run::Started::Admitted(run) => {
+                let handle = Box::into_raw(Box::new(pra_run { inner: Some(run) }));
+                // SAFETY: non-NULL and valid for writes per the contract.
+                unsafe { *out = handle };
+                Ok(pra_result::Ok)
+            }
+            pra_core::run::Started::Standby { active, token } => {
+                set_last_error(&format!(
+                    "{site} is standby (active site {}, token {token})",
+                    active.as_ref().map_or("NONE", SiteId::as_str)
+                ));
+                Ok(pra_result::Standby)
+            }
+        }
+    })
+}
+
+/// # Safety
+/// `run` is NULL or a live handle.
+unsafe fn run_ref<'a>(run: *const pra_run) -> Result<&'a pra_core::run::Registered, Error> {
+    // SAFETY: non-NULL handles are live per the caller's contract.
+    unsafe { run.as_ref() }
+        .and_then(|r| r.inner.as_ref())
+        .ok_or_else(|| Error::InvalidArgument("run is NULL".into()))
+}
+
+/// The fencing token the run holds (0 for NULL): carry it into every fenced write.
+///
+/// # Safety
+/// `run` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_run_token(run: *const pra_run) -> u64 {
+    // SAFETY: per this function's contract.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        unsafe { run_ref(run) }.map_or(0, |r| r.token().0)
+    }))
+    .unwrap_or(0)
+}
+
+/// May the run go on? `PRA_RESULT_OK`: yes. `PRA_RESULT_STANDBY`: stop now — the site lost the
+/// active role, the store dropped the registration, or no heartbeat got through for long
+/// enough that a drain may soon count the run lost (`pra_last_error_message` says which).
+///
+/// # Safety
+/// `run` is NULL or a live handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_run_check(run: *const pra_run) -> pra_result {
+    ffi_boundary!({
+        // SAFETY: per this function's contract.
+        let run = unsafe { run_ref(run)? };
+        Ok(match run.lost() {
+            Some(why) => {
+                set_last_error(&why);
+                pra_result::Standby
+            }
+            None => pra_result::Ok,
+        })
+    })
+}
+
+/// Records the end of the run (`exit_code`, and `outcome`: a short note, or NULL for "exited
+/// N") and releases the handle, whatever the result.
+///
+/// # Safety
+/// `run` is NULL or a handle from `pra_run_start` not released yet; `outcome` is NULL or a
+/// NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_run_finish(
+    run: *mut pra_run,
+    exit_code: i32,
+    outcome: *const c_char,
+) -> pra_result {
+    ffi_boundary!({
+        if run.is_null() {
+            return Err(Error::InvalidArgument("run is NULL".into()));
+        }
+        // SAFETY: the handle came from Box::into_raw in pra_run_start and is released once.
+        let mut handle = unsafe { Box::from_raw(run) };
+        let outcome = if outcome.is_null() {
+            format!("exited {exit_code}")
+        } else {
+            // SAFETY: per this function's contract.
+            unsafe { arg(outcome, "outcome")? }.to_string()
+        };
+        match handle.inner.take() {
+            Some(r) => r.finish(Some(exit_code), &outcome)?,
+            None => return Err(Error::InvalidArgument("run already finished".into())),
+        }
+        Ok(pra_result::Ok)
+    })
+}
+
+/// Releases a run handle without recording an end ("abandoned"). `pra_run_free(NULL)` does
+/// nothing.
+///
+/// # Safety
+/// `run` is NULL or a handle from `pra_run_start` not released yet.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_run_free(run: *mut pra_run) {
+    if !run.is_null() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the handle came from Box::into_raw in pra_run_start and is freed once.
+            drop(unsafe { Box::from_raw(run) })
+        }));
+    }
+}
+
+/// The fence's SQL, for a C program to run with its own SQLite connection inside its own
+/// `BEGIN IMMEDIATE` transaction (libpra never opens the application's database: two SQLite
+/// libraries on one file in one process break each other's locks). `which`: 0 creates the
+/// table, 1 reads the highest token (no row: 0), 2 records `?1` (the highest only ever
+/// rises). NULL for another value. Static strings: do not free.
+#[unsafe(no_mangle)]
+pub extern "C" fn pra_fence_sql(which: u32) -> *const c_char {
+    match which {
+        0 => c"CREATE TABLE IF NOT EXISTS pra_fence (id INTEGER PRIMARY KEY CHECK (id = 1), token INTEGER NOT NULL)".as_ptr(),
+        1 => c"SELECT token FROM pra_fence WHERE id = 1".as_ptr(),
+        2 => c"INSERT INTO pra_fence (id, token) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET token = max(token, excluded.token)".as_ptr(),
+        _ => ptr::null(),
+    }
+}
+
+/// The fence's rule: `PRA_RESULT_OK` if `presented` may be admitted given the `highest` token
+/// the fence table holds (then record it with `pra_fence_sql(2)`), `PRA_RESULT_STALE_TOKEN`
+/// if a newer token was already admitted (roll the transaction back).
+#[unsafe(no_mangle)]
+pub extern "C" fn pra_fence_decide(presented: u64, highest: u64) -> pra_result {
+    ffi_boundary!({
+        pra_core::Fence::decide(FencingToken(presented), FencingToken(highest))?;
         Ok(pra_result::Ok)
     })
 }

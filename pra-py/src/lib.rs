@@ -16,7 +16,6 @@ use pyo3::{IntoPyObjectExt, create_exception};
 use pra_core::backup::restore::{self, RestorePoint};
 use pra_core::backup::retention::{self, Policy};
 use pra_core::backup::{self, BackupEntry, Health, Method};
-use pra_core::store::{RunId, RunStart};
 use pra_core::{
     Actor, Error, ErrorKind, Fence, FencingToken, SiteChange, SiteId, SystemClock,
     Verdict as CoreVerdict,
@@ -84,6 +83,13 @@ create_exception!(
     StandbyError,
     PraError,
     "This site is standby: the guarded block must not run."
+);
+
+create_exception!(
+    pra,
+    RoleLostError,
+    StandbyError,
+    "The site lost the active role (or the store can no longer vouch for the run) while the guarded block ran: stop now."
 );
 
 /// A pra-core error on its way to Python.
@@ -335,6 +341,8 @@ pub struct JournalEntry {
 #[pyclass(frozen, module = "pra")]
 pub struct Store {
     inner: Arc<dyn pra_core::Store>,
+    timeout: std::time::Duration,
+    lost_after: std::time::Duration,
 }
 
 fn actor(by: &str, reason: &str) -> PraResult<Actor> {
@@ -366,9 +374,12 @@ impl Store {
             lost_after: secs(lost_after, "lost_after")?,
             ..Default::default()
         };
+        let (timeout, lost_after) = (opts.timeout, opts.lost_after);
         let inner = blocking(py, move || pra_core::store::open_with(&url, &opts))?;
         Ok(Store {
             inner: Arc::from(inner),
+            timeout,
+            lost_after,
         })
     }
 
@@ -449,24 +460,48 @@ impl Store {
 }
 
 /// The guard of one site: `check()`, or `with Guard(store, site, job=...) as verdict:` to run
-/// a block only on the active site, registered as a run (raises StandbyError otherwise).
+/// a block only on the active site, registered as a run (raises StandbyError otherwise, also
+/// when a flip wins the race with the registration). While the block runs, a thread
+/// heartbeats; `guard.lost` says why the block must stop (the site lost the role, or the store
+/// can no longer vouch for the run) and `guard.ensure()` raises RoleLostError then.
 #[pyclass(module = "pra")]
 pub struct Guard {
     store: Arc<dyn pra_core::Store>,
     site: SiteId,
     job: Option<String>,
-    run: Option<RunId>,
+    timings: pra_core::run::Timings,
+    run: Option<pra_core::run::Registered>,
 }
 
 #[pymethods]
 impl Guard {
     #[new]
-    #[pyo3(signature = (store, site, *, job = None))]
-    fn new(store: &Store, site: &str, job: Option<String>) -> PraResult<Self> {
+    #[pyo3(signature = (store, site, *, job = None, heartbeat = None))]
+    fn new(
+        store: &Store,
+        site: &str,
+        job: Option<String>,
+        heartbeat: Option<f64>,
+    ) -> PraResult<Self> {
+        let lost_after = store.lost_after;
+        let heartbeat = match heartbeat {
+            Some(h) => std::time::Duration::try_from_secs_f64(h).map_err(|_| {
+                pra_core::Error::InvalidArgument(format!(
+                    "heartbeat must be a finite number of seconds > 0, not {h}"
+                ))
+            })?,
+            None => (lost_after / 6).min(std::time::Duration::from_secs(10)),
+        };
         Ok(Guard {
             store: store.inner.clone(),
             site: SiteId::new(site)?,
             job,
+            timings: pra_core::run::Timings {
+                heartbeat,
+                lost_after,
+                revoke_grace: lost_after / 4,
+                store_timeout: store.timeout,
+            },
             run: None,
         })
     }
@@ -481,40 +516,57 @@ impl Guard {
         let job = self.job.clone().ok_or_else(|| {
             InvalidArgumentError::new_err("Guard(..., job=NAME) is needed to register a run")
         })?;
-        let (s, site) = (self.store.clone(), self.site.clone());
-        let (verdict, run) = blocking(py, move || {
-            let verdict = pra_core::check(&*s, &site)?;
-            let run = match &verdict {
-                CoreVerdict::Run { token } => {
-                    let host = pra_core::site::hostname();
-                    Some(s.run_start(&RunStart {
-                        job,
-                        site,
-                        token: *token,
-                        host,
-                        pid: std::process::id(),
-                    })?)
-                }
-                CoreVerdict::Standby { .. } => None,
-            };
-            Ok((verdict, run))
+        if self.run.is_some() {
+            return Err(InvalidArgumentError::new_err(
+                "this guard already runs a block: one `with` at a time",
+            ));
+        }
+        let (s, site, timings) = (self.store.clone(), self.site.clone(), self.timings);
+        let started = blocking(py, move || {
+            pra_core::run::Registered::start(s, &site, &job, timings)
         })?;
-        match run {
-            Some(id) => {
-                self.run = Some(id);
-                Ok(verdict.into())
+        match started {
+            pra_core::run::Started::Admitted(run) => {
+                let token = run.token();
+                self.run = Some(run);
+                Ok(CoreVerdict::Run { token }.into())
             }
-            None => Err(StandbyError::new_err(format!(
-                "{} is standby (token {}): the block must not run",
-                self.site,
-                verdict.token()
-            ))),
+            pra_core::run::Started::Standby { active, token } => {
+                Err(StandbyError::new_err(format!(
+                    "{} is standby (active site {}, token {token}): the block must not run",
+                    self.site,
+                    active.as_ref().map_or("NONE", SiteId::as_str)
+                )))
+            }
         }
     }
 
-    /// Records a heartbeat of the registered run.
+    /// Why the running block must stop, or None: the site lost the active role, the store
+    /// dropped the run's registration, or no heartbeat got through for long enough that a
+    /// drain may soon count the run lost.
+    #[getter]
+    fn lost(&self) -> Option<String> {
+        self.run.as_ref().and_then(pra_core::run::Registered::lost)
+    }
+
+    /// The token of the running block (carry it into fenced writes), or None.
+    #[getter]
+    fn token(&self) -> Option<u64> {
+        self.run.as_ref().map(|r| r.token().0)
+    }
+
+    /// Raises RoleLostError if the running block must stop (see `lost`).
+    fn ensure(&self) -> PyResult<()> {
+        match self.lost() {
+            Some(why) => Err(RoleLostError::new_err(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a heartbeat of the registered run now (a thread already does it every
+    /// `heartbeat` seconds).
     fn heartbeat(&self, py: Python<'_>) -> PyResult<()> {
-        let id = self.run.ok_or_else(|| {
+        let id = self.run.as_ref().map(|r| r.id()).ok_or_else(|| {
             InvalidArgumentError::new_err("no run is registered: use `with guard:` first")
         })?;
         let s = self.store.clone();
@@ -528,14 +580,14 @@ impl Guard {
         _exc: Option<Bound<'_, PyAny>>,
         _tb: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        if let Some(id) = self.run.take() {
-            let (code, outcome) = if exc_type.is_some() {
-                (1, "raised")
-            } else {
-                (0, "exited 0")
+        if let Some(run) = self.run.take() {
+            let lost = run.lost();
+            let (code, outcome) = match (exc_type.is_some(), lost) {
+                (_, Some(why)) => (Some(1), format!("revoked: {why}")),
+                (true, None) => (Some(1), "raised".to_string()),
+                (false, None) => (Some(0), "exited 0".to_string()),
             };
-            let s = self.store.clone();
-            blocking(py, move || s.run_finish(id, Some(code), outcome))?;
+            blocking(py, move || run.finish(code, &outcome))?;
         }
         Ok(false)
     }
@@ -705,6 +757,7 @@ fn _pra(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("PraIOError", py.get_type::<PraIOError>()),
         ("InternalError", py.get_type::<InternalError>()),
         ("StandbyError", py.get_type::<StandbyError>()),
+        ("RoleLostError", py.get_type::<RoleLostError>()),
     ] {
         m.add(name, ty)?;
     }

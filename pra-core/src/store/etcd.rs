@@ -30,8 +30,8 @@ use etcd_client::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, RunId, RunRecord,
-    RunStart, RunStats, Store, StoredPlan, verify_chain,
+    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Pulse, RunId,
+    RunRecord, RunStart, RunStats, Store, StoredPlan, UnfinishedRun, verify_chain,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -465,6 +465,7 @@ impl EtcdStore {
                 start: run.clone(),
                 started_at: now,
                 heartbeat_at: now,
+                beats: 0,
                 finished_at: None,
                 exit_code: None,
                 outcome: None,
@@ -688,6 +689,7 @@ impl Store for EtcdStore {
             )));
         }
         run.heartbeat_at = self.clock.now();
+        run.beats += 1;
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 self.run_key(id),
@@ -750,33 +752,53 @@ impl Store for EtcdStore {
         Ok(runs)
     }
 
-    /// Alive means "its lease is alive": a run whose host died drops out when its lease expires,
-    /// whatever `lost_after` says.
-    fn alive_runs_below(
-        &self,
-        below: FencingToken,
-        _lost_after: chrono::Duration,
-    ) -> Result<Vec<RunRecord>> {
+    /// Liveness is the run's lease, judged by the etcd server's own clock: a run whose host
+    /// died drops out when its lease expires.
+    fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>> {
         let deadline = self.deadline();
+        // The alive keys first: a run registered after this read is under the newest token,
+        // and one finished in between is read as finished below.
         let alive: HashSet<Vec<u8>> = self
             .range("alive", deadline)?
             .into_iter()
             .map(|kv| kv.key().to_vec())
             .collect();
-        if alive.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut runs: Vec<RunRecord> = self
+        let mut runs: Vec<UnfinishedRun> = self
             .runs_all(deadline)?
             .into_iter()
-            .filter(|r| {
-                r.finished_at.is_none()
-                    && r.start.token < below
-                    && alive.contains(self.alive_key(r.id).as_bytes())
+            .filter(|r| r.finished_at.is_none() && r.start.token < below)
+            .map(|run| UnfinishedRun {
+                pulse: Pulse::Lease {
+                    alive: alive.contains(self.alive_key(run.id).as_bytes()),
+                },
+                run,
             })
             .collect();
-        runs.sort_by_key(|r| r.id.0);
+        runs.sort_by_key(|r| r.run.id.0);
         Ok(runs)
+    }
+
+    /// Marks a run whose lease expired as finished, so later scans skip it.
+    fn run_mark_lost(&self, id: RunId, pulse: Pulse, outcome: &str) -> Result<bool> {
+        if pulse != (Pulse::Lease { alive: false }) {
+            return Ok(false);
+        }
+        let deadline = self.deadline();
+        let (mut run, rev) = match self.unfinished_run(id, deadline) {
+            Ok(r) => r,
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        run.finished_at = Some(self.clock.now());
+        run.outcome = Some(outcome.to_string());
+        // Only while the lease key is absent (version 0): a live lease is never overruled.
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(self.run_key(id), CompareOp::Equal, rev),
+                Compare::version(self.alive_key(id), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(self.run_key(id), Self::json(&run)?, None)]);
+        self.guarded_txn("mark the run lost", deadline, txn, |_, _| Ok(None))
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {

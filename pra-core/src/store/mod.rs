@@ -246,6 +246,10 @@ pub struct RunStart {
     pub host: String,
     /// Its process id.
     pub pid: u32,
+    /// How its processes are held together (`None`: not a process tree pra started, e.g. a
+    /// Python guard in the job's own process).
+    #[serde(default)]
+    pub containment: Option<crate::run::Containment>,
 }
 
 /// The id of a registered run.
@@ -263,8 +267,13 @@ pub struct RunRecord {
     pub start: RunStart,
     /// When it started.
     pub started_at: DateTime<Utc>,
-    /// Its last heartbeat (the start counts as one).
+    /// Its last heartbeat (the start counts as one), on the clock of the host that wrote it: for
+    /// reading only, never compared to decide liveness.
     pub heartbeat_at: DateTime<Utc>,
+    /// Heartbeats recorded so far: a drain judges liveness by whether this counter moves
+    /// within `lost_after` on its own monotonic clock.
+    #[serde(default)]
+    pub beats: u64,
     /// When it finished, if it did.
     pub finished_at: Option<DateTime<Utc>>,
     /// Its exit code, if it exited normally.
@@ -302,8 +311,36 @@ pub enum RunState {
     Finished,
 }
 
+/// How a store vouches that an unfinished run is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pulse {
+    /// The run's heartbeat counter: alive while it moves (judged by the observer, see
+    /// [`crate::run::Liveness`]).
+    Counter {
+        /// The counter's value now.
+        beats: u64,
+    },
+    /// A server-side lease (etcd): the server's own clock decides.
+    Lease {
+        /// Whether the lease is still alive.
+        alive: bool,
+    },
+}
+
+/// An unfinished run and how the store vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfinishedRun {
+    /// The run.
+    pub run: RunRecord,
+    /// Its liveness evidence.
+    pub pulse: Pulse,
+}
+
 impl RunRecord {
-    /// The run's state at `now`, a run silent for more than `lost_after` counting as lost.
+    /// The run's state at `now` for display (`pra runs`, reports): a run whose last heartbeat,
+    /// on the writer's clock, is more than `lost_after` before `now` shows as lost. Never used
+    /// for safety: drains use [`crate::run::Liveness`].
     pub fn state(&self, now: DateTime<Utc>, lost_after: chrono::Duration) -> RunState {
         if self.finished_at.is_some() {
             RunState::Finished
@@ -372,13 +409,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Err(self.no_runs())
     }
 
-    /// Runs not finished, started under a token lower than `below`, and heartbeating within
-    /// `lost_after`: what a drain waits for.
-    fn alive_runs_below(
-        &self,
-        _below: FencingToken,
-        _lost_after: chrono::Duration,
-    ) -> Result<Vec<RunRecord>> {
+    /// Runs not finished and started under a token lower than `below`, each with its liveness
+    /// evidence: what a drain judges.
+    fn unfinished_runs_below(&self, _below: FencingToken) -> Result<Vec<UnfinishedRun>> {
+        Err(self.no_runs())
+    }
+
+    /// Records that an observer judged run `id` lost, if its pulse is still `pulse` (a run
+    /// that beat meanwhile is left alone): `Ok(true)` when the run was marked finished with
+    /// `outcome`. Lets later drains skip it without waiting for it again.
+    fn run_mark_lost(&self, _id: RunId, _pulse: Pulse, _outcome: &str) -> Result<bool> {
         Err(self.no_runs())
     }
 

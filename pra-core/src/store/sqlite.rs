@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, RunId, RunRecord,
-    RunStart, RunStats, Store, StoredPlan, display, time_to_us, us_to_time, verify_chain,
+    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Pulse, RunId,
+    RunRecord, RunStart, RunStats, Store, StoredPlan, UnfinishedRun, display, time_to_us,
+    us_to_time, verify_chain,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -65,6 +66,10 @@ const MIGRATIONS: &[&str] = &[
         last_at INTEGER NOT NULL,
         PRIMARY KEY (job, site)
     );",
+    // v3: liveness by a counter the observer watches on its own clock, and how a run's
+    // processes are contained.
+    "ALTER TABLE runs ADD COLUMN beats INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN containment TEXT;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -425,10 +430,18 @@ impl Store for SqliteStore {
         }
         let now = time_to_us(self.now());
         tx.prepare_cached(
-            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at, containment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
         )
         .and_then(|mut s| {
-            s.execute(params![run.job, run.site.as_str(), run.token.0 as i64, run.host, run.pid, now])
+            s.execute(params![
+                run.job,
+                run.site.as_str(),
+                run.token.0 as i64,
+                run.host,
+                run.pid,
+                now,
+                run.containment.map(|c| c.name())
+            ])
         })
         .map_err(self.err("register run"))?;
         let id = RunId(tx.last_insert_rowid());
@@ -440,7 +453,7 @@ impl Store for SqliteStore {
         let conn = self.conn();
         let n = conn
             .prepare_cached(
-                "UPDATE runs SET heartbeat_at = ?2 WHERE id = ?1 AND finished_at IS NULL",
+                "UPDATE runs SET heartbeat_at = ?2, beats = beats + 1 WHERE id = ?1 AND finished_at IS NULL",
             )
             .and_then(|mut s| s.execute(params![id.0, time_to_us(self.now())]))
             .map_err(self.err("heartbeat"))?;
@@ -540,27 +553,46 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    fn alive_runs_below(
-        &self,
-        below: FencingToken,
-        lost_after: chrono::Duration,
-    ) -> Result<Vec<RunRecord>> {
+    fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>> {
         let conn = self.conn();
-        let fresh_since = time_to_us(self.now() - lost_after);
         let mut stmt = conn
             .prepare_cached(&format!(
-                "{RUN_COLUMNS} WHERE finished_at IS NULL AND token < ?1 AND heartbeat_at >= ?2 ORDER BY id"
+                "{RUN_COLUMNS} WHERE finished_at IS NULL AND token < ?1 ORDER BY id"
             ))
-            .map_err(self.err("list alive runs"))?;
+            .map_err(self.err("list unfinished runs"))?;
         let rows = stmt
-            .query_map(params![below.0 as i64, fresh_since], run_from_row)
-            .map_err(self.err("list alive runs"))?;
-        rows.map(|r| r.map_err(self.err("list alive runs")).and_then(|r| r))
-            .collect()
+            .query_map(params![below.0 as i64], run_from_row)
+            .map_err(self.err("list unfinished runs"))?;
+        rows.map(|r| {
+            let run = r
+                .map_err(self.err("list unfinished runs"))
+                .and_then(|r| r)?;
+            Ok(UnfinishedRun {
+                pulse: Pulse::Counter { beats: run.beats },
+                run,
+            })
+        })
+        .collect()
+    }
+
+    fn run_mark_lost(&self, id: RunId, pulse: Pulse, outcome: &str) -> Result<bool> {
+        let Pulse::Counter { beats } = pulse else {
+            return Ok(false);
+        };
+        let conn = self.conn();
+        let now = time_to_us(self.now());
+        let n = conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, outcome = ?4
+                 WHERE id = ?1 AND finished_at IS NULL AND beats = ?3",
+                params![id.0, now, beats as i64, outcome],
+            )
+            .map_err(self.err("mark run lost"))?;
+        Ok(n == 1)
     }
 }
 
-const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome, beats, containment FROM runs";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
     let site: String = r.get(2)?;
@@ -581,11 +613,15 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
             token: FencingToken(r.get::<_, i64>(3)? as u64),
             host: r.get(4)?,
             pid: r.get(5)?,
+            containment: r
+                .get::<_, Option<String>>(12)?
+                .and_then(|c| crate::run::Containment::from_name(&c)),
         },
         started_at: us_to_time(r.get(6)?),
         heartbeat_at: us_to_time(r.get(7)?),
         finished_at: r.get::<_, Option<i64>>(8)?.map(us_to_time),
         exit_code: r.get(9)?,
         outcome: r.get(10)?,
+        beats: r.get::<_, i64>(11)? as u64,
     }))
 }

@@ -15,6 +15,7 @@ from ._pra import PraError as PraError
 from ._pra import PraIOError as PraIOError
 from ._pra import StaleTokenError as StaleTokenError
 from ._pra import StandbyError as StandbyError
+from ._pra import RoleLostError as RoleLostError
 from ._pra import Store as Store
 from ._pra import StoreUnavailableError as StoreUnavailableError
 from ._pra import UnsupportedError as UnsupportedError
@@ -44,6 +45,7 @@ __all__ = [
     "NotFoundError",
     "PraError",
     "PraIOError",
+    "RoleLostError",
     "StaleTokenError",
     "StandbyError",
     "Store",

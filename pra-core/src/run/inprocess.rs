@@ -1,0 +1,215 @@
+//! A run registered from inside the job's own process (Python's `pra.Guard`, a C program
+//! through libpra): admission, heartbeats on a thread, and a flag the job reads to learn that
+//! it must stop — the site lost the role, or the store can no longer vouch for the run.
+//!
+//! pra cannot contain or kill the caller's own process: the job must look at
+//! [`Registered::lost`] between units of work and write through the fence
+//! ([`crate::Fence`]), which refuses its token once another site was activated.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Admission, Timings, register};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{ErrorKind, Result};
+use crate::fencing::FencingToken;
+use crate::guard::{Verdict, check};
+use crate::site::SiteId;
+use crate::store::{RunId, RunStart, Store};
+
+#[derive(Debug)]
+struct Shared {
+    stop: AtomicBool,
+    lost: Mutex<Option<String>>,
+    // The monotonic time at which the last heartbeat the store accepted started.
+    last_ok: Mutex<Duration>,
+}
+
+/// A registered in-process run. Dropping it without [`Registered::finish`] records the run as
+/// "abandoned".
+#[derive(Debug)]
+pub struct Registered {
+    store: Arc<dyn Store>,
+    id: RunId,
+    token: FencingToken,
+    timings: Timings,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    finished: bool,
+}
+
+/// The answer of [`Registered::start`].
+#[derive(Debug)]
+pub enum Started {
+    /// Admitted and registered: run the job.
+    Admitted(Registered),
+    /// Standby (or the record moved between the check and the registration): do not run.
+    Standby {
+        /// The active site, if any.
+        active: Option<SiteId>,
+        /// The record's token.
+        token: FencingToken,
+    },
+}
+
+impl Registered {
+    /// Checks that `site` is active and registers a run of `job` under its token, atomically;
+    /// then heartbeats every `timings.heartbeat` on a thread of its own.
+    pub fn start(
+        store: Arc<dyn Store>,
+        site: &SiteId,
+        job: &str,
+        timings: Timings,
+    ) -> Result<Started> {
+        timings.validate()?;
+        let token = match check(&*store, site)? {
+            Verdict::Run { token } => token,
+            Verdict::Standby { active, token } => return Ok(Started::Standby { active, token }),
+        };
+        let clock = SystemClock;
+        let registered_from = clock.monotonic();
+        let start = RunStart {
+            job: job.to_string(),
+            site: site.clone(),
+            token,
+            host: crate::site::hostname(),
+            pid: std::process::id(),
+            containment: None,
+        };
+        let id = match register(&*store, &start)? {
+            Admission::Admitted { id, .. } => id,
+            Admission::Standby { active, token } => return Ok(Started::Standby { active, token }),
+        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            lost: Mutex::new(None),
+            last_ok: Mutex::new(registered_from),
+        });
+        let thread = {
+            let (store, shared, site) = (store.clone(), shared.clone(), site.clone());
+            std::thread::Builder::new()
+                .name("pra-heartbeat".into())
+                .spawn(move || beat(&*store, &site, id, token, timings, &shared))
+                .ok()
+        };
+        Ok(Started::Admitted(Registered {
+            store,
+            id,
+            token,
+            timings,
+            shared,
+            thread,
+            finished: false,
+        }))
+    }
+
+    /// The registration.
+    pub fn id(&self) -> RunId {
+        self.id
+    }
+
+    /// The token the run holds: carry it into every fenced write.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// Why the job must stop now, if it must: the site lost the active role, the store dropped
+    /// the registration, or no heartbeat got through for long enough that a drain may soon
+    /// count the run lost. `None`: carry on.
+    pub fn lost(&self) -> Option<String> {
+        if let Some(why) = self
+            .shared
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(why);
+        }
+        let last_ok = *self
+            .shared
+            .last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let silent = SystemClock.monotonic().saturating_sub(last_ok);
+        (silent >= self.timings.term_after()).then(|| {
+            format!(
+                "no heartbeat reached the store for {silent:?}: past {:?} a drain may count this run as lost",
+                self.timings.lost_after
+            )
+        })
+    }
+
+    /// Records the end of the run.
+    pub fn finish(mut self, exit_code: Option<i32>, outcome: &str) -> Result<()> {
+        self.stop_thread();
+        self.finished = true;
+        match self.store.run_finish(self.id, exit_code, outcome) {
+            // Counted lost by a drain already: the end is recorded there.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn stop_thread(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.stop_thread();
+        if !self.finished {
+            let _ = self.store.run_finish(self.id, None, "abandoned");
+        }
+    }
+}
+
+fn beat(
+    store: &dyn Store,
+    site: &SiteId,
+    id: RunId,
+    token: FencingToken,
+    t: Timings,
+    shared: &Shared,
+) {
+    let clock = SystemClock;
+    let set_lost = |why: String| {
+        let mut l = shared.lost.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_none() {
+            tracing::warn!(run = id.0, %why, "the run must stop");
+            *l = Some(why);
+        }
+    };
+    loop {
+        let next = clock.monotonic() + t.heartbeat;
+        while clock.monotonic() < next {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(t.heartbeat));
+        }
+        let started = clock.monotonic();
+        match store.run_heartbeat(id) {
+            Ok(()) => {
+                *shared.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = started;
+                match check(store, site) {
+                    Ok(Verdict::Run { token: now }) if now == token => {}
+                    Ok(v) => set_lost(format!(
+                        "{site} lost the active role (now token {})",
+                        v.token()
+                    )),
+                    Err(e) => tracing::warn!(error = %e, "cannot re-check the active site"),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => set_lost(format!(
+                "the store no longer has the run's registration ({e})"
+            )),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}

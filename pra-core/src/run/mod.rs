@@ -1,0 +1,321 @@
+//! Runs of jobs: admission (the guard's check and the registration, atomically), the timing
+//! rules that make self-fencing finish before a drain gives up on a run, liveness judged on the
+//! observer's own clock, drains (the plan's and every manual flip's), and the supervision of a
+//! contained process tree ([`supervise`]).
+//!
+//! The promise: a job never runs on two sites at once. A run's processes are contained
+//! ([`contain`]); a run is alive for a drain while its heartbeat counter moves (or its etcd
+//! lease lives); the wrapper stops its command — whatever `--on-revoke` says — before a drain
+//! could count it lost ([`Timings`]).
+
+pub mod contain;
+mod drain;
+mod inprocess;
+mod supervise;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use contain::{Containment, Request as ContainmentRequest};
+pub use drain::{ActivateOptions, Drained, Drainer, activate, describe_runs};
+pub use inprocess::{Registered, Started};
+pub use supervise::{OnRevoke, RunEnd, RunEvent, RunOptions, supervise};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fencing::FencingToken;
+use crate::guard::{Verdict, check};
+use crate::site::SiteId;
+use crate::store::{Pulse, RunId, RunRecord, RunStart, Store, UnfinishedRun};
+
+/// The timings of runs and drains, and the inequality that makes them safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// How often a run heartbeats and re-checks the active site.
+    pub heartbeat: Duration,
+    /// How long a drain waits for a silent run before counting it lost (on etcd, the TTL of
+    /// the run's lease).
+    pub lost_after: Duration,
+    /// Between SIGTERM and SIGKILL.
+    pub revoke_grace: Duration,
+    /// The deadline of one store call.
+    pub store_timeout: Duration,
+}
+
+impl Timings {
+    /// Checks `revoke_grace + heartbeat + store_timeout < lost_after` (so that a run cut off
+    /// from the store is stopped, SIGKILL included, before any drain counts it lost, with one
+    /// heartbeat and one store call of slack) and `heartbeat <= lost_after / 2` (so that one
+    /// late heartbeat does not lose an etcd lease). The error names the keys.
+    pub fn validate(&self) -> Result<()> {
+        let s = |d: Duration| d.as_secs_f64();
+        if self.heartbeat.is_zero() || self.lost_after.is_zero() {
+            return Err(Error::InvalidArgument(
+                "heartbeat_seconds and lost_after_seconds must be positive".into(),
+            ));
+        }
+        if self.revoke_grace + self.heartbeat + self.store_timeout >= self.lost_after {
+            return Err(Error::InvalidArgument(format!(
+                "unsafe timings: revoke_grace_seconds ({}) + heartbeat_seconds ({}) + store_timeout_seconds ({}) must be less than lost_after_seconds ({}); otherwise a run cut off from the store could still be running when a drain counts it lost",
+                s(self.revoke_grace),
+                s(self.heartbeat),
+                s(self.store_timeout),
+                s(self.lost_after)
+            )));
+        }
+        if self.heartbeat * 2 > self.lost_after {
+            return Err(Error::InvalidArgument(format!(
+                "heartbeat_seconds ({}) must be at most half of lost_after_seconds ({})",
+                s(self.heartbeat),
+                s(self.lost_after)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Half the margin the inequality leaves: what separates the SIGKILL from the earliest
+    /// moment a drain may count the run lost.
+    fn slack(&self) -> Duration {
+        self.lost_after
+            .saturating_sub(self.revoke_grace + self.heartbeat + self.store_timeout)
+            / 2
+    }
+
+    /// After the start of the last heartbeat the store accepted, when the run's processes get
+    /// SIGTERM if no other heartbeat got through.
+    pub fn term_after(&self) -> Duration {
+        self.heartbeat + self.store_timeout + self.slack()
+    }
+
+    /// After the start of the last heartbeat the store accepted, when they get SIGKILL:
+    /// `lost_after - slack`, before any drain may count the run lost.
+    pub fn kill_after(&self) -> Duration {
+        self.term_after() + self.revoke_grace
+    }
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            heartbeat: Duration::from_secs(10),
+            lost_after: Duration::from_secs(60),
+            revoke_grace: Duration::from_secs(30),
+            store_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Judges which unfinished runs are alive, on the observer's own monotonic clock: a run whose
+/// heartbeat counter has not moved for `lost_after` since this observer first saw its current
+/// value is lost. No timestamp written by another host is compared, so no clock skew can make
+/// a live run look lost. Runs on a lease (etcd) are judged by the server.
+///
+/// A fresh `Liveness` counts every counter-based run as alive: it has not watched them yet.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    lost_after: Duration,
+    seen: HashMap<RunId, (Pulse, Duration)>,
+}
+
+/// What [`Liveness::judge`] decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Judgement {
+    /// Runs to wait for.
+    pub alive: Vec<RunRecord>,
+    /// Runs silent for `lost_after` (or whose lease expired), with the pulse they were judged
+    /// on.
+    pub lost: Vec<UnfinishedRun>,
+}
+
+impl Liveness {
+    /// A judge that counts a run lost after `lost_after` without a heartbeat.
+    pub fn new(lost_after: Duration) -> Self {
+        Liveness {
+            lost_after,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Judges `runs` as observed at `now` (a reading of the observer's monotonic clock).
+    pub fn judge(&mut self, now: Duration, runs: Vec<UnfinishedRun>) -> Judgement {
+        let mut out = Judgement::default();
+        let listed: Vec<RunId> = runs.iter().map(|u| u.run.id).collect();
+        for u in runs {
+            let alive = match u.pulse {
+                Pulse::Lease { alive } => alive,
+                Pulse::Counter { .. } => match self.seen.get(&u.run.id) {
+                    Some((pulse, since)) if *pulse == u.pulse => {
+                        now.saturating_sub(*since) < self.lost_after
+                    }
+                    Some(_) | None => {
+                        self.seen.insert(u.run.id, (u.pulse, now));
+                        true
+                    }
+                },
+            };
+            if alive {
+                out.alive.push(u.run);
+            } else {
+                out.lost.push(u);
+            }
+        }
+        self.seen.retain(|id, _| listed.contains(id));
+        out
+    }
+}
+
+/// The guard's answer and, when it is "run", the run registered under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Registered: the run may start.
+    Admitted {
+        /// The registration.
+        id: RunId,
+        /// The token the run holds.
+        token: FencingToken,
+    },
+    /// This site is standby (or lost the race with a flip): do not run.
+    Standby {
+        /// The active site, if any.
+        active: Option<SiteId>,
+        /// The record's token.
+        token: FencingToken,
+    },
+}
+
+/// Checks that `site` is active and registers the run under its token, atomically (the store
+/// refuses the registration if the record moved since the check). A flip that wins the race
+/// makes this [`Admission::Standby`], never an error.
+pub fn admit(
+    store: &dyn Store,
+    site: &SiteId,
+    job: &str,
+    containment: Option<Containment>,
+) -> Result<Admission> {
+    let token = match check(store, site)? {
+        Verdict::Run { token } => token,
+        Verdict::Standby { active, token } => return Ok(Admission::Standby { active, token }),
+    };
+    register(
+        store,
+        &RunStart {
+            job: job.to_string(),
+            site: site.clone(),
+            token,
+            host: crate::site::hostname(),
+            pid: std::process::id(),
+            containment,
+        },
+    )
+}
+
+/// Registers `start`; a registration refused because the record moved since the check (a
+/// newer token, another site) is [`Admission::Standby`].
+pub(crate) fn register(store: &dyn Store, start: &RunStart) -> Result<Admission> {
+    match store.run_start(start) {
+        Ok(id) => Ok(Admission::Admitted {
+            id,
+            token: start.token,
+        }),
+        Err(e)
+            if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::StaleToken)
+                || matches!(e, Error::Refused(_)) =>
+        {
+            let now = store.load()?;
+            Ok(Admission::Standby {
+                active: now.site,
+                token: now.token,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn run(id: i64, beats: u64) -> UnfinishedRun {
+        let now = Utc::now();
+        UnfinishedRun {
+            run: RunRecord {
+                id: RunId(id),
+                start: RunStart {
+                    job: "j".into(),
+                    site: SiteId::new("rbx").unwrap(),
+                    token: FencingToken(1),
+                    host: "h".into(),
+                    pid: 1,
+                    containment: None,
+                },
+                started_at: now,
+                heartbeat_at: now,
+                beats,
+                finished_at: None,
+                exit_code: None,
+                outcome: None,
+            },
+            pulse: Pulse::Counter { beats },
+        }
+    }
+
+    #[test]
+    fn a_counter_that_stops_is_lost_only_after_lost_after_on_the_observers_clock() {
+        let mut l = Liveness::new(Duration::from_secs(3));
+        let s = Duration::from_secs;
+        assert_eq!(l.judge(s(100), vec![run(1, 5)]).alive.len(), 1);
+        assert_eq!(l.judge(s(102), vec![run(1, 5)]).alive.len(), 1);
+        let j = l.judge(s(103), vec![run(1, 5)]);
+        assert_eq!((j.alive.len(), j.lost.len()), (0, 1));
+    }
+
+    #[test]
+    fn a_counter_that_moves_is_alive_whatever_its_timestamps_say() {
+        let mut l = Liveness::new(Duration::from_secs(3));
+        let s = Duration::from_secs;
+        let mut skewed = run(1, 5);
+        // Written by a host whose clock is a day behind: irrelevant.
+        skewed.run.heartbeat_at -= chrono::Duration::days(1);
+        l.judge(s(0), vec![skewed.clone()]);
+        for t in 1..20 {
+            let mut r = skewed.clone();
+            r.pulse = Pulse::Counter { beats: 5 + t };
+            assert_eq!(l.judge(s(t * 2), vec![r]).alive.len(), 1);
+        }
+    }
+
+    #[test]
+    fn leases_are_judged_by_the_server() {
+        let mut l = Liveness::new(Duration::from_secs(3));
+        let mut r = run(1, 0);
+        r.pulse = Pulse::Lease { alive: false };
+        assert_eq!(l.judge(Duration::ZERO, vec![r.clone()]).lost.len(), 1);
+        r.pulse = Pulse::Lease { alive: true };
+        assert_eq!(l.judge(Duration::from_secs(1000), vec![r]).alive.len(), 1);
+    }
+
+    #[test]
+    fn timings_inequality() {
+        let t = Timings::default();
+        t.validate().unwrap();
+        assert!(t.kill_after() < t.lost_after);
+        let bad = Timings {
+            revoke_grace: Duration::from_secs(50),
+            ..t
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("revoke_grace_seconds") && e.contains("lost_after_seconds"),
+            "{e}"
+        );
+        let drill = Timings {
+            heartbeat: Duration::from_secs(1),
+            lost_after: Duration::from_secs(4),
+            revoke_grace: Duration::from_secs(1),
+            store_timeout: Duration::from_secs(1),
+        };
+        drill.validate().unwrap();
+        assert!(drill.kill_after() < drill.lost_after);
+        assert!(drill.term_after() > drill.heartbeat + drill.store_timeout);
+    }
+}
