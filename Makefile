@@ -80,7 +80,8 @@ header: apt-tools
 	PRA_BLESS_HEADER=1 $(CARGO) test -p pra-ffi --test header
 
 ## Debian packages the build and the tests need, installed only when missing: protoc builds the
-## etcd client's gRPC code; etcd-server is the real etcd the tests start.
+## etcd client's gRPC code; etcd-server is the real etcd the tests start; faketime skews a
+## wrapper's clock in tests/runs.rs.
 apt-tools:
 	@missing=""; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
@@ -88,6 +89,7 @@ apt-tools:
 	command -v go >/dev/null || missing="$$missing golang-go"; \
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
+	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

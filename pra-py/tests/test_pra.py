@@ -271,3 +271,57 @@ def test_status_runs_in_other_threads_while_a_backup_runs(tmp_path):
         t.join(timeout=120)
     assert results and results[0].state == "verified"
     assert calls >= 3, f"only {calls} status calls completed during a {results[1]:.2f}s backup"
+
+
+def test_guard_tells_the_block_when_the_role_is_lost(tmp_path):
+    """The run issue: a Python job learns that its site lost the role while it runs."""
+    url = f"sqlite://{tmp_path}/state.db"
+    store = pra.Store(url, timeout=1.0, lost_after=3.0)
+    ops = pra.Store(url)
+    ops.activate("rbx", expect_token=0, by="ops")
+    g = pra.Guard(store, "rbx", job="invoices", heartbeat=0.2)
+    with g as verdict:
+        assert g.token == verdict.token == 1
+        assert g.lost is None
+        g.ensure()
+        ops.deactivate(expect_token=1, by="ops", reason="failover")
+        deadline = time.monotonic() + 5
+        while g.lost is None:
+            assert time.monotonic() < deadline, "the guard never said the role was lost"
+            time.sleep(0.05)
+        assert "lost the active role" in g.lost
+        with pytest.raises(pra.RoleLostError):
+            g.ensure()
+        assert issubclass(pra.RoleLostError, pra.StandbyError)
+    outcome = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT outcome FROM runs").fetchone()[0]
+    assert outcome.startswith("revoked")
+
+
+def test_guard_losing_the_admission_race_is_standby_not_stale_token(tmp_path):
+    """A flip between the guard's check and its registration makes the block standby."""
+    url = f"sqlite://{tmp_path}/state.db"
+    store = pra.Store(url, timeout=1.0, lost_after=3.0)
+    flipper = pra.Store(url)
+    stop = threading.Event()
+
+    def flip():
+        token = 0
+        while not stop.is_set():
+            token = flipper.activate("rbx", expect_token=token, by="ops").token
+            token = flipper.deactivate(expect_token=token, by="ops").token
+
+    t = threading.Thread(target=flip)
+    t.start()
+    ran = standby = 0
+    try:
+        for _ in range(300):
+            try:
+                with pra.Guard(store, "rbx", job="race", heartbeat=0.5):
+                    ran += 1
+            except pra.StandbyError:
+                standby += 1
+    finally:
+        stop.set()
+        t.join()
+    assert ran + standby == 300 and standby > 0

@@ -3,12 +3,14 @@
  * record on a real etcd server (started by run.sh).
  * Built with -Wall -Wextra -Werror against include/pra.h, linked to libpra.so and libpra.a,
  * and run under valgrind by `make test-c`. Usage: test_pra SCRATCH_DIR ETCD_HOST:PORT */
+#define _POSIX_C_SOURCE 200809L
 #include "pra.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int passed = 0, failed = 0;
 
@@ -163,6 +165,46 @@ static void test_unreachable_etcd(void) {
   pra_store_free(s);
 }
 
+/* Runs from C: admission atomic with registration, a heartbeat thread, the role lost while
+   the run goes on, the end recorded; and the fence's rule for the program's own SQLite. */
+static void test_runs(const char *store_url) {
+  pra_store *s = NULL, *ops = NULL;
+  EXPECT(pra_store_open_with(store_url, 1000, 3, &s), PRA_RESULT_OK);
+  EXPECT(pra_store_open(store_url, &ops), PRA_RESULT_OK);
+  pra_run *run = (pra_run *)0x1;
+  EXPECT(pra_run_start(s, "rbx", "invoices", &run), PRA_RESULT_STANDBY);
+  CHECK(run == (pra_run *)0x1); /* untouched */
+  pra_record r;
+  EXPECT(pra_active_site(ops, &r), PRA_RESULT_OK);
+  EXPECT(pra_activate(ops, "rbx", r.token, "ci", "runs", &r), PRA_RESULT_OK);
+  run = NULL;
+  EXPECT(pra_run_start(s, "rbx", "invoices", &run), PRA_RESULT_OK);
+  CHECK(run != NULL && pra_run_token(run) == r.token);
+  EXPECT(pra_run_check(run), PRA_RESULT_OK);
+  EXPECT(pra_deactivate(ops, r.token, "ci", "failover", &r), PRA_RESULT_OK);
+  /* The heartbeat thread (every 0.5 s) notices within a few seconds. */
+  pra_result c = PRA_RESULT_OK;
+  for (int i = 0; i < 100 && c == PRA_RESULT_OK; i++) {
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    c = pra_run_check(run);
+  }
+  EXPECT(c, PRA_RESULT_STANDBY);
+  CHECK(strstr(pra_last_error_message(), "lost the active role") != NULL);
+  EXPECT(pra_run_finish(run, 1, "revoked"), PRA_RESULT_OK);
+  EXPECT(pra_run_finish(NULL, 0, NULL), PRA_RESULT_INVALID_ARGUMENT);
+  pra_run_free(NULL);
+  EXPECT(pra_run_check(NULL), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(pra_run_token(NULL) == 0);
+  pra_store_free(s);
+  pra_store_free(ops);
+  /* The fence: a newer token was admitted, an older one is refused. */
+  CHECK(strstr(pra_fence_sql(2), "max(token") != NULL && pra_fence_sql(3) == NULL);
+  EXPECT(pra_fence_decide(5, 4), PRA_RESULT_OK);
+  EXPECT(pra_fence_decide(5, 5), PRA_RESULT_OK);
+  EXPECT(pra_fence_decide(4, 5), PRA_RESULT_STALE_TOKEN);
+}
+
 static pra_store *shared;
 
 static void *checker(void *arg) {
@@ -212,6 +254,13 @@ int main(int argc, char **argv) {
   test_guard_and_changes(url);
   test_guard_and_changes(etcd_url);
   test_unreachable_etcd();
+  {
+    char u[4300];
+    snprintf(u, sizeof u, "sqlite://%s/runs.db", argv[1]);
+    test_runs(u);
+    snprintf(u, sizeof u, "%s-runs", etcd_url);
+    test_runs(u);
+  }
   test_corrupt_lock_file();
   test_status_and_backup();
   test_threads();

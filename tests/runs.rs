@@ -1,0 +1,793 @@
+//! The run promise against real processes, on the SQLite store and on etcd: a run is its whole
+//! process tree (scripts' workers, `setsid`, double forks, SIGTERM ignored), it dies with its
+//! wrapper, its liveness trusts no other host's clock, it stops itself before a drain gives up
+//! on it whatever `--on-revoke` says, every flip drains, and a paused host's resumed writes are
+//! fenced. Each test names the case of the run issue it covers.
+//!
+//! `PRA_BIN` runs them against another build of `pra` (how they were seen failing on the code
+//! before the fix).
+
+#[path = "common/etcd.rs"]
+mod etcd_fixture;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_fixture::Etcd;
+
+fn bin() -> PathBuf {
+    std::env::var_os("PRA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pra")))
+}
+
+/// Timings of every test: heartbeat 1 s, lost_after 5 s, grace 1 s, store timeout 1 s: the run
+/// gets SIGTERM 3 s and SIGKILL 4 s after its last accepted heartbeat started.
+const LOST_AFTER: Duration = Duration::from_secs(5);
+const KILL_AFTER: Duration = Duration::from_secs(4);
+
+struct Env {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    /// The configuration the wrapper under test reads (through the proxy, on etcd).
+    run_config: PathBuf,
+    store: String,
+    marker: String,
+    _etcd: Option<Etcd>,
+    proxy: Option<Proxy>,
+}
+
+impl Env {
+    fn sqlite() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let store = format!("sqlite://{}", dir.path().join("state.db").display());
+        Env::with(dir, store.clone(), store, None, None)
+    }
+
+    fn etcd() -> Env {
+        let etcd = Etcd::start();
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("/runs-{}", std::process::id());
+        let store = etcd.url(&prefix);
+        let proxy = Proxy::start(etcd.endpoint(0).trim_start_matches("http://"));
+        let via_proxy = format!("etcd://127.0.0.1:{}{prefix}", proxy.port);
+        Env::with(dir, store, via_proxy, Some(etcd), Some(proxy))
+    }
+
+    fn with(
+        dir: tempfile::TempDir,
+        store: String,
+        run_store: String,
+        etcd: Option<Etcd>,
+        proxy: Option<Proxy>,
+    ) -> Env {
+        let write = |name: &str, url: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(
+                &p,
+                format!(
+                    "store = \"{url}\"\nsites = \"rbx,sbg\"\nheartbeat_seconds = 1\nlost_after_seconds = {}\nrevoke_grace_seconds = 1\nstore_timeout_seconds = 1\ndrain_timeout_seconds = 20\nlock_dir = \"{}\"\n",
+                    LOST_AFTER.as_secs(),
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            p
+        };
+        let config = write("pra.toml", &store);
+        let run_config = write("run.toml", &run_store);
+        let marker = format!(
+            "WORKER{}",
+            dir.path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .replace('.', "")
+        );
+        let env = Env {
+            config,
+            run_config,
+            store,
+            marker,
+            dir,
+            _etcd: etcd,
+            proxy,
+        };
+        env.write_job_script();
+        env
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self, config: &Path, site: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("PRA_CONFIG", config)
+            .env("PRA_SITE", site)
+            .env_remove("PRA_STORE")
+            .env_remove("RUST_LOG")
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// An operator's command (direct to the store).
+    fn ops(&self, site: &str, args: &[&str]) -> Output {
+        self.cmd(&self.config, site, args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let o = self.ops("rbx", args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        o
+    }
+
+    fn token(&self) -> u64 {
+        let o = self.ok(&["--json", "site", "show"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["token"].as_u64().unwrap()
+    }
+
+    fn activate(&self, site: &str) {
+        let t = self.token().to_string();
+        self.ok(&[
+            "site",
+            "activate",
+            site,
+            "--expect-token",
+            &t,
+            "--reason",
+            "test",
+        ]);
+    }
+
+    /// `pra site activate sbg` at the current token, with `extra` flags.
+    fn activate_sbg(&self, extra: &[&str]) -> Output {
+        let t = self.token().to_string();
+        let mut args = vec!["site", "activate", "sbg", "--expect-token", &t];
+        args.extend_from_slice(extra);
+        self.ops("sbg", &args)
+    }
+
+    fn deactivate(&self) {
+        let t = self.token().to_string();
+        self.ok(&[
+            "site",
+            "deactivate",
+            "--expect-token",
+            &t,
+            "--reason",
+            "test",
+        ]);
+    }
+
+    /// `pra run` of the wrapper under test, in its own process group.
+    fn run(&self, site: &str, args: &[&str]) -> Child {
+        let mut c = self.cmd(&self.run_config, site, args);
+        c.process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().unwrap()
+    }
+
+    /// A job script with three workers: a child that ignores SIGTERM, a `setsid` one, and a
+    /// double-forked one that also ignores SIGTERM; each appends to its log every 50 ms.
+    fn write_job_script(&self) {
+        let m = &self.marker;
+        let script = format!(
+            "#!/bin/sh\n\
+             sh -c 'trap \"\" TERM; while :; do echo x >> a.log; sleep 0.05; done' {m}a &\n\
+             setsid sh -c 'while :; do echo x >> b.log; sleep 0.05; done' {m}b &\n\
+             ( ( trap '' TERM; exec sh -c 'trap \"\" TERM; while :; do echo x >> c.log; sleep 0.05; done' {m}c ) & )\n\
+             sleep 1000\n"
+        );
+        let p = self.path("job.sh");
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Host pids of the job's processes still alive (zombies excluded; pra's own wrapper and
+    /// init, whose command lines name the job, are not the job).
+    fn survivors(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let argv0 = cmdline.split('\0').next().unwrap_or("");
+            if !cmdline.contains(&self.marker) || Path::new(argv0) == bin() {
+                continue;
+            }
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim().chars().next();
+            if state != Some('Z') && state.is_some() {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    fn wait_workers(&self, n: usize) {
+        wait_until("the job's workers start", Duration::from_secs(10), || {
+            self.survivors().len() >= n
+        });
+    }
+
+    fn log_sizes(&self) -> Vec<u64> {
+        ["a.log", "b.log", "c.log"]
+            .iter()
+            .map(|f| std::fs::metadata(self.path(f)).map_or(0, |m| m.len()))
+            .collect()
+    }
+
+    fn assert_nothing_runs(&self, when: &str) {
+        let s = self.survivors();
+        assert!(
+            s.is_empty(),
+            "{when}: workers still alive: {s:?} ({})",
+            self.store
+        );
+        let before = self.log_sizes();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            before,
+            self.log_sizes(),
+            "{when}: the job still writes ({})",
+            self.store
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for pid in self.survivors() {
+            // SAFETY: kill(2) on leftovers of this test.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the wrapper did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn both(test: impl Fn(&Env)) {
+    test(&Env::sqlite());
+    test(&Env::etcd());
+}
+
+/// A TCP proxy the test can cut: the wrapper's only path to etcd.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, k, target) = (cut.clone(), conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut all = k.lock().unwrap();
+                all.push(client.try_clone().unwrap());
+                all.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns }
+    }
+
+    /// A partition: every connection dropped, new ones refused.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Case 1: on revocation the whole tree goes — the script, its child that ignores SIGTERM, a
+/// `setsid` worker and a double-forked one — and the run ends only once the last is gone.
+#[test]
+fn revocation_stops_the_whole_process_tree() {
+    both(|env| {
+        env.activate("rbx");
+        let mut run = env.run("rbx", &["run", "--job", "invoices", "--", "./job.sh"]);
+        env.wait_workers(3);
+        env.deactivate();
+        let st = wait_exit(&mut run, Duration::from_secs(10));
+        assert_eq!(st.code(), Some(143), "the script got SIGTERM");
+        env.assert_nothing_runs("right after the revoked run ended");
+    });
+}
+
+/// Case 1, the command's own end: a job that exits leaving a daemonized worker behind does not
+/// leave it running (systemd's KillMode=control-group).
+#[test]
+fn a_command_that_exits_takes_its_leftovers_with_it() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let m = &env.marker;
+    let script = format!(
+        "setsid sh -c 'while :; do echo x >> b.log; sleep 0.05; done' {m}b & sleep 0.3; exit 3"
+    );
+    let mut run = env.run(
+        "rbx",
+        &["run", "--job", "leaves", "--", "sh", "-c", &script],
+    );
+    let st = wait_exit(&mut run, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(3), "the command's own status");
+    env.assert_nothing_runs("after the command exited");
+}
+
+/// Case 2: a SIGKILLed wrapper (OOM killer, kill -9, a supervisor's hard timeout) takes its
+/// command and every worker with it; `--no-overlap` cannot start a second instance beside them.
+#[test]
+fn a_killed_wrapper_takes_its_whole_tree_with_it() {
+    both(|env| {
+        env.activate("rbx");
+        let mut run = env.run(
+            "rbx",
+            &["run", "--no-overlap", "--job", "invoices", "--", "./job.sh"],
+        );
+        env.wait_workers(3);
+        // SAFETY: kill(2) on the wrapper this test started.
+        unsafe { libc::kill(run.id() as i32, libc::SIGKILL) };
+        run.wait().unwrap();
+        // The next run of the same job, as soon as --no-overlap lets it start, must find no
+        // worker of the old one (its check spells the marker in two halves, to not match itself).
+        let (a, b) = env.marker.split_at(4);
+        let check = format!(
+            "m={a}; m=\"${{m}}{b}\"; for f in /proc/[0-9]*/cmdline; do c=$(tr '\\0' ' ' < $f 2>/dev/null); case \"$c\" in *\"$m\"*) echo \"$f: $c\"; exit 1;; esac; done; exit 0"
+        );
+        let t = Instant::now();
+        loop {
+            let o = env
+                .cmd(
+                    &env.run_config,
+                    "rbx",
+                    &[
+                        "run",
+                        "--no-overlap",
+                        "--job",
+                        "invoices",
+                        "--",
+                        "sh",
+                        "-c",
+                        &check,
+                    ],
+                )
+                .output()
+                .unwrap();
+            match o.status.code() {
+                Some(76) if t.elapsed() < Duration::from_secs(5) => continue,
+                Some(0) => break,
+                _ => panic!("the next run found the old workers alive: {}", text(&o)),
+            }
+        }
+        env.assert_nothing_runs("after the wrapper was SIGKILLed");
+    });
+}
+
+/// Case 3: a wrapper whose clock is an hour behind (a VM restored before NTP converged)
+/// writes heartbeat times far in the past; the drain must still see its run alive.
+#[test]
+fn clock_skew_does_not_make_a_live_run_lost() {
+    if Command::new("faketime").arg("--version").output().is_err() {
+        panic!("faketime is missing: `make apt-tools` installs Debian's faketime");
+    }
+    both(|env| {
+        env.activate("rbx");
+        let mut c = Command::new("faketime");
+        c.args(["-f", "-1h"])
+            .arg(bin())
+            .args([
+                "run",
+                "--on-revoke",
+                "wait",
+                "--job",
+                "invoices",
+                "--",
+                "./job.sh",
+            ])
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("PRA_CONFIG", &env.run_config)
+            .env("PRA_SITE", "rbx")
+            .env_remove("PRA_STORE")
+            .current_dir(env.dir.path())
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut run = c.spawn().unwrap();
+        env.wait_workers(3);
+        std::thread::sleep(Duration::from_secs(2));
+        for step in [
+            &["plan", "start-failover", "--by", "t", "--reason", "skew"][..],
+            &["plan", "apply", "failover-decided", "--operator", "t"],
+            &["plan", "apply", "execute-failover"],
+        ] {
+            env.ok(step);
+        }
+        // The run heartbeats (with times an hour old): it is alive, the drain is not done.
+        for _ in 0..3 {
+            let o = env.ops("sbg", &["plan", "apply", "drained", "--no-wait"]);
+            assert_eq!(
+                o.status.code(),
+                Some(8),
+                "drain must wait for the skewed run: {}",
+                text(&o)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        assert!(!env.survivors().is_empty());
+        // SAFETY: kill(2) on the wrapper's process group, started by this test.
+        unsafe { libc::kill(-(run.id() as i32), libc::SIGKILL) };
+        run.wait().unwrap();
+    });
+}
+
+/// Case 4: `--on-revoke wait` cut off from the store still stops its command before a drain
+/// could count the run lost (SQLite: the store locked by another process; etcd: the network
+/// path cut by a proxy).
+#[test]
+fn a_partitioned_run_stops_itself_before_it_could_be_counted_lost() {
+    both(|env| {
+        env.activate("rbx");
+        let mut run = env.run(
+            "rbx",
+            &[
+                "run",
+                "--on-revoke",
+                "wait",
+                "--job",
+                "invoices",
+                "--",
+                "./job.sh",
+            ],
+        );
+        env.wait_workers(3);
+        std::thread::sleep(Duration::from_millis(1500));
+        let lock = match &env.proxy {
+            Some(p) => {
+                p.cut();
+                None
+            }
+            None => {
+                let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
+                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                Some(c)
+            }
+        };
+        // The last heartbeat that got through started before the cut: SIGKILL is due at most
+        // KILL_AFTER later, before anyone may count the run lost (LOST_AFTER).
+        let gone = wait_until("the run stops itself", LOST_AFTER, || {
+            env.survivors().is_empty()
+        });
+        assert!(
+            gone <= KILL_AFTER + Duration::from_millis(500),
+            "stopped {gone:?} after the cut"
+        );
+        assert!(gone < LOST_AFTER);
+        drop(lock);
+        let st = wait_exit(&mut run, Duration::from_secs(15));
+        assert!(!st.success());
+        eprintln!(
+            "{}: partitioned run stopped {gone:?} after the cut",
+            env.store
+        );
+    });
+}
+
+/// Case 5: timings under which self-fencing could finish after the drain gives up are refused,
+/// naming the keys and the inequality.
+#[test]
+fn unsafe_timings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "store = \"sqlite://{}/state.db\"\nheartbeat_seconds = 10\nlost_after_seconds = 40\nrevoke_grace_seconds = 30\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(bin())
+        .args(["run", "--job", "j", "--", "true"])
+        .env("PRA_CONFIG", &p)
+        .env("PRA_SITE", "rbx")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for key in [
+        "revoke_grace_seconds",
+        "heartbeat_seconds",
+        "store_timeout_seconds",
+        "lost_after_seconds",
+    ] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+}
+
+/// Case 6: a manual flip (deactivate, then activate the other site: what an Ansible port of
+/// the seed's Solution 2 does) drains like the plan: refused with --no-wait while an old run
+/// lives, waits for it otherwise, and --force is journaled.
+#[test]
+fn manual_activation_drains_old_runs() {
+    both(|env| {
+        env.activate("rbx");
+        let started = Instant::now();
+        let mut run = env.run(
+            "rbx",
+            &[
+                "run",
+                "--on-revoke",
+                "wait",
+                "--job",
+                "invoices",
+                "--",
+                "sh",
+                "-c",
+                "sleep 4; true",
+                &env.marker,
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        env.deactivate();
+        let o = env.activate_sbg(&["--no-wait", "--reason", "x"]);
+        assert_eq!(
+            o.status.code(),
+            Some(8),
+            "refused while rbx's run lives: {}",
+            text(&o)
+        );
+        let o = env.activate_sbg(&["--reason", "failback"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            started.elapsed() >= Duration::from_secs(4),
+            "activated before the run ended"
+        );
+        assert!(
+            env.survivors().is_empty(),
+            "sbg was activated while rbx's run still ran"
+        );
+        // --force, with a reason, goes past a live run and is journaled.
+        env.deactivate();
+        env.activate("rbx");
+        let mut run2 = env.run(
+            "rbx",
+            &[
+                "run",
+                "--on-revoke",
+                "wait",
+                "--job",
+                "invoices",
+                "--",
+                "sleep",
+                "3",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        env.deactivate();
+        let o = env.activate_sbg(&["--force"]);
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "--force needs a reason: {}",
+            text(&o)
+        );
+        let o = env.activate_sbg(&["--force", "--reason", "rbx is gone"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let j = env.ok(&["journal"]);
+        assert!(
+            String::from_utf8_lossy(&j.stdout).contains("FORCED"),
+            "{}",
+            text(&j)
+        );
+        wait_exit(&mut run, Duration::from_secs(10));
+        wait_exit(&mut run2, Duration::from_secs(10));
+    });
+}
+
+/// Case 6, stores without a run registry: activation says nothing could be drained.
+#[test]
+fn activation_on_a_store_without_registry_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .args(["site", "activate", "rbx", "--expect-token", "0"])
+        .env(
+            "PRA_STORE",
+            format!("file://{}/pra-status.lock", dir.path().display()),
+        )
+        .env("PRA_SITE", "rbx")
+        .env_remove("PRA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("keeps no run registry"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// Case 7: a paused host (the whole tree SIGSTOPped, as a paused VM) resumed after the flip:
+/// its writes are refused by the fence, and its processes are gone within heartbeat + grace.
+#[test]
+fn a_paused_run_resumed_after_the_flip_is_fenced_and_stopped() {
+    both(|env| {
+        let db = env.path("app.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL;")
+            .unwrap();
+        let db_s = db.to_str().unwrap();
+        let job = |site: &str, ms: &str| {
+            env.run(
+                site,
+                &[
+                    "run",
+                    "--job",
+                    "invoices",
+                    "--",
+                    bin().to_str().unwrap(),
+                    "__drill-job",
+                    "--job",
+                    "invoices",
+                    "--ms",
+                    ms,
+                    "--fence-each",
+                    "--db",
+                    db_s,
+                ],
+            )
+        };
+        env.activate("rbx");
+        let mut paused = job("rbx", "60000");
+        let rows = |sql: &str| -> i64 {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+        };
+        wait_until("rbx's job works", Duration::from_secs(10), || {
+            rows("SELECT count(*) FROM work WHERE site = 'rbx'") > 2
+        });
+        // The host is paused: wrapper, init and job alike.
+        let pgid = paused.id() as i32;
+        // SAFETY: kill(2) on the process group this test started.
+        unsafe { libc::kill(-pgid, libc::SIGSTOP) };
+        env.deactivate();
+        // The drain waits for the silent run for lost_after, then activates sbg.
+        let o = env.activate_sbg(&["--reason", "failover"]);
+        assert!(o.status.success(), "{}", text(&o));
+        let mut sbg = job("sbg", "300");
+        assert!(wait_exit(&mut sbg, Duration::from_secs(10)).success());
+        let sbg_first: i64 = rows("SELECT min(start_us) FROM work WHERE site = 'sbg'");
+        assert!(sbg_first > 0);
+        // The host resumes.
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGCONT) };
+        let resumed = Instant::now();
+        wait_exit(&mut paused, Duration::from_secs(10));
+        let took = resumed.elapsed();
+        assert!(
+            took <= Duration::from_secs(1 + 1) + Duration::from_millis(800),
+            "the resumed run lived {took:?} (bound: heartbeat + grace)"
+        );
+        let late: i64 = rows(&format!(
+            "SELECT count(*) FROM work WHERE site = 'rbx' AND end_us > {sbg_first}"
+        ));
+        assert_eq!(
+            late, 0,
+            "a write of the resumed job was admitted after sbg's"
+        );
+        eprintln!(
+            "{}: resumed run stopped {took:?} after SIGCONT; {} of its slices refused by the fence",
+            env.store,
+            rows("SELECT count(*) FROM refused WHERE site = 'rbx'")
+        );
+    });
+}
+
+/// `--strict-containment` (and `--containment namespace`) say which containment applied, and
+/// the process-group fallback still stops the whole tree on revocation.
+#[test]
+fn containment_is_recorded_and_the_fallback_stops_the_tree() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let mut run = env.run(
+        "rbx",
+        &[
+            "run",
+            "--containment",
+            "process-group",
+            "--job",
+            "pg",
+            "--",
+            "./job.sh",
+        ],
+    );
+    env.wait_workers(3);
+    env.deactivate();
+    wait_exit(&mut run, Duration::from_secs(10));
+    env.assert_nothing_runs("after a revoked run under the process-group fallback");
+    env.activate("rbx");
+    let o = env.ops(
+        "rbx",
+        &["run", "--strict-containment", "--job", "ns", "--", "true"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
+    let kinds: Vec<String> = c
+        .prepare("SELECT containment FROM runs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(kinds, vec!["process-group", "pid-namespace"]);
+}
