@@ -564,11 +564,11 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
                 .collect(),
         );
     }
-    if let Ok(Some(latest)) = backup::latest_usable(&cfg.backup_dir) {
+    if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
         let age = (Utc::now() - latest.id.time).num_seconds();
         metric(
             "pra_last_backup_age_seconds",
-            "Age of the newest usable backup.",
+            "Age of the newest verified backup.",
             "gauge",
             vec![(String::new(), age.to_string())],
         );

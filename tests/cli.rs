@@ -601,3 +601,72 @@ fn backup_list_prune_restore_and_status() {
     assert_eq!(code(&o), 8, "{}", text(&o));
     assert!(text(&o).contains("Stop the application"));
 }
+
+/// Runs `cmd`; fails the test if it has not finished within `limit` (it is killed then).
+fn within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[test]
+fn special_files_with_backup_names_are_ignored_and_never_opened() {
+    let e = Env::new();
+    e.make_db(3);
+    ok(e.pra(&["backup"]));
+    let real = json(&ok(e.pra(&["backups", "--json"])))[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A FIFO and a directory with backup names, newer than the real backup, and an older copy
+    // of it whose manifest is a FIFO: opening any of them for reading would block.
+    mkfifo(&e.path("backup/backup-2099-01-01-00-00-00.db"));
+    std::fs::create_dir(e.path("backup/backup-2098-01-01-00-00-00.db")).unwrap();
+    std::fs::copy(
+        e.path("backup").join(&real),
+        e.path("backup/backup-2000-01-01-00-00-00.db"),
+    )
+    .unwrap();
+    mkfifo(&e.path("backup/backup-2000-01-01-00-00-00.db.json"));
+    let limit = Duration::from_secs(20);
+    let o = within(e.cmd(None, &["status", "--json"]), limit);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(json(&o)["last_backup_file"], real.as_str());
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+    let o = within(e.cmd(None, &["backups", "--json"]), limit);
+    let names: Vec<String> = json(&ok(o))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![real.clone(), "backup-2000-01-01-00-00-00.db".into()]
+    );
+    ok(within(e.cmd(None, &["prune", "--keep-last", "1"]), limit));
+    ok(within(e.cmd(None, &["restore", "--dry-run"]), limit));
+    let o = ok(within(e.cmd(None, &["restore", "--latest"]), limit));
+    assert!(text(&o).contains(&real), "{}", text(&o));
+    assert!(e.path("backup/backup-2099-01-01-00-00-00.db").exists());
+    assert!(e.path("backup").join(&real).exists());
+}

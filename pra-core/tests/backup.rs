@@ -307,7 +307,16 @@ fn prune_removes_what_the_policy_drops_and_keeps_the_rest() {
             "backup-2026-03-01-13-30-00.db"
         ]
     );
-    let files = fs::read_dir(&bdir).unwrap().count();
+    let files = fs::read_dir(&bdir)
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
     assert_eq!(files, 4, "manifests of pruned backups are gone too");
     assert_eq!(
         retention::prune(&bdir, &Policy::default(), true)
@@ -539,10 +548,21 @@ fn restore_refuses_a_backup_that_fails_its_checksum_and_loses_nothing() {
     bytes[n - 10] ^= 0xff; // same size, one flipped byte
     fs::write(&b.path, &bytes).unwrap();
     let before = ids(&db);
+    // The latest usable backup: there is none left.
     let e = restore::restore(
         &db,
         &bdir,
         &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // Named: refused, saying why.
+    let e = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Name(b.name.clone()),
         Options::default(),
         &clock(),
     )
@@ -630,4 +650,58 @@ fn status_with_and_without_backups() {
     let s = status::status(&db, &bdir, &missing, None, &c).unwrap();
     assert_eq!(s.count, None);
     assert!(s.problems[0].contains("nope"), "{:?}", s.problems);
+}
+
+#[test]
+fn a_rotted_newest_backup_is_not_trusted_and_prune_keeps_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let good = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::seconds(30));
+    make_db(&db, 5);
+    let newest = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    // Both verified once (the verification is cached) ...
+    assert!(
+        backup::list(&bdir)
+            .unwrap()
+            .iter()
+            .all(|e| e.health == Health::Verified)
+    );
+    // ... then the newest rots: same size, a byte changed in a row.
+    let mut bytes = fs::read(&newest.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    fs::write(&newest.path, &bytes).unwrap();
+    assert_eq!(fs::metadata(&newest.path).unwrap().len(), newest.size);
+
+    let list = backup::list(&bdir).unwrap();
+    assert!(
+        matches!(&list[0].health, Health::Corrupt { reason } if reason.contains("checksum")),
+        "{:?}",
+        list[0].health
+    );
+    let s = status::status(&db, &bdir, &status::Options::default(), None, &c).unwrap();
+    assert_eq!(s.last_backup_file.as_deref(), Some(good.name.as_str()));
+    assert!(
+        s.problems.iter().any(|p| p.contains(&newest.name)),
+        "{:?}",
+        s.problems
+    );
+    let policy = Policy {
+        keep_last: Some(1),
+        ..Policy::default()
+    };
+    retention::prune(&bdir, &policy, false).unwrap();
+    assert!(
+        good.path.exists(),
+        "the newest verified backup is never pruned"
+    );
+    assert!(newest.path.exists(), "a corrupt backup is left for a human");
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Latest).unwrap().name,
+        good.name
+    );
 }

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackupEntry, Health, check_and_count, inspect, join, open_existing, scan, sha256_file,
-    table_counts, validate_name,
+    BackupEntry, Health, check_and_count, inspect, join, open_existing, open_regular, scan,
+    sha256_file, table_counts, validate_name, verify,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -42,7 +42,7 @@ pub fn select(dir: &Path, point: &RestorePoint) -> Result<BackupEntry> {
                     dir.display()
                 )));
             }
-            let e = inspect(dir, id, name);
+            let e = verify::Verifier::load(dir).check(inspect(dir, id, name));
             match &e.health {
                 Health::Corrupt { reason } => Err(Error::Corrupt {
                     what: format!("backup {name}"),
@@ -56,20 +56,23 @@ pub fn select(dir: &Path, point: &RestorePoint) -> Result<BackupEntry> {
                 RestorePoint::Before(t) => Some(*t),
                 RestorePoint::Latest | RestorePoint::Name(_) => None,
             };
-            scan(dir)?
-                .into_iter()
+            let names = scan(dir)?;
+            let mut verifier = verify::Verifier::load(dir);
+            let found = names
+                .iter()
                 .filter(|(id, _)| limit.is_none_or(|t| id.time <= t))
-                .map(|(id, name)| inspect(dir, id, &name))
-                .find(BackupEntry::usable)
-                .ok_or_else(|| {
-                    Error::NotFound(match limit {
-                        Some(t) => format!(
-                            "no usable backup taken at or before {t} in {}",
-                            dir.display()
-                        ),
-                        None => format!("no usable backup in {}", dir.display()),
-                    })
+                .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
+                .find(BackupEntry::usable);
+            verifier.save(names.iter().map(|(_, n)| n.as_str()));
+            found.ok_or_else(|| {
+                Error::NotFound(match limit {
+                    Some(t) => format!(
+                        "no usable backup taken at or before {t} in {}",
+                        dir.display()
+                    ),
+                    None => format!("no usable backup in {}", dir.display()),
                 })
+            })
         }
     }
 }
@@ -287,7 +290,11 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
         detail,
     };
     let copy_hash_sync = || -> Result<Option<String>> {
-        fs::copy(&entry.path, copy).map_err(|e| Error::io("copy backup to", copy, e))?;
+        let mut from = open_regular(&entry.path).map_err(|e| Error::io("open", &entry.path, e))?;
+        let _ = fs::remove_file(copy);
+        let mut to = crate::fsutil::create_private_file(copy)?;
+        std::io::copy(&mut from, &mut to).map_err(|e| Error::io("copy backup to", copy, e))?;
+        drop(to);
         set_private(copy)?;
         let sha = match &entry.manifest {
             Some(_) => Some(sha256_file(copy)?),
