@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{BackupEntry, Health, open_regular, sha256_file};
 use crate::fsutil::write_atomic;
 
-/// The cache's file name in a backup directory (hidden: never a backup name).
-pub const CACHE_FILE: &str = ".pra-verified.json";
+/// The cache's file name in a backup directory (hidden, and not `*.json`: neither a backup
+/// nor a manifest).
+pub const CACHE_FILE: &str = ".pra-verified.cache";
 
 /// What identifies one state of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +135,8 @@ impl Verifier {
         }
         self.doc.format = 1;
         let path = self.dir.join(CACHE_FILE);
+        // What a process killed while writing it left behind.
+        crate::fsutil::remove_dead_temps(&self.dir, &format!("{CACHE_FILE}.tmp."));
         let written = serde_json::to_vec(&self.doc)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))
             .and_then(|json| write_atomic(&path, &json));
