@@ -594,11 +594,11 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
                 .collect(),
         );
     }
-    if let Ok(Some(latest)) = backup::latest_usable(&cfg.backup_dir) {
+    if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
         let age = (Utc::now() - latest.id.time).num_seconds();
         metric(
             "pra_last_backup_age_seconds",
-            "Age of the newest usable backup.",
+            "Age of the newest verified backup.",
             "gauge",
             vec![(String::new(), age.to_string())],
         );
@@ -760,20 +760,33 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
+/// Prints the status document; exits [`exit::STATUS_FAILING`] when the database is unavailable,
+/// there is no verified backup or the store cannot be read (the document says which).
 pub fn status(cfg: &Config, out: &Out) -> Result<u8, Error> {
-    let store = cfg.open_store().ok();
+    let (store, store_error) = match cfg.open_store() {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    };
     let opts = pra_core::status::Options {
         table: cfg.table.clone(),
         backup_interval: cfg.backup_interval,
         ..Default::default()
     };
-    let s = pra_core::status::status(
+    let mut s = pra_core::status::status(
         &cfg.db,
         &cfg.backup_dir,
         &opts,
         store.as_deref(),
         &SystemClock,
     )?;
+    if let Some(e) = &store_error {
+        s.problems.push(format!("store: {e}"));
+    }
+    // A store that opened but could not be read left `active_site` empty ("none" when no site
+    // is active).
+    let store_unreadable = store_error.is_some() || s.active_site.is_none();
+    let failing =
+        !s.database_ok || s.backup_state == pra_core::status::BackupState::None || store_unreadable;
     out.print(&s, || {
         let mut t = format!(
             "count: {}\nlast backup: {} ({})\nbackups: {}  state: {:?}\nactive site: {} (token {})\n",
@@ -790,5 +803,9 @@ pub fn status(cfg: &Config, out: &Out) -> Result<u8, Error> {
         }
         t
     });
-    Ok(exit::OK)
+    Ok(if failing {
+        exit::STATUS_FAILING
+    } else {
+        exit::OK
+    })
 }

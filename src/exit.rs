@@ -15,6 +15,10 @@ pub const RUN_BUSY: u8 = 76;
 /// `pra drill`: the drill ran, and a KPI missed its target (e.g. double execution seen).
 pub const DRILL_FAILED: u8 = 77;
 
+/// `pra status`: the document was printed, and the database is unavailable, there is no
+/// verified backup, or the store cannot be read.
+pub const STATUS_FAILING: u8 = 78;
+
 /// The exit code for an error kind. Every kind has its own, so scripts can tell a lost race
 /// (retry) from a dead store (page someone).
 pub fn code(kind: ErrorKind) -> u8 {
@@ -58,5 +62,7 @@ Exit codes:
   75  `pra run --strict`: skipped because this site is standby
   76  `pra run --no-overlap`: the same job still runs on this host
   77  `pra drill`: a KPI missed its target (the report says which)
+  78  `pra status`: the database is unavailable, there is no verified backup or the
+      store cannot be read (the document, printed all the same, says which)
 `pra run` otherwise exits with the command's own status (128+N if killed by signal N).
 ";

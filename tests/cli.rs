@@ -525,8 +525,10 @@ fn plan_commands_walk_a_failover() {
 #[test]
 fn backup_list_prune_restore_and_status() {
     let e = Env::new();
-    // No database yet: status reports it, backup says so.
-    let v = json(&ok(e.pra(&["status", "--json"])));
+    // No database yet: status reports it (and fails), backup says so.
+    let o = e.pra(&["status", "--json"]);
+    assert_eq!(code(&o), 78, "{}", text(&o));
+    let v = json(&o);
     assert!(
         v["count"].is_null()
             && v["last_backup_file"].is_null()
@@ -600,4 +602,143 @@ fn backup_list_prune_restore_and_status() {
     let o = e.pra(&["restore", "--latest"]);
     assert_eq!(code(&o), 8, "{}", text(&o));
     assert!(text(&o).contains("Stop the application"));
+}
+
+/// Runs `cmd`; fails the test if it has not finished within `limit` (it is killed then).
+fn within(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[test]
+fn status_exits_non_zero_when_the_database_the_backups_or_the_store_are_gone() {
+    let e = Env::new();
+    // Nothing yet: no database, no backup. The document is printed all the same.
+    let o = e.pra(&["status", "--json"]);
+    assert_eq!(code(&o), 78, "{}", text(&o));
+    let v = json(&o);
+    assert!(v["count"].is_null() && v["last_backup_file"].is_null());
+    e.make_db(3);
+    let o = e.pra(&["status"]);
+    assert_eq!(code(&o), 78, "no usable backup: {}", text(&o));
+    assert!(text(&o).contains("no usable backup"), "{}", text(&o));
+    ok(e.pra(&["backup"]));
+    let v = json(&ok(e.pra(&["status", "--json"])));
+    assert_eq!(v["count"], 3);
+    // The database lost.
+    std::fs::rename(e.path("app.db"), e.path("lost.db")).unwrap();
+    let o = e.pra(&["status", "--json"]);
+    assert_eq!(code(&o), 78, "{}", text(&o));
+    assert_eq!(json(&o)["database_ok"], false);
+    std::fs::rename(e.path("lost.db"), e.path("app.db")).unwrap();
+    ok(e.pra(&["status"]));
+    // The store unreadable.
+    let o = e
+        .cmd(None, &["status", "--json"])
+        .env("PRA_STORE", "sqlite:///nonexistent-dir/state.db")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 78, "{}", text(&o));
+    let v = json(&o);
+    assert_eq!(v["count"], 3);
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("store")),
+        "{v}"
+    );
+    let o = ok(e.pra(&["--help"]));
+    assert!(text(&o).contains("78"), "documented in --help");
+}
+
+#[test]
+fn special_files_with_backup_names_are_ignored_and_never_opened() {
+    let e = Env::new();
+    e.make_db(3);
+    ok(e.pra(&["backup"]));
+    let real = json(&ok(e.pra(&["backups", "--json"])))[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A FIFO and a directory with backup names, newer than the real backup, and an older copy
+    // of it whose manifest is a FIFO: opening any of them for reading would block.
+    mkfifo(&e.path("backup/backup-2099-01-01-00-00-00.db"));
+    std::fs::create_dir(e.path("backup/backup-2098-01-01-00-00-00.db")).unwrap();
+    std::fs::copy(
+        e.path("backup").join(&real),
+        e.path("backup/backup-2000-01-01-00-00-00.db"),
+    )
+    .unwrap();
+    mkfifo(&e.path("backup/backup-2000-01-01-00-00-00.db.json"));
+    let limit = Duration::from_secs(20);
+    let o = within(e.cmd(None, &["status", "--json"]), limit);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(json(&o)["last_backup_file"], real.as_str());
+    assert!(text(&o).contains("not a regular file"), "{}", text(&o));
+    let o = within(e.cmd(None, &["backups", "--json"]), limit);
+    let names: Vec<String> = json(&ok(o))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![real.clone(), "backup-2000-01-01-00-00-00.db".into()]
+    );
+    ok(within(e.cmd(None, &["prune", "--keep-last", "1"]), limit));
+    ok(within(e.cmd(None, &["restore", "--dry-run"]), limit));
+    let o = ok(within(e.cmd(None, &["restore", "--latest"]), limit));
+    assert!(text(&o).contains(&real), "{}", text(&o));
+    assert!(e.path("backup/backup-2099-01-01-00-00-00.db").exists());
+    assert!(e.path("backup").join(&real).exists());
+}
+
+#[test]
+fn a_store_url_naming_an_application_database_is_refused_and_leaves_it_alone() {
+    let e = Env::new();
+    e.make_db(2);
+    let app = e.path("app.db");
+    let o = e
+        .cmd(None, &["site", "activate", "rbx", "--expect-token", "0"])
+        .env("PRA_STORE", format!("sqlite://{}", app.display()))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(text(&o).contains("not a pra store"), "{}", text(&o));
+    let conn = rusqlite::Connection::open(&app).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tables, vec!["events"]);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "its journal mode is the app's");
 }

@@ -35,7 +35,7 @@ impl Default for Options {
     }
 }
 
-/// Freshness of the newest usable backup.
+/// Freshness of the newest verified backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupState {
@@ -45,7 +45,7 @@ pub enum BackupState {
     Warn,
     /// Older than the critical threshold.
     Critical,
-    /// No usable backup at all.
+    /// No verified backup at all.
     None,
 }
 
@@ -55,7 +55,7 @@ pub enum BackupState {
 pub struct Status {
     /// Rows in the counted table (`null` if the database is unavailable).
     pub count: Option<u64>,
-    /// File name of the newest usable backup.
+    /// File name of the newest verified backup (its checksum matched its manifest).
     pub last_backup_file: Option<String>,
     /// Its age in seconds.
     pub backup_age_seconds: Option<i64>,
@@ -111,7 +111,7 @@ pub fn status(
     // The count reads the database, the scan lists the backup directory: independent, so the
     // scan runs on a second thread and the status costs about as much as the count alone.
     let (counted, scanned) = std::thread::scope(|s| {
-        let scan = s.spawn(|| backup::newest_usable(dir));
+        let scan = s.spawn(|| backup::newest_verified(dir));
         let counted = backup::count_rows(db, &opts.table);
         (counted, backup::join(scan))
     });
@@ -125,8 +125,15 @@ pub fn status(
     let (backup_count, latest) = match scanned {
         Ok((n, latest, corrupt)) => {
             for e in corrupt {
-                if let backup::Health::Corrupt { reason } = &e.health {
-                    problems.push(format!("backup {} is corrupt: {reason}", e.name));
+                match &e.health {
+                    backup::Health::Corrupt { reason } => {
+                        problems.push(format!("backup {} is corrupt: {reason}", e.name));
+                    }
+                    backup::Health::Unverified => problems.push(format!(
+                        "backup {} has no manifest: its checksum cannot be verified, so it is not counted",
+                        e.name
+                    )),
+                    backup::Health::Verified => {}
                 }
             }
             (n, latest)

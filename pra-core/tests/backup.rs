@@ -307,7 +307,16 @@ fn prune_removes_what_the_policy_drops_and_keeps_the_rest() {
             "backup-2026-03-01-13-30-00.db"
         ]
     );
-    let files = fs::read_dir(&bdir).unwrap().count();
+    let files = fs::read_dir(&bdir)
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
     assert_eq!(files, 4, "manifests of pruned backups are gone too");
     assert_eq!(
         retention::prune(&bdir, &Policy::default(), true)
@@ -539,10 +548,21 @@ fn restore_refuses_a_backup_that_fails_its_checksum_and_loses_nothing() {
     bytes[n - 10] ^= 0xff; // same size, one flipped byte
     fs::write(&b.path, &bytes).unwrap();
     let before = ids(&db);
+    // The latest usable backup: there is none left.
     let e = restore::restore(
         &db,
         &bdir,
         &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    // Named: refused, saying why.
+    let e = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Name(b.name.clone()),
         Options::default(),
         &clock(),
     )
@@ -630,4 +650,303 @@ fn status_with_and_without_backups() {
     let s = status::status(&db, &bdir, &missing, None, &c).unwrap();
     assert_eq!(s.count, None);
     assert!(s.problems[0].contains("nope"), "{:?}", s.problems);
+}
+
+/// A Python process (the system's SQLite, not pra's) running `script` with `args`; it talks on
+/// stdout, one line at a time.
+struct Py {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Py {
+    fn start(script: &str, args: &[&Path]) -> Py {
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Py { child, out }
+    }
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut s = String::new();
+        self.out.read_line(&mut s).unwrap();
+        s.trim().to_string()
+    }
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bodies(path: &Path, body: &str) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM events WHERE body = ?1", [body], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_writer_that_connects_mid_restore_never_loses_an_acknowledged_commit() {
+    // A separate process waits for the restore's temporary file, then connects and commits.
+    const WRITER: &str = r#"
+import os, sqlite3, sys, time
+db = sys.argv[1]; d = os.path.dirname(db)
+print("ready", flush=True)
+deadline = time.time() + 60
+while not any(".pra-restore-tmp-" in n for n in os.listdir(d)):
+    if time.time() > deadline:
+        print("no restore seen", flush=True); sys.exit(1)
+try:
+    c = sqlite3.connect(db, timeout=20, isolation_level=None)
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("INSERT INTO events (body) VALUES ('mid-restore')")
+    c.execute("COMMIT")
+    print("committed", flush=True)
+except sqlite3.Error as e:
+    print("refused", e, flush=True)
+"#;
+    for journal_mode in ["WAL", "DELETE"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        // Big enough that the copy takes far longer than the writer needs to connect.
+        make_db_in(&db, 300_000, journal_mode);
+        let bdir = dir.path().join("backups");
+        backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+        let mut writer = Py::start(WRITER, &[&db]);
+        assert_eq!(writer.line(), "ready");
+        let restored = restore::restore(
+            &db,
+            &bdir,
+            &RestorePoint::Latest,
+            Options::default(),
+            &clock(),
+        );
+        let said = writer.line();
+        eprintln!("{journal_mode}: restore {restored:?}, writer {said}");
+        assert!(said == "committed" || said.starts_with("refused"), "{said}");
+        if said == "committed" {
+            assert_eq!(
+                bodies(&db, "mid-restore"),
+                1,
+                "{journal_mode}: an acknowledged commit is not in the database"
+            );
+        }
+        match restored {
+            Ok(_) => assert!(said.starts_with("refused"), "{journal_mode}: {said}"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+                assert!(e.to_string().contains(&writer.pid().to_string()), "{e}");
+            }
+        }
+        assert_eq!(integrity(&db), "ok");
+    }
+}
+
+#[test]
+fn an_idle_rollback_mode_connection_is_seen_and_named() {
+    // Python's default: rollback-journal mode, no transaction between statements, so no lock.
+    const IDLE: &str = r#"
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+c.execute("SELECT count(*) FROM events").fetchall()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db_in(&db, 10, "DELETE");
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    make_db_in(&db, 5, "DELETE");
+    let mut app = Py::start(IDLE, &[&db]);
+    assert_eq!(app.line(), "ready");
+    let e = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.to_string().contains(&app.pid().to_string()), "{e}");
+    assert!(e.to_string().contains("Stop the application"), "{e}");
+    assert_eq!(ids(&db).len(), 15, "nothing was touched");
+    drop(app);
+    restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    assert_eq!(ids(&db).len(), 10);
+}
+
+#[test]
+fn a_hot_journal_is_rolled_back_into_the_safety_copy() {
+    // A writer killed mid-transaction, its cache spilled into the database file: the file alone
+    // is torn, its -journal holds what it overwrote.
+    const CRASH: &str = r#"
+import os, sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA cache_size = 2")
+c.execute("BEGIN")
+c.execute("UPDATE events SET body = 'torn'")
+os.kill(os.getpid(), 9)
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db_in(&db, 5000, "DELETE");
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    let before = ids(&db);
+    let mut crash = Py::start(CRASH, &[&db]);
+    assert!(!crash.child.wait().unwrap().success());
+    let journal = dir.path().join("app.db-journal");
+    assert!(fs::metadata(&journal).unwrap().len() > 0, "a hot journal");
+    let raw = dir.path().join("raw.db");
+    fs::copy(&db, &raw).unwrap();
+    assert!(bodies(&raw, "torn") > 0, "the file alone is torn");
+
+    let r = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    let safety = r.safety_copy.unwrap();
+    assert_eq!(integrity(&safety), "ok");
+    assert_eq!(
+        bodies(&safety, "torn"),
+        0,
+        "the safety copy was rolled back"
+    );
+    assert_eq!(ids(&safety), before);
+    assert_eq!(ids(&db), before);
+    assert!(!journal.exists());
+}
+
+#[test]
+fn restore_through_a_symlink_replaces_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("data")).unwrap();
+    let real = dir.path().join("data/real.db");
+    make_db(&real, 4);
+    let db = dir.path().join("app.db");
+    std::os::unix::fs::symlink("data/real.db", &db).unwrap();
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    make_db(&db, 6);
+    let r = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    let meta = fs::symlink_metadata(&db).unwrap();
+    assert!(meta.file_type().is_symlink(), "the symlink stays a symlink");
+    assert_eq!(fs::read_link(&db).unwrap(), Path::new("data/real.db"));
+    assert_eq!(ids(&real), vec![1, 2, 3, 4], "its target was restored");
+    assert_eq!(ids(&r.safety_copy.unwrap()).len(), 10);
+}
+
+#[test]
+fn restore_keeps_the_owner_group_and_mode_of_the_database() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: changing a file's owner needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 3);
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
+    restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+    .unwrap();
+    let m = fs::metadata(&db).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    assert_eq!(m.mode() & 0o7777, 0o640);
+}
+
+#[test]
+fn a_rotted_newest_backup_is_not_trusted_and_prune_keeps_the_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let good = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::seconds(30));
+    make_db(&db, 5);
+    let newest = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    // Both verified once (the verification is cached) ...
+    assert!(
+        backup::list(&bdir)
+            .unwrap()
+            .iter()
+            .all(|e| e.health == Health::Verified)
+    );
+    // ... then the newest rots: same size, a byte changed in a row.
+    let mut bytes = fs::read(&newest.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    fs::write(&newest.path, &bytes).unwrap();
+    assert_eq!(fs::metadata(&newest.path).unwrap().len(), newest.size);
+
+    let list = backup::list(&bdir).unwrap();
+    assert!(
+        matches!(&list[0].health, Health::Corrupt { reason } if reason.contains("checksum")),
+        "{:?}",
+        list[0].health
+    );
+    let s = status::status(&db, &bdir, &status::Options::default(), None, &c).unwrap();
+    assert_eq!(s.last_backup_file.as_deref(), Some(good.name.as_str()));
+    assert!(
+        s.problems.iter().any(|p| p.contains(&newest.name)),
+        "{:?}",
+        s.problems
+    );
+    let policy = Policy {
+        keep_last: Some(1),
+        ..Policy::default()
+    };
+    retention::prune(&bdir, &policy, false).unwrap();
+    assert!(
+        good.path.exists(),
+        "the newest verified backup is never pruned"
+    );
+    assert!(newest.path.exists(), "a corrupt backup is left for a human");
+    assert_eq!(
+        restore::select(&bdir, &RestorePoint::Latest).unwrap().name,
+        good.name
+    );
 }

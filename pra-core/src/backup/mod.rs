@@ -10,6 +10,7 @@
 
 pub mod restore;
 pub mod retention;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -159,7 +160,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Health {
-    /// Has a manifest whose size and verification match.
+    /// Has a manifest whose size and verification match, and the file's SHA-256 is the
+    /// manifest's (hashed once per change of the file's size, mtime, ctime or inode: see
+    /// [`verify`]).
     Verified,
     /// A valid-looking SQLite file without a manifest (the seed's `cp` backups, or a backup
     /// interrupted between its link and its manifest). Restore checks it in full first.
@@ -211,6 +214,15 @@ fn scan_unsorted(dir: &Path) -> Result<Vec<(BackupName, String)>> {
             continue;
         };
         if let Some(id) = BackupName::parse(&name) {
+            // Never opened unless a regular file (a symlink to one included): opening a FIFO
+            // for reading blocks until a writer comes.
+            let ft = ent.file_type().map_err(|e| Error::io("list", dir, e))?;
+            let regular = ft.is_file()
+                || (ft.is_symlink() && fs::metadata(ent.path()).is_ok_and(|m| m.is_file()));
+            if !regular {
+                tracing::warn!(file = %ent.path().display(), "ignored: a backup name, but not a regular file");
+                continue;
+            }
             out.push((id, name));
         }
     }
@@ -225,21 +237,27 @@ pub fn scan(dir: &Path) -> Result<Vec<(BackupName, String)>> {
     Ok(out)
 }
 
-/// How many backup-named files `dir` holds, the newest usable one, and the unusable ones newer
-/// than it (inspected on the way). One pass over the directory, no sort: what status needs.
-pub fn newest_usable(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<BackupEntry>)> {
+/// How many backups `dir` holds, the newest *verified* one (its checksum matched its manifest,
+/// see [`verify`]), and the backups newer than it that are not (corrupt, or without a manifest),
+/// inspected on the way. One pass over the directory, no sort: what status needs.
+pub fn newest_verified(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<BackupEntry>)> {
     let mut all = scan_unsorted(dir)?;
+    let names: Vec<String> = all.iter().map(|(_, n)| n.clone()).collect();
     let count = all.len();
+    let mut verifier = verify::Verifier::load(dir);
     let mut skipped = Vec::new();
+    let mut found = None;
     while let Some(i) = (0..all.len()).max_by_key(|&i| all[i].0) {
         let (id, name) = all.swap_remove(i);
-        let entry = inspect(dir, id, &name);
-        if entry.usable() {
-            return Ok((count, Some(entry), skipped));
+        let entry = verifier.check(inspect(dir, id, &name));
+        if entry.health == Health::Verified {
+            found = Some(entry);
+            break;
         }
         skipped.push(entry);
     }
-    Ok((count, None, skipped))
+    verifier.save(names.iter().map(String::as_str));
+    Ok((count, found, skipped))
 }
 
 /// Inspects one backup file: SQLite header, page size, size against the header's page count
@@ -247,9 +265,20 @@ pub fn newest_usable(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<Back
 pub fn inspect(dir: &Path, id: BackupName, name: &str) -> BackupEntry {
     let path = dir.join(name);
     let manifest_path = dir.join(format!("{name}.json"));
-    let manifest = fs::read(&manifest_path)
-        .ok()
-        .map(|b| serde_json::from_slice::<Manifest>(&b).map_err(|e| e.to_string()));
+    let manifest = match open_regular(&manifest_path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(format!("cannot open: {e}"))),
+        Ok(mut f) => {
+            let mut b = Vec::new();
+            Some(
+                f.read_to_end(&mut b)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| {
+                        serde_json::from_slice::<Manifest>(&b).map_err(|e| e.to_string())
+                    }),
+            )
+        }
+    };
     let (size, mut health) = match header_check(&path) {
         Ok(size) => (size, Health::Unverified),
         Err(reason) => (
@@ -298,11 +327,8 @@ pub fn inspect(dir: &Path, id: BackupName, name: &str) -> BackupEntry {
 
 /// Checks the SQLite header and that the file size matches the page count it declares.
 fn header_check(path: &Path) -> std::result::Result<u64, String> {
-    let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut f = open_regular(path).map_err(|e| format!("cannot open: {e}"))?;
     let meta = f.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
     let size = meta.len();
     let mut h = [0u8; 100];
     f.read_exact(&mut h)
@@ -334,18 +360,42 @@ fn header_check(path: &Path) -> std::result::Result<u64, String> {
     Ok(size)
 }
 
-/// The catalog of a backup directory: every backup-named file, newest first, with its health.
-/// Temporary files, manifests and foreign files are not listed.
+/// The catalog of a backup directory: every backup-named regular file, newest first, with its
+/// health, checksums verified (see [`verify`]). Temporary files, manifests, foreign and special
+/// files are not listed.
 pub fn list(dir: &Path) -> Result<Vec<BackupEntry>> {
-    Ok(scan(dir)?
-        .into_iter()
-        .map(|(id, name)| inspect(dir, id, &name))
-        .collect())
+    let names = scan(dir)?;
+    let mut verifier = verify::Verifier::load(dir);
+    let out = names
+        .iter()
+        .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
+        .collect();
+    verifier.save(names.iter().map(|(_, n)| n.as_str()));
+    Ok(out)
 }
 
-/// The newest usable backup of `dir`, inspecting from the newest down only as far as needed.
+/// The newest usable backup of `dir` (verified, or without a manifest), checksums verified.
 pub fn latest_usable(dir: &Path) -> Result<Option<BackupEntry>> {
-    Ok(newest_usable(dir)?.1)
+    Ok(list(dir)?.into_iter().find(BackupEntry::usable))
+}
+
+/// The newest verified backup of `dir`, inspecting from the newest down only as far as needed.
+pub fn latest_verified(dir: &Path) -> Result<Option<BackupEntry>> {
+    Ok(newest_verified(dir)?.1)
+}
+
+/// Opens `path` for reading only if it is a regular file: with `O_NONBLOCK`, so that a FIFO
+/// cannot block the open, and its type checked on the open descriptor (no race with a rename).
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(f)
 }
 
 fn sql_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(rusqlite::Error) -> Error + 'a {
@@ -450,7 +500,7 @@ pub(crate) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
 
 /// SHA-256 of a file, hex.
 pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut f = open_regular(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -1,18 +1,20 @@
 //! Restore: choose a restore point, preview what it changes, verify it, and replace the
-//! database atomically — refusing while the app still holds the database, keeping a safety copy,
-//! and never letting an old `-wal` file be applied to the restored database.
+//! database atomically — refusing while any process holds the database, holding SQLite's
+//! exclusive lock on it from before the copy to after the rename, keeping a (rolled-back,
+//! checkpointed) safety copy, and never letting an old `-wal` file be applied to the restored
+//! database.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackupEntry, Health, check_and_count, inspect, join, open_existing, scan, sha256_file,
-    table_counts, validate_name,
+    BackupEntry, Health, check_and_count, inspect, join, open_existing, open_regular, scan,
+    sha256_file, table_counts, validate_name, verify,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -42,7 +44,7 @@ pub fn select(dir: &Path, point: &RestorePoint) -> Result<BackupEntry> {
                     dir.display()
                 )));
             }
-            let e = inspect(dir, id, name);
+            let e = verify::Verifier::load(dir).check(inspect(dir, id, name));
             match &e.health {
                 Health::Corrupt { reason } => Err(Error::Corrupt {
                     what: format!("backup {name}"),
@@ -56,20 +58,23 @@ pub fn select(dir: &Path, point: &RestorePoint) -> Result<BackupEntry> {
                 RestorePoint::Before(t) => Some(*t),
                 RestorePoint::Latest | RestorePoint::Name(_) => None,
             };
-            scan(dir)?
-                .into_iter()
+            let names = scan(dir)?;
+            let mut verifier = verify::Verifier::load(dir);
+            let found = names
+                .iter()
                 .filter(|(id, _)| limit.is_none_or(|t| id.time <= t))
-                .map(|(id, name)| inspect(dir, id, &name))
-                .find(BackupEntry::usable)
-                .ok_or_else(|| {
-                    Error::NotFound(match limit {
-                        Some(t) => format!(
-                            "no usable backup taken at or before {t} in {}",
-                            dir.display()
-                        ),
-                        None => format!("no usable backup in {}", dir.display()),
-                    })
+                .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
+                .find(BackupEntry::usable);
+            verifier.save(names.iter().map(|(_, n)| n.as_str()));
+            found.ok_or_else(|| {
+                Error::NotFound(match limit {
+                    Some(t) => format!(
+                        "no usable backup taken at or before {t} in {}",
+                        dir.display()
+                    ),
+                    None => format!("no usable backup in {}", dir.display()),
                 })
+            })
         }
     }
 }
@@ -124,44 +129,237 @@ pub fn preview(db: &Path, dir: &Path, point: &RestorePoint) -> Result<Preview> {
     })
 }
 
-/// Whether another connection holds `db`: an open WAL connection (the shared lock every WAL
-/// connection keeps on the `-shm` dead-man byte) or a transaction in any journal mode (the lock
-/// bytes of the database file). Uses open-file-description locks, which see the locks of other
-/// connections in this very process too. An idle connection in rollback-journal mode holds no
-/// lock and cannot be seen.
-pub fn in_use(db: &Path) -> Result<Option<String>> {
-    const PENDING_BYTE: i64 = 0x4000_0000;
-    const SHM_DMS_BYTE: i64 = 128;
-    let probe = |path: &Path, start: i64, len: i64| -> Result<bool> {
-        let f = match fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("open", path, e)),
+/// A process that holds one of the database's files open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Its process id.
+    pub pid: u32,
+    /// Its command name (`/proc/<pid>/comm`).
+    pub command: String,
+    /// The file it holds: the database, its `-wal`, `-journal` or `-shm`.
+    pub file: PathBuf,
+}
+
+/// The device and inode of each of `db`'s files that exists: the database, `-wal`, `-journal`,
+/// `-shm`. `stat(2)` only: nothing is opened.
+fn db_files(db: &Path) -> Vec<(PathBuf, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    ["", "-wal", "-journal", "-shm"]
+        .iter()
+        .map(|s| with_suffix(db, s))
+        .filter_map(|p| {
+            let m = fs::metadata(&p).ok()?;
+            Some((p, (m.dev(), m.ino())))
+        })
+        .collect()
+}
+
+/// The processes of this host that hold `db` (or its `-wal`, `-journal`, `-shm`) open, found as
+/// `fuser` does: the device and inode behind every descriptor in `/proc/*/fd`, read with
+/// `stat(2)` on the link, so nothing is opened (closing a descriptor of the database would drop
+/// this process's POSIX locks on it). This sees every connection whatever its journal mode, an
+/// idle rollback-mode one included, which holds no lock at all. Processes whose descriptors this
+/// user may not read (another user's, unless root) are not seen; nor are other hosts.
+/// `include_self`: this process too.
+pub fn holders(db: &Path, include_self: bool) -> Result<Vec<Holder>> {
+    use std::os::unix::fs::MetadataExt;
+    let files = db_files(db);
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let me = std::process::id();
+    let proc_dir = Path::new("/proc");
+    let rd = fs::read_dir(proc_dir).map_err(|e| Error::io("list", proc_dir, e))?;
+    let mut out = Vec::new();
+    for ent in rd.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
         };
-        // SAFETY: a zeroed flock is a valid value; F_OFD_GETLK only reads and writes it.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = start;
-        fl.l_len = len;
-        // SAFETY: valid fd and pointer to an initialised flock.
-        let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
-        if rc != 0 {
-            return Err(Error::io(
-                "probe locks of",
-                path,
-                std::io::Error::last_os_error(),
-            ));
+        if pid == me && !include_self {
+            continue;
         }
-        Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
-    };
-    if probe(&with_suffix(db, "-shm"), SHM_DMS_BYTE, 1)? {
-        return Ok(Some("a connection has it open (WAL mode)".into()));
+        // Gone, or not ours to read: skipped, as fuser does.
+        let Ok(fds) = fs::read_dir(ent.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(m) = fs::metadata(fd.path()) else {
+                continue;
+            };
+            if let Some((file, _)) = files.iter().find(|(_, id)| *id == (m.dev(), m.ino())) {
+                let command = fs::read_to_string(ent.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
+                out.push(Holder {
+                    pid,
+                    command,
+                    file: file.clone(),
+                });
+                break;
+            }
+        }
     }
-    if probe(db, PENDING_BYTE, 512)? {
-        return Ok(Some("a connection is reading or writing it".into()));
+    Ok(out)
+}
+
+/// Whether a process of this host (this one included) holds `db` open: `Some(who)` names them.
+/// See [`holders`].
+pub fn in_use(db: &Path) -> Result<Option<String>> {
+    let db = resolve(db)?;
+    let found = holders(&db, true)?;
+    Ok((!found.is_empty()).then(|| describe(&found)))
+}
+
+fn describe(found: &[Holder]) -> String {
+    let me = std::process::id();
+    let who: Vec<String> = found
+        .iter()
+        .map(|h| {
+            let this = if h.pid == me { ", this process" } else { "" };
+            format!(
+                "pid {} ({}{this}) holds {}",
+                h.pid,
+                h.command,
+                h.file.display()
+            )
+        })
+        .collect();
+    who.join("; ")
+}
+
+fn busy(db: &Path, why: &str) -> Error {
+    Error::Busy(format!(
+        "{} is in use: {why}. Stop the application first (as the seed's runbook does with `kubectl scale deployment flask --replicas=0`)",
+        db.display()
+    ))
+}
+
+/// Refuses if a process holds `db` open.
+fn refuse_if_held(db: &Path, include_self: bool) -> Result<()> {
+    let found = holders(db, include_self)?;
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(busy(db, &describe(&found)))
     }
-    Ok(None)
+}
+
+/// The file `db` names, through any symlinks (the symlinks stay as they are; their target is
+/// what gets restored). A dangling symlink resolves to the file it would name.
+fn resolve(db: &Path) -> Result<PathBuf> {
+    let mut p = db.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let t = fs::read_link(&p).map_err(|e| Error::io("read link", &p, e))?;
+                p = if t.is_absolute() {
+                    t
+                } else {
+                    parent_dir(&p).join(t)
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "{}: too many levels of symbolic links",
+        db.display()
+    )))
+}
+
+/// The restore's exclusive claim on the live database, through SQLite's own locking: a
+/// connection in `EXCLUSIVE` locking mode that has taken the EXCLUSIVE lock (in WAL mode, with
+/// its WAL index in its own memory, so every other connection is shut out too). No other
+/// connection can read or write until it is closed, which is after the final rename.
+struct Claim {
+    conn: Connection,
+    db: PathBuf,
+    wal: bool,
+}
+
+impl Claim {
+    /// Takes the claim. Opening the database with SQLite first also rolls back a hot
+    /// `-journal` left by a crashed writer, so the old database is consistent before it is
+    /// kept. `Ok(None)`: the file is not a database SQLite can lock (a damaged one).
+    fn take(db: &Path) -> Result<Option<Claim>> {
+        let name = db.display().to_string();
+        let name = name.as_str();
+        let err = |what: &'static str| move |e| Error::sqlite(what, name, e);
+        let conn = Connection::open_with_flags(
+            db,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| {
+            Error::io(
+                "open",
+                db,
+                std::io::Error::other(format!("cannot open the database to lock it: {e}")),
+            )
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(1))
+            .map_err(err("busy_timeout"))?;
+        conn.query_row("PRAGMA locking_mode = EXCLUSIVE", [], |_| Ok(()))
+            .map_err(err("locking mode"))?;
+        // Ended at once: in EXCLUSIVE locking mode the lock outlives the transaction (a
+        // transaction left open would stop the online-backup fallback of the safety copy).
+        let taken = conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;");
+        match taken.map_err(|e| Error::sqlite("lock", &db.display().to_string(), e)) {
+            Ok(()) => {}
+            Err(Error::Busy(_)) => {
+                return Err(busy(db, "a connection holds a lock on it"));
+            }
+            Err(Error::Corrupt { detail, .. }) => {
+                tracing::warn!(db = %db.display(), %detail, "not a database SQLite can lock: restoring over it without its locks");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(err("journal mode"))?;
+        Ok(Some(Claim {
+            conn,
+            db: db.to_path_buf(),
+            wal: mode.eq_ignore_ascii_case("wal"),
+        }))
+    }
+
+    /// Readies the old database to be replaced, still under the claim: in WAL mode its WAL is
+    /// checkpointed into it and it is switched to rollback-journal mode. A connection that
+    /// opened the old file while the claim held it then finds, once the claim is released, a
+    /// rollback-mode database that was moved, and SQLite refuses its writes
+    /// (`SQLITE_READONLY_DBMOVED`) instead of committing them into a WAL beside the new file.
+    fn seal(&self) -> Result<()> {
+        if !self.wal {
+            return Ok(());
+        }
+        let name = self.db.display().to_string();
+        let name = name.as_str();
+        let err = |what: &'static str| move |e| Error::sqlite(what, name, e);
+        let (busy, _, _): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(err("checkpoint"))?;
+        if busy != 0 {
+            return Err(Error::Busy(format!(
+                "checkpoint of {} could not complete",
+                self.db.display()
+            )));
+        }
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .map_err(err("leave WAL mode"))?;
+        if !mode.eq_ignore_ascii_case("delete") {
+            return Err(Error::Busy(format!(
+                "{} could not leave WAL mode (still {mode})",
+                self.db.display()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Restore options.
@@ -192,13 +390,20 @@ pub struct Report {
 
 const TEMP_MARK: &str = ".pra-restore-tmp-";
 
-/// Restores the backup `point` designates over `db`.
+/// Restores the backup `point` designates over `db` (through a symlink: over its target).
+///
+/// The restore holds the database while it works: it refuses if any process of this host holds
+/// the database or its `-wal`, `-journal` or `-shm` open ([`holders`]; this process included),
+/// then takes SQLite's EXCLUSIVE lock on it ([`Claim`]; a hot journal is rolled back on the way)
+/// and keeps it across the final rename, so no writer can commit in between. A process that
+/// opens the database during the copy waits on that lock and is seen by the last look before
+/// the rename: the restore is refused and the process goes on with the old database.
 ///
 /// Order, so that a crash at any moment leaves either the old or the new database, never a mix:
-/// the backup is copied next to `db` and verified (the copy's checksum against the manifest,
-/// and `quick_check`); the current database, if any, is kept aside (a hard link) and its `-wal`
-/// checkpointed into it (or, if that fails, moved aside) so no old WAL can be applied to the new
-/// file; then one `rename(2)` puts the new database in place and the directory is fsynced.
+/// the backup is copied next to `db`, verified (the copy's checksum against the manifest, and
+/// `quick_check`) and given the old file's owner, group and mode; the old database has its WAL
+/// checkpointed into it and leaves WAL mode, and is kept aside (a hard link); then one
+/// `rename(2)` puts the new database in place and the directory is fsynced.
 #[tracing::instrument(level = "info", skip(clock), fields(db = %db.display(), dir = %dir.display()))]
 pub fn restore(
     db: &Path,
@@ -208,6 +413,7 @@ pub fn restore(
     clock: &dyn Clock,
 ) -> Result<Report> {
     let entry = select(dir, point)?;
+    let db = &resolve(db)?;
     let target_dir = parent_dir(db);
     if !target_dir.is_dir() {
         return Err(Error::NotFound(format!(
@@ -215,45 +421,72 @@ pub fn restore(
             target_dir.display()
         )));
     }
-    if let Some(why) = in_use(db)? {
-        return Err(Error::Busy(format!(
-            "{} is in use: {why}. Stop the application first (as the seed's runbook does with `kubectl scale deployment flask --replicas=0`)",
-            db.display()
-        )));
-    }
+    // Before anything is opened: any process holding the files, this one included.
+    refuse_if_held(db, true)?;
+    let replaced = db.is_file();
+    let claim = if replaced { Claim::take(db)? } else { None };
+    // Under the claim: whoever opened the files since the first look.
+    refuse_if_held(db, false)?;
     let file_name = db.file_name().and_then(|n| n.to_str()).unwrap_or("db");
     crate::fsutil::remove_dead_temps(target_dir, &format!(".{file_name}{TEMP_MARK}"));
     let tmp = target_dir.join(format!(".{file_name}{TEMP_MARK}{}", std::process::id()));
     let result = (|| {
         let tables = copy_verified(&entry, &tmp)?;
-
+        if replaced {
+            same_owner_and_mode(db, &tmp)?;
+        }
+        // The last look: a process that opened the database during the copy waits on the
+        // claim. Refused, it goes on with the old database, which stays.
+        refuse_if_held(db, false)?;
+        if let Some(c) = &claim {
+            c.seal()?;
+        }
         let stamp = clock.now().format("%Y%m%dT%H%M%SZ");
         let wal = with_suffix(db, "-wal");
-        let replaced = db.is_file();
+        let journal = with_suffix(db, "-journal");
         let mut safety_copy = None;
-        if replaced {
-            if opts.safety_copy {
-                let keep = with_suffix(db, &format!(".pre-restore-{stamp}"));
-                // The old file is about to be replaced by a rename, never written again: a
-                // second name for it (a hard link) keeps it without copying it.
-                if let Err(e) = fs::hard_link(db, &keep) {
-                    tracing::debug!(error = %e, "no hard link here; copying the database aside");
-                    copy_synced(db, &keep)?;
+        if replaced && opts.safety_copy {
+            let keep = with_suffix(db, &format!(".pre-restore-{stamp}"));
+            // The old file is about to be replaced by a rename, never written again: a second
+            // name for it (a hard link) keeps it without copying it.
+            if let Err(e) = fs::hard_link(db, &keep) {
+                tracing::debug!(error = %e, "no hard link here; copying the database aside");
+                match &claim {
+                    // Through the claim's own connection: another descriptor of the file,
+                    // closed in this process, would drop the claim's locks.
+                    Some(c) => {
+                        c.conn
+                            .backup(
+                                rusqlite::MAIN_DB,
+                                &keep,
+                                None::<fn(rusqlite::backup::Progress)>,
+                            )
+                            .map_err(|e| {
+                                Error::sqlite("copy aside", &db.display().to_string(), e)
+                            })?;
+                        set_private(&keep)?;
+                        fs::File::open(&keep)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| Error::io("fsync", &keep, e))?;
+                    }
+                    None => copy_synced(db, &keep)?,
                 }
-                if wal.is_file() {
-                    copy_synced(&wal, &with_suffix(&keep, "-wal"))?;
-                }
-                safety_copy = Some(keep);
             }
-            if fs::metadata(&wal).is_ok_and(|m| m.len() > 0)
-                && let Err(e) = checkpoint(db)
-            {
-                let aside = with_suffix(&wal, &format!(".pre-restore-{stamp}"));
-                tracing::warn!(error = %e, aside = %aside.display(), "cannot checkpoint the old database; moving its WAL aside");
-                fs::rename(&wal, &aside).map_err(|e| Error::io("move aside", &wal, e))?;
+            safety_copy = Some(keep);
+        }
+        if replaced && claim.is_none() {
+            // A damaged file SQLite could not open: its WAL or journal go aside, unread.
+            for f in [&wal, &journal] {
+                if fs::metadata(f).is_ok_and(|m| m.len() > 0) {
+                    let aside = with_suffix(f, &format!(".pre-restore-{stamp}"));
+                    tracing::warn!(file = %f.display(), aside = %aside.display(), "moving aside");
+                    fs::rename(f, &aside).map_err(|e| Error::io("move aside", f, e))?;
+                }
             }
         }
-        for stale in [wal, with_suffix(db, "-shm"), with_suffix(db, "-journal")] {
+        // The claim checkpointed the WAL and rolled back any hot journal: what is left of them
+        // is stale, and must not meet the new file.
+        for stale in [wal, with_suffix(db, "-shm"), journal] {
             match fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io("remove", stale, e));
@@ -274,7 +507,28 @@ pub fn restore(
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
+    // Released only now, after the rename.
+    drop(claim);
     result
+}
+
+/// Gives `new` the owner, group and mode of `old` (run as root, a restore would otherwise leave
+/// a root-owned 0600 file the application cannot open).
+fn same_owner_and_mode(old: &Path, new: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let want = fs::metadata(old).map_err(|e| Error::io("stat", old, e))?;
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(new)
+        .map_err(|e| Error::io("open", new, e))?;
+    let has = f.metadata().map_err(|e| Error::io("stat", new, e))?;
+    if (has.uid(), has.gid()) != (want.uid(), want.gid()) {
+        std::os::unix::fs::fchown(&f, Some(want.uid()), Some(want.gid()))
+            .map_err(|e| Error::io("give the old database's owner to", new, e))?;
+    }
+    f.set_permissions(fs::Permissions::from_mode(want.mode() & 0o7777))
+        .map_err(|e| Error::io("chmod", new, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", new, e))
 }
 
 /// Copies the backup to `copy` (fsynced) and verifies what will be installed: the copy's
@@ -287,7 +541,11 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
         detail,
     };
     let copy_hash_sync = || -> Result<Option<String>> {
-        fs::copy(&entry.path, copy).map_err(|e| Error::io("copy backup to", copy, e))?;
+        let mut from = open_regular(&entry.path).map_err(|e| Error::io("open", &entry.path, e))?;
+        let _ = fs::remove_file(copy);
+        let mut to = crate::fsutil::create_private_file(copy)?;
+        std::io::copy(&mut from, &mut to).map_err(|e| Error::io("copy backup to", copy, e))?;
+        drop(to);
         set_private(copy)?;
         let sha = match &entry.manifest {
             Some(_) => Some(sha256_file(copy)?),
@@ -325,24 +583,6 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
         return Err(corrupt(format!("quick_check: {check}")));
     }
     Ok(tables)
-}
-
-/// Folds `db`'s WAL into the database file and truncates it.
-fn checkpoint(db: &Path) -> Result<()> {
-    let conn = open_existing(db, false)?;
-    let (busy, _, _): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .map_err(|e| Error::sqlite("checkpoint", &db.display().to_string(), e))?;
-    if busy != 0 {
-        return Err(Error::Busy(format!(
-            "checkpoint of {} could not complete",
-            db.display()
-        )));
-    }
-    conn.close()
-        .map_err(|(_, e)| Error::sqlite("close", &db.display().to_string(), e))
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Retention in the manner of restic's `forget`: keep-last, keep-within and hourly/daily/weekly/
-//! monthly buckets; every kept backup says which rules kept it; the newest usable backup is never
-//! removed; corrupt files are reported and left alone.
+//! monthly buckets; every kept backup says which rules kept it; the newest verified backup (its
+//! checksum matched its manifest) is never removed, nor the newest usable one; corrupt files are
+//! reported and left alone.
 
 use std::path::Path;
 
@@ -88,6 +89,10 @@ pub fn decide(entries: &[BackupEntry], policy: &Policy) -> Result<Vec<Decision>>
     let mut sorted: Vec<&BackupEntry> = entries.iter().collect();
     sorted.sort_by_key(|e| std::cmp::Reverse(e.id));
     let newest = sorted.iter().find(|e| e.usable()).map(|e| e.id.time);
+    let newest_verified = sorted
+        .iter()
+        .find(|e| e.health == super::Health::Verified)
+        .map(|e| e.id);
 
     type Key = fn(DateTime<Utc>) -> (i32, u32, u32, u32);
     let buckets: [(&str, Option<u32>, Key); 4] = [
@@ -120,8 +125,13 @@ pub fn decide(entries: &[BackupEntry], policy: &Policy) -> Result<Vec<Decision>>
             });
             continue;
         }
+        if Some(e.id) == newest_verified {
+            reasons.push("newest verified backup (always kept)".into());
+        }
         if !newest_done {
-            reasons.push("newest usable backup (always kept)".into());
+            if Some(e.id) != newest_verified {
+                reasons.push("newest usable backup (always kept)".into());
+            }
             newest_done = true;
         }
         if kept_last < policy.keep_last.unwrap_or(0) {
@@ -150,7 +160,7 @@ pub fn decide(entries: &[BackupEntry], policy: &Policy) -> Result<Vec<Decision>>
     Ok(out)
 }
 
-/// Applies `policy` to the backups of `dir`; unless `dry_run`, removes each backup that goes
+/// Applies `policy` to the backups of `dir`, their checksums verified ([`list`]); unless `dry_run`, removes each backup that goes
 /// (and its manifest). Returns the decisions, newest first.
 #[tracing::instrument(level = "info", skip(policy), fields(dir = %dir.display()))]
 pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
@@ -332,7 +342,7 @@ mod tests {
         )
         .unwrap();
         assert!(ds[0].keep && ds[0].reasons[0].starts_with("corrupt"));
-        assert!(ds[1].keep && ds[1].reasons.iter().any(|r| r.contains("newest usable")));
+        assert!(ds[1].keep && ds[1].reasons.iter().any(|r| r.contains("newest verified")));
         assert!(!ds[2].keep && ds[2].reasons.is_empty());
     }
 }

@@ -111,6 +111,9 @@ impl SqliteStore {
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("busy_timeout"))?;
+        // Before anything is changed (WAL mode, pra's tables): a database of someone else's,
+        // the application's most likely, is refused.
+        refuse_foreign(&conn, &url)?;
         // Reading the journal mode also tells us whether this is a database at all. Switching a
         // new database to WAL needs an exclusive lock and SQLite does not call the busy handler
         // for it, so two processes opening a new store at once retry here (bounded).
@@ -244,6 +247,44 @@ impl SqliteStore {
 }
 
 /// Runs `f` again while it fails with SQLITE_BUSY, for up to 5 seconds.
+/// The tables of pra's schema (every migration's).
+const PRA_TABLES: &[&str] = &["active_site", "journal", "plan", "runs", "skips"];
+
+/// Refuses a database that has tables but is not a pra store: a table pra does not create, or
+/// tables without the schema version pra sets. Only reads.
+fn refuse_foreign(conn: &Connection, url: &str) -> Result<()> {
+    let err = |e| Error::sqlite("read the schema", url, e);
+    let tables: Vec<String> = retry_busy(|| {
+        conn.prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect()
+    })
+    .map_err(err)?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let version: u32 =
+        retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0))).map_err(err)?;
+    let foreign: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !PRA_TABLES.contains(t))
+        .collect();
+    if foreign.is_empty() && version > 0 {
+        return Ok(());
+    }
+    let shown = if foreign.is_empty() {
+        tables.join(", ")
+    } else {
+        foreign.join(", ")
+    };
+    Err(Error::InvalidArgument(format!(
+        "{url} is a SQLite database that is not a pra store (tables: {shown}); refusing to add pra's tables to it: give the store a file of its own (e.g. sqlite:///var/lib/pra/state.db)"
+    )))
+}
+
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut pause = std::time::Duration::from_millis(1);
