@@ -108,13 +108,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     let site = cfg.this_site()?;
     let store = cfg.open_store()?;
     let overlap_lock = if args.no_overlap {
-        let path = cfg.lock_dir.join(format!("pra-run-{}.lock", args.job));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
+        let f = open_overlap_lock(cfg, &args.job)?;
         match f.try_lock() {
             Ok(()) => Some(f),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -127,7 +121,9 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
                 );
                 return Ok(exit::RUN_BUSY);
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io("lock", cfg.lock_dir.join(&args.job), e));
+            }
         }
     } else {
         None
@@ -191,12 +187,61 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
                 "heartbeat failed; the command keeps running until its deadline (its writes are fenced by token)"
             ),
         },
-    )?;
+    );
     drop(overlap_lock);
+    let end = match end {
+        Ok(end) => end,
+        // The shells' codes for a command that cannot be run: 127 not found, 126 not executable.
+        Err(Error::Io {
+            op: "start",
+            path,
+            source,
+        }) => {
+            log_line(
+                &format!(
+                    "job {}: cannot start {}: {source}",
+                    args.job,
+                    path.display()
+                ),
+                true,
+            );
+            return Ok(match source.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                _ => 126,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     Ok(match end {
         RunEnd::Skipped { .. } if args.strict => exit::STANDBY_STRICT,
         other => other.exit_code(),
     })
+}
+
+/// The `--no-overlap` lock of `job` for this user, in `lock_dir`. Opened without following a
+/// symlink and only if it is a regular file of this user: in a shared directory such as /tmp,
+/// another user could otherwise point it at a file of ours, or hold it to block our job.
+fn open_overlap_lock(cfg: &Config, job: &str) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let path = cfg.lock_dir.join(format!("pra-run-{uid}-{job}.lock"));
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    let m = f.metadata().map_err(|e| Error::io("stat", &path, e))?;
+    if !m.is_file() || m.uid() != uid {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not a regular file of uid {uid}: refusing it as the --no-overlap lock (set lock_dir to a directory only pra's user can write)",
+            path.display()
+        )));
+    }
+    Ok(f)
 }
 
 /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the wrapper are forwarded to the

@@ -791,3 +791,74 @@ fn containment_is_recorded_and_the_fallback_stops_the_tree() {
         .collect();
     assert_eq!(kinds, vec!["process-group", "pid-namespace"]);
 }
+
+/// Red team F1: SIGSTOP of the wrapper's whole process group (wrapper, and before the fix the
+/// init and the command too; a terminal's Ctrl-Z stops a group the same way) while a `setsid`
+/// worker goes on: the init, in a session of its own, still enforces the deadline, so the
+/// worker is dead before the drain lets the other site start.
+#[test]
+fn stopping_the_wrappers_process_group_does_not_suspend_the_deadline() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let mut run = env.run("rbx", &["run", "--job", "invoices", "--", "./job.sh"]);
+    env.wait_workers(3);
+    let pgid = run.id() as i32;
+    // SAFETY: kill(2) on the process group this test started.
+    unsafe { libc::kill(-pgid, libc::SIGSTOP) };
+    env.deactivate();
+    let o = env.activate_sbg(&["--reason", "failover"]);
+    assert!(o.status.success(), "{}", text(&o));
+    env.assert_nothing_runs("when sbg was activated");
+    // SAFETY: as above.
+    unsafe { libc::kill(-pgid, libc::SIGCONT) };
+    wait_exit(&mut run, Duration::from_secs(10));
+}
+
+/// Red team F2: the store file moved away (and a new one created) under a live run: the
+/// wrapper must not keep heartbeating into the old file; it fences itself by its deadline.
+#[test]
+fn a_store_file_replaced_under_a_live_run_stops_the_run() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let mut run = env.run("rbx", &["run", "--job", "invoices", "--", "./job.sh"]);
+    env.wait_workers(3);
+    std::fs::create_dir(env.path("old")).unwrap();
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::rename(env.path(f), env.path("old").join(f));
+    }
+    let moved = Instant::now();
+    // Someone reads the store again: a new, empty one is created at the path.
+    env.ok(&["site", "show"]);
+    let gone = wait_until("the run stops itself", LOST_AFTER, || {
+        env.survivors().is_empty()
+    });
+    assert!(
+        gone <= KILL_AFTER + Duration::from_millis(500),
+        "stopped {gone:?} after the move"
+    );
+    assert!(moved.elapsed() < LOST_AFTER + Duration::from_secs(1));
+    wait_exit(&mut run, Duration::from_secs(10));
+}
+
+/// A command that cannot be run exits 127 (not found) or 126 (not executable), as shells do;
+/// the `--no-overlap` lock is never a symlink another user planted.
+#[test]
+fn unrunnable_commands_and_planted_lock_files() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let o = env.ops("rbx", &["run", "--job", "nope", "--", "./does-not-exist"]);
+    assert_eq!(o.status.code(), Some(127), "{}", text(&o));
+    std::fs::write(env.path("plain.txt"), "x").unwrap();
+    let o = env.ops("rbx", &["run", "--job", "nope", "--", "./plain.txt"]);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o));
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let victim = env.path("victim");
+    std::os::unix::fs::symlink(&victim, env.path(&format!("pra-run-{uid}-planted.lock"))).unwrap();
+    let o = env.ops(
+        "rbx",
+        &["run", "--no-overlap", "--job", "planted", "--", "true"],
+    );
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!victim.exists(), "the lock followed a planted symlink");
+}

@@ -20,7 +20,10 @@
 //! The init also enforces the run's **self-fencing deadline**: the wrapper extends it after
 //! every heartbeat the store accepted; when it passes (the wrapper is stuck, paused, or cut
 //! off from the store) the init sends SIGTERM to every process and, after the grace period,
-//! kills them all — without needing the wrapper.
+//! kills them all — without needing the wrapper. The init leads a session of its own, so a
+//! SIGSTOP of the wrapper's process group (`kill -STOP -PGID`, a terminal's job control) does
+//! not stop it; the wrapper SIGKILLs an init that does not act in time. Only stopping both,
+//! each by its pid, suspends the deadline (then the writes are still fenced by token).
 //!
 //! Between `fork` and `exec` only async-signal-safe system calls are made: the wrapper may
 //! have other threads (a heartbeat, a store client) holding locks the child must not touch.
@@ -703,6 +706,9 @@ unsafe fn init_main(cfg: &InitCfg) -> ! {
         for fd in cfg.parent_ends {
             libc::close(fd);
         }
+        // A session of its own: a SIGSTOP (or a terminal's job control) aimed at the wrapper's
+        // process group must not stop the one process that enforces the run's deadline.
+        libc::setsid();
         if ns {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         } else {

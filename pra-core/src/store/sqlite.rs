@@ -80,6 +80,10 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     clock: Arc<dyn Clock>,
+    // The device and inode the connection opened: a store file moved or replaced under a live
+    // process (a restore, an operator's `mv`) must not keep taking its heartbeats and flips
+    // while everyone else reads the new file.
+    identity: (u64, u64),
 }
 
 impl SqliteStore {
@@ -130,11 +134,18 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
             .map_err(sql("pragmas"))?;
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path)
+                .map_err(|e| unavailable(format!("cannot stat the database: {e}")))?;
+            (m.dev(), m.ino())
+        };
         let store = SqliteStore {
             url,
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             clock,
+            identity,
         };
         store.migrate()?;
         Ok(store)
@@ -148,10 +159,21 @@ impl SqliteStore {
     /// The schema version this build of pra writes.
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        use std::os::unix::fs::MetadataExt;
+        let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        if now.as_ref().ok() != Some(&self.identity) {
+            return Err(Error::StoreUnavailable {
+                url: self.url.clone(),
+                reason: match now {
+                    Ok(_) => "the store file was replaced since this process opened it (moved, restored or recreated): reopen it".into(),
+                    Err(e) => format!("the store file is gone since this process opened it: {e}"),
+                },
+            });
+        }
         // A panic while holding the lock cannot leave a half-applied change (SQLite rolls the
         // transaction back when it is dropped), so a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -159,7 +181,7 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("migrate"))?;
@@ -308,13 +330,13 @@ impl Store for SqliteStore {
     }
 
     fn load(&self) -> Result<ActiveSite> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         Ok(self.read_record(&conn)?.0)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
     fn commit(&self, commit: &Commit) -> Result<Committed> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("begin"))?;
@@ -414,12 +436,12 @@ impl Store for SqliteStore {
     }
 
     fn journal(&self) -> Result<Vec<JournalEntry>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         self.read_journal(&conn)
     }
 
     fn verify_journal(&self) -> Result<JournalCheck> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         // One read transaction, so the record's anchor and the entries are one snapshot.
         let tx = conn.transaction().map_err(self.err("begin"))?;
         let (_, head) = self.read_record(&tx)?;
@@ -430,7 +452,7 @@ impl Store for SqliteStore {
     }
 
     fn load_plan(&self) -> Result<Option<StoredPlan>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row: Option<(i64, String)> = conn
             .query_row("SELECT revision, doc FROM plan WHERE id = 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -450,7 +472,7 @@ impl Store for SqliteStore {
     }
 
     fn run_start(&self, run: &RunStart) -> Result<RunId> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("begin"))?;
@@ -491,7 +513,7 @@ impl Store for SqliteStore {
     }
 
     fn run_heartbeat(&self, id: RunId) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let n = conn
             .prepare_cached(
                 "UPDATE runs SET heartbeat_at = ?2, beats = beats + 1 WHERE id = ?1 AND finished_at IS NULL",
@@ -508,7 +530,7 @@ impl Store for SqliteStore {
     }
 
     fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let now = time_to_us(self.now());
         let n = conn
             .execute(
@@ -527,7 +549,7 @@ impl Store for SqliteStore {
     }
 
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(&format!(
                 "{RUN_COLUMNS} WHERE started_at >= ?1 ORDER BY started_at, id"
@@ -541,7 +563,7 @@ impl Store for SqliteStore {
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.prepare_cached(
             "INSERT INTO skips (job, site, count, last_at) VALUES (?1, ?2, 1, ?3)
              ON CONFLICT(job, site) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
@@ -552,7 +574,7 @@ impl Store for SqliteStore {
     }
 
     fn run_stats(&self) -> Result<Vec<RunStats>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT job, site, SUM(started), SUM(skipped), SUM(revoked), SUM(unfinished) FROM (
@@ -595,7 +617,7 @@ impl Store for SqliteStore {
     }
 
     fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(&format!(
                 "{RUN_COLUMNS} WHERE finished_at IS NULL AND token < ?1 ORDER BY id"
@@ -620,7 +642,7 @@ impl Store for SqliteStore {
         let Pulse::Counter { beats } = pulse else {
             return Ok(false);
         };
-        let conn = self.conn();
+        let conn = self.conn()?;
         let now = time_to_us(self.now());
         let n = conn
             .execute(
