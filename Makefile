@@ -90,6 +90,7 @@ apt-tools:
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	[ -e /usr/include/sqlite3.h ] || missing="$$missing libsqlite3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

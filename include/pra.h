@@ -236,12 +236,45 @@ pra_result pra_deactivate(const pra_store *store,
 // counts (NULL: "events"). A missing database is reported inside the document, not as an
 // error. On success `*out` receives a new string, to be released with `pra_string_free`.
 //
+// **One SQLite per database file per process:** this function opens `db` with libpra's own
+// SQLite. In a program that has `db` open through another SQLite library (the system's
+// libsqlite3), closing libpra's descriptor drops that program's POSIX locks on the file and
+// can lose its committed writes (<https://sqlite.org/howtocorrupt.html>, 2.2). Such a program
+// counts with its own connection and calls `pra_status_json_counted`, and takes backups with
+// its own `sqlite3_backup_*` and `pra_backup_adopt`.
+//
 // # Safety
 // The strings are NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
 pra_result pra_status_json(const char *db, const char *backup_dir, const char *table, char **out);
 
+// The status document, as `pra_status_json`, with the row count the caller took through its
+// own SQLite connection: libpra never opens `db`. `count` < 0 says the caller could not read
+// the database (`reason`, or NULL, says why); it is reported in the document.
+//
+// # Safety
+// The strings are NULL (`reason`) or NUL-terminated; `out` is NULL or valid for writing a
+// pointer.
+pra_result pra_status_json_counted(int64_t count,
+                                   const char *reason,
+                                   const char *backup_dir,
+                                   const char *table,
+                                   char **out);
+
+// Files a snapshot of `db` that the caller took with its own SQLite (`sqlite3_backup_*` into
+// the file `snapshot`, which must be on the same file system as `backup_dir`): checks it,
+// checksums it and puts it in place with its manifest, as `pra_backup` does. `snapshot` is
+// moved (it no longer exists on success). `*out` as for `pra_backup`.
+//
+// # Safety
+// The strings are NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
+pra_result pra_backup_adopt(const char *snapshot,
+                            const char *db,
+                            const char *backup_dir,
+                            char **out);
+
 // Takes a consistent, verified backup of `db` into `backup_dir` (created if missing), with
-// SQLite's online backup API, which is safe inside the application's own process. On success,
+// SQLite's online backup API through libpra's own SQLite (see `pra_status_json` for when a
+// program must use `pra_backup_adopt` instead). On success,
 // when `out` is not NULL, `*out` receives the backup's catalog entry as JSON, to be released
 // with `pra_string_free`.
 //

@@ -101,6 +101,27 @@ pub fn status(
     store: Option<&dyn Store>,
     clock: &dyn Clock,
 ) -> Result<Status> {
+    status_counted(
+        || backup::count_rows(db, &opts.table),
+        dir,
+        opts,
+        store,
+        clock,
+    )
+}
+
+/// [`status`] with the row count taken by `count`, on the calling thread, while the backup
+/// directory is listed on another. For callers inside the application's process: they count
+/// through the SQLite library the application uses (Python's `sqlite3`, the C program's own),
+/// because a second SQLite library opening and closing the same database file in one process
+/// drops the application's POSIX locks (<https://sqlite.org/howtocorrupt.html>, 2.2).
+pub fn status_counted(
+    count: impl FnOnce() -> Result<u64>,
+    dir: &Path,
+    opts: &Options,
+    store: Option<&dyn Store>,
+    clock: &dyn Clock,
+) -> Result<Status> {
     validate_table(&opts.table)?;
     if opts.backup_interval <= Duration::zero() {
         return Err(Error::InvalidArgument(
@@ -112,7 +133,7 @@ pub fn status(
     // scan runs on a second thread and the status costs about as much as the count alone.
     let (counted, scanned) = std::thread::scope(|s| {
         let scan = s.spawn(|| backup::newest_verified(dir));
-        let counted = backup::count_rows(db, &opts.table);
+        let counted = count();
         (counted, backup::join(scan))
     });
     let count = match counted {

@@ -652,6 +652,13 @@ pub unsafe extern "C" fn pra_deactivate(
 /// counts (NULL: "events"). A missing database is reported inside the document, not as an
 /// error. On success `*out` receives a new string, to be released with `pra_string_free`.
 ///
+/// **One SQLite per database file per process:** this function opens `db` with libpra's own
+/// SQLite. In a program that has `db` open through another SQLite library (the system's
+/// libsqlite3), closing libpra's descriptor drops that program's POSIX locks on the file and
+/// can lose its committed writes (<https://sqlite.org/howtocorrupt.html>, 2.2). Such a program
+/// counts with its own connection and calls `pra_status_json_counted`, and takes backups with
+/// its own `sqlite3_backup_*` and `pra_backup_adopt`.
+///
 /// # Safety
 /// The strings are NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
 #[unsafe(no_mangle)]
@@ -690,8 +697,103 @@ pub unsafe extern "C" fn pra_status_json(
     })
 }
 
+/// The status document, as `pra_status_json`, with the row count the caller took through its
+/// own SQLite connection: libpra never opens `db`. `count` < 0 says the caller could not read
+/// the database (`reason`, or NULL, says why); it is reported in the document.
+///
+/// # Safety
+/// The strings are NULL (`reason`) or NUL-terminated; `out` is NULL or valid for writing a
+/// pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_status_json_counted(
+    count: i64,
+    reason: *const c_char,
+    backup_dir: *const c_char,
+    table: *const c_char,
+    out: *mut *mut c_char,
+) -> pra_result {
+    ffi_boundary!({
+        // SAFETY: per this function's contract.
+        let dir = unsafe { arg(backup_dir, "backup_dir")? };
+        // SAFETY: per this function's contract.
+        let table = if table.is_null() {
+            "events"
+        } else {
+            unsafe { arg(table, "table")? }
+        };
+        // SAFETY: per this function's contract.
+        let reason = if reason.is_null() {
+            "the application could not read its database".to_string()
+        } else {
+            unsafe { arg(reason, "reason")? }.to_string()
+        };
+        if out.is_null() {
+            return Err(null_out("out"));
+        }
+        let opts = pra_core::status::Options {
+            table: table.into(),
+            ..Default::default()
+        };
+        let status = pra_core::status::status_counted(
+            || {
+                u64::try_from(count)
+                    .map_err(|_| Error::io("count rows of", table, std::io::Error::other(reason)))
+            },
+            &PathBuf::from(dir),
+            &opts,
+            None,
+            &SystemClock,
+        )?;
+        // SAFETY: `out` is non-NULL and valid for writes per the contract.
+        unsafe { write_json(&status, out)? };
+        Ok(pra_result::Ok)
+    })
+}
+
+/// Files a snapshot of `db` that the caller took with its own SQLite (`sqlite3_backup_*` into
+/// the file `snapshot`, which must be on the same file system as `backup_dir`): checks it,
+/// checksums it and puts it in place with its manifest, as `pra_backup` does. `snapshot` is
+/// moved (it no longer exists on success). `*out` as for `pra_backup`.
+///
+/// # Safety
+/// The strings are NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pra_backup_adopt(
+    snapshot: *const c_char,
+    db: *const c_char,
+    backup_dir: *const c_char,
+    out: *mut *mut c_char,
+) -> pra_result {
+    ffi_boundary!({
+        // SAFETY: per this function's contract.
+        let (snap, db, dir) = unsafe {
+            (
+                arg(snapshot, "snapshot")?,
+                arg(db, "db")?,
+                arg(backup_dir, "backup_dir")?,
+            )
+        };
+        let snap = PathBuf::from(snap);
+        let entry = pra_core::backup::create_from(
+            &PathBuf::from(db),
+            &PathBuf::from(dir),
+            &SystemClock,
+            |tmp| {
+                std::fs::rename(&snap, tmp).map_err(|e| Error::io("move", &snap, e))?;
+                Ok((0, pra_core::backup::Method::OnlineBackup))
+            },
+        )?;
+        if !out.is_null() {
+            // SAFETY: `out` is non-NULL and valid for writes per the contract.
+            unsafe { write_json(&entry, out)? };
+        }
+        Ok(pra_result::Ok)
+    })
+}
+
 /// Takes a consistent, verified backup of `db` into `backup_dir` (created if missing), with
-/// SQLite's online backup API, which is safe inside the application's own process. On success,
+/// SQLite's online backup API through libpra's own SQLite (see `pra_status_json` for when a
+/// program must use `pra_backup_adopt` instead). On success,
 /// when `out` is not NULL, `*out` receives the backup's catalog entry as JSON, to be released
 /// with `pra_string_free`.
 ///

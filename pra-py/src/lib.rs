@@ -4,7 +4,7 @@
 //! and converts the answer. Errors go through the one `From<PraErr> for PyErr`, which maps each
 //! core error kind to its exception class (all subclasses of `pra.PraError`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -340,9 +340,76 @@ pub struct JournalEntry {
 /// more often than that.
 #[pyclass(frozen, module = "pra")]
 pub struct Store {
-    inner: Arc<dyn pra_core::Store>,
+    url: String,
+    opts: pra_core::store::OpenOptions,
+    handle: ForkSafe,
     timeout: std::time::Duration,
     lost_after: std::time::Duration,
+}
+
+/// The store handle of this process. After `fork()` (gunicorn `--preload`, multiprocessing)
+/// the child must not use the parent's handle: its SQLite connection must not cross a fork
+/// (<https://sqlite.org/howtocorrupt.html>, 2.6) and its etcd client's threads are not in the
+/// child. The child reopens the store at its first call; the parent's handle is left alone
+/// (never dropped in the child: its destructor would wait for threads that do not exist
+/// there). The lock is stamped with its holder's pid, so a lock a parent thread held at the
+/// moment of the fork is recognised as stale in the child instead of hanging it.
+struct ForkSafe {
+    owner: std::sync::atomic::AtomicU32,
+    cell: std::cell::UnsafeCell<(u32, Arc<dyn pra_core::Store>)>,
+}
+
+// SAFETY: `cell` is only touched while `owner` holds this process's pid (see `with`).
+unsafe impl Sync for ForkSafe {}
+
+impl ForkSafe {
+    fn new(store: Arc<dyn pra_core::Store>) -> Self {
+        ForkSafe {
+            owner: std::sync::atomic::AtomicU32::new(0),
+            cell: std::cell::UnsafeCell::new((std::process::id(), store)),
+        }
+    }
+
+    /// The handle for this process, reopening with `open` after a fork.
+    fn get(
+        &self,
+        open: impl FnOnce() -> pra_core::Result<Arc<dyn pra_core::Store>>,
+    ) -> pra_core::Result<Arc<dyn pra_core::Store>> {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        let me = std::process::id();
+        loop {
+            match self.owner.compare_exchange(0, me, Acquire, Acquire) {
+                Ok(_) => break,
+                // Held at the fork by a thread of the parent: that thread is not here.
+                Err(holder) if holder != me => {
+                    if self
+                        .owner
+                        .compare_exchange(holder, me, Acquire, Acquire)
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        // SAFETY: this thread holds the lock.
+        let slot = unsafe { &mut *self.cell.get() };
+        let out = if slot.0 == me {
+            Ok(slot.1.clone())
+        } else {
+            match open() {
+                Ok(fresh) => {
+                    let old = std::mem::replace(slot, (me, fresh.clone()));
+                    std::mem::forget(old.1);
+                    Ok(fresh)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.owner.store(0, Release);
+        out
+    }
 }
 
 fn actor(by: &str, reason: &str) -> PraResult<Actor> {
@@ -350,9 +417,16 @@ fn actor(by: &str, reason: &str) -> PraResult<Actor> {
 }
 
 impl Store {
+    /// This process's handle (reopened after a fork).
+    fn inner(&self) -> PraResult<Arc<dyn pra_core::Store>> {
+        Ok(self
+            .handle
+            .get(|| pra_core::store::open_with(&self.url, &self.opts).map(Arc::from))?)
+    }
+
     /// One change of the record, made with the GIL released.
     fn change(&self, py: Python<'_>, change: SiteChange, a: Actor) -> PraResult<ActiveSite> {
-        let s = self.inner.clone();
+        let s = self.inner()?;
         Ok(blocking(py, move || s.change(change, &a))?.into())
     }
 }
@@ -375,9 +449,12 @@ impl Store {
             ..Default::default()
         };
         let (timeout, lost_after) = (opts.timeout, opts.lost_after);
-        let inner = blocking(py, move || pra_core::store::open_with(&url, &opts))?;
+        let (u, o) = (url.clone(), opts.clone());
+        let inner = blocking(py, move || pra_core::store::open_with(&u, &o))?;
         Ok(Store {
-            inner: Arc::from(inner),
+            url: inner.url().to_string(),
+            opts,
+            handle: ForkSafe::new(Arc::from(inner)),
             timeout,
             lost_after,
         })
@@ -386,12 +463,12 @@ impl Store {
     /// The URL the store was opened from.
     #[getter]
     fn url(&self) -> String {
-        self.inner.url().to_string()
+        self.url.clone()
     }
 
     /// The current active-site record.
     fn active(&self, py: Python<'_>) -> PraResult<ActiveSite> {
-        let s = self.inner.clone();
+        let s = self.inner()?;
         Ok(blocking(py, move || s.load())?.into())
     }
 
@@ -431,7 +508,7 @@ impl Store {
 
     /// The audit journal, oldest first.
     fn journal(&self, py: Python<'_>) -> PyResult<Vec<JournalEntry>> {
-        let s = self.inner.clone();
+        let s = self.inner()?;
         let entries = blocking(py, move || s.journal())?;
         entries
             .into_iter()
@@ -450,12 +527,12 @@ impl Store {
 
     /// Checks the journal's hash chain; returns the number of entries (CorruptError if broken).
     fn verify_journal(&self, py: Python<'_>) -> PraResult<u64> {
-        let s = self.inner.clone();
+        let s = self.inner()?;
         Ok(blocking(py, move || s.verify_journal())?.entries)
     }
 
     fn __repr__(&self) -> String {
-        format!("Store({:?})", self.inner.url())
+        format!("Store({:?})", self.url)
     }
 }
 
@@ -466,7 +543,7 @@ impl Store {
 /// can no longer vouch for the run) and `guard.ensure()` raises RoleLostError then.
 #[pyclass(module = "pra")]
 pub struct Guard {
-    store: Arc<dyn pra_core::Store>,
+    store: Py<Store>,
     site: SiteId,
     job: Option<String>,
     timings: pra_core::run::Timings,
@@ -478,12 +555,12 @@ impl Guard {
     #[new]
     #[pyo3(signature = (store, site, *, job = None, heartbeat = None))]
     fn new(
-        store: &Store,
+        store: Bound<'_, Store>,
         site: &str,
         job: Option<String>,
         heartbeat: Option<f64>,
     ) -> PraResult<Self> {
-        let lost_after = store.lost_after;
+        let (lost_after, timeout) = (store.get().lost_after, store.get().timeout);
         let heartbeat = match heartbeat {
             Some(h) => std::time::Duration::try_from_secs_f64(h).map_err(|_| {
                 pra_core::Error::InvalidArgument(format!(
@@ -493,14 +570,14 @@ impl Guard {
             None => (lost_after / 6).min(std::time::Duration::from_secs(10)),
         };
         Ok(Guard {
-            store: store.inner.clone(),
+            store: store.unbind(),
             site: SiteId::new(site)?,
             job,
             timings: pra_core::run::Timings {
                 heartbeat,
                 lost_after,
                 revoke_grace: lost_after / 4,
-                store_timeout: store.timeout,
+                store_timeout: timeout,
             },
             run: None,
         })
@@ -508,7 +585,7 @@ impl Guard {
 
     /// May this site run jobs now? (Raises if the store cannot be read: do not run then.)
     fn check(&self, py: Python<'_>) -> PraResult<Verdict> {
-        let (s, site) = (self.store.clone(), self.site.clone());
+        let (s, site) = (self.store.get().inner()?, self.site.clone());
         Ok(blocking(py, move || pra_core::check(&*s, &site))?.into())
     }
 
@@ -521,7 +598,7 @@ impl Guard {
                 "this guard already runs a block: one `with` at a time",
             ));
         }
-        let (s, site, timings) = (self.store.clone(), self.site.clone(), self.timings);
+        let (s, site, timings) = (self.store.get().inner()?, self.site.clone(), self.timings);
         let started = blocking(py, move || {
             pra_core::run::Registered::start(s, &site, &job, timings)
         })?;
@@ -569,7 +646,7 @@ impl Guard {
         let id = self.run.as_ref().map(|r| r.id()).ok_or_else(|| {
             InvalidArgumentError::new_err("no run is registered: use `with guard:` first")
         })?;
-        let s = self.store.clone();
+        let s = self.store.get().inner()?;
         Ok(blocking(py, move || s.run_heartbeat(id))?)
     }
 
@@ -593,8 +670,67 @@ impl Guard {
     }
 }
 
+/// Python's own `sqlite3` module: the SQLite library the application uses.
+fn py_sqlite_connect<'py>(py: Python<'py>, db: &Path, mode: &str) -> PyResult<Bound<'py, PyAny>> {
+    let sqlite3 = py.import("sqlite3")?;
+    // A URI, so that mode=ro never creates an empty database in place of a lost one.
+    let quoted: String = db
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '?' => "%3f".to_string(),
+            '#' => "%23".to_string(),
+            '%' => "%25".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("uri", true)?;
+    kwargs.set_item("timeout", 5.0)?;
+    sqlite3.call_method(
+        "connect",
+        (format!("file:{quoted}?mode={mode}"),),
+        Some(&kwargs),
+    )
+}
+
+/// A Python sqlite3 error as a pra error about `db`.
+fn py_sqlite_err(py: Python<'_>, what: &'static str, db: &Path, e: PyErr) -> pra_core::Error {
+    let msg = e.value(py).to_string();
+    if msg.contains("locked") || msg.contains("busy") {
+        pra_core::Error::Busy(format!("{what} {}: {msg}", db.display()))
+    } else {
+        pra_core::Error::io(what, db, std::io::Error::other(msg))
+    }
+}
+
+/// Counts the rows of `table` in `db` through Python's `sqlite3`, never through pra's SQLite:
+/// two SQLite libraries opening one database file in one process drop each other's POSIX
+/// locks (<https://sqlite.org/howtocorrupt.html>, 2.2).
+fn count_via_python(py: Python<'_>, db: &Path, table: &str) -> pra_core::Result<u64> {
+    if !db.is_file() {
+        return Err(pra_core::Error::NotFound(format!(
+            "database {} does not exist",
+            db.display()
+        )));
+    }
+    let sql = format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\""));
+    let conn = py_sqlite_connect(py, db, "ro").map_err(|e| py_sqlite_err(py, "open", db, e))?;
+    let counted = conn
+        .call_method1("execute", (sql,))
+        .and_then(|c| c.call_method0("fetchone"))
+        .and_then(|row| row.get_item(0))
+        .and_then(|v| v.extract::<i64>());
+    let _ = conn.call_method0("close");
+    counted
+        .map(|n| n.max(0) as u64)
+        .map_err(|e| py_sqlite_err(py, "count rows of", db, e))
+}
+
 /// The status document of the app: `count`, `last_backup_file`, `backup_age_seconds` (the
-/// seed's keys) and more. A missing database is reported in it, not raised.
+/// seed's keys) and more. A missing database is reported in it, not raised. The count goes
+/// through Python's `sqlite3` (the application's SQLite); the backup directory is listed at
+/// the same time with the GIL released.
 #[pyfunction]
 #[pyo3(signature = (db, backup_dir, table = "events", *, backup_interval = 60, store = None))]
 fn status(
@@ -605,25 +741,63 @@ fn status(
     backup_interval: u32,
     store: Option<&Store>,
 ) -> PyResult<Py<PyAny>> {
-    let s = store.map(|s| s.inner.clone());
+    let s = store.map(Store::inner).transpose()?;
     let opts = pra_core::status::Options {
         table: table.to_string(),
         backup_interval: chrono::Duration::seconds(i64::from(backup_interval)),
         ..Default::default()
     };
+    pra_core::status::validate_table(table).map_err(PraErr)?;
     let st = blocking(py, move || {
-        pra_core::status::status(&db, &backup_dir, &opts, s.as_deref(), &SystemClock)
+        pra_core::status::status_counted(
+            || Python::attach(|py| count_via_python(py, &db, &opts.table)),
+            &backup_dir,
+            &opts,
+            s.as_deref(),
+            &SystemClock,
+        )
     })?;
     json_of(py, &st)
 }
 
-/// Takes a consistent, verified backup of `db` into `backup_dir` (SQLite's online backup API:
-/// safe inside the application's own process).
+/// Takes a consistent, verified backup of `db` into `backup_dir`. The snapshot is taken with
+/// Python's `sqlite3` backup API (the application's SQLite, safe beside the application's own
+/// connections); pra then checks, checksums and files it with its manifest.
 #[pyfunction]
 #[pyo3(name = "backup")]
 fn backup_fn(py: Python<'_>, db: PathBuf, backup_dir: PathBuf) -> PraResult<Backup> {
+    if !db.is_file() {
+        return Err(PraErr(pra_core::Error::NotFound(format!(
+            "database {} does not exist",
+            db.display()
+        ))));
+    }
+    let source = db.clone();
     Ok(blocking(py, move || {
-        backup::create(&db, &backup_dir, Method::OnlineBackup, &SystemClock)
+        backup::create_from(&source, &backup_dir, &SystemClock, |tmp| {
+            Python::attach(|py| {
+                let take = || -> PyResult<u64> {
+                    let src = py_sqlite_connect(py, &db, "ro")?;
+                    let dst = py_sqlite_connect(py, tmp, "rwc");
+                    let result = dst.and_then(|dst| {
+                        let r = src.call_method1("backup", (&dst,));
+                        let _ = dst.call_method0("close");
+                        r
+                    });
+                    let pages = src
+                        .call_method1("execute", ("PRAGMA page_count",))
+                        .and_then(|c| c.call_method0("fetchone"))
+                        .and_then(|row| row.get_item(0))
+                        .and_then(|v| v.extract::<i64>());
+                    let _ = src.call_method0("close");
+                    result?;
+                    Ok(pages?.max(0) as u64)
+                };
+                take()
+                    .map(|pages| (pages, Method::OnlineBackup))
+                    .map_err(|e| py_sqlite_err(py, "back up", &db, e))
+            })
+        })
     })?
     .into())
 }
@@ -715,6 +889,12 @@ fn restore_fn(
 /// and inside its current transaction: raises StaleTokenError if a higher token was admitted.
 #[pyfunction]
 fn fence_admit(conn: &Bound<'_, PyAny>, token: u64) -> PyResult<u64> {
+    // The check and the record must be one transaction with the caller's writes. Under Python's
+    // default isolation level no transaction is open before the first INSERT, so the read
+    // below would stand alone: open one (taking the write lock first) when there is none.
+    if !conn.getattr("in_transaction")?.extract::<bool>()? {
+        conn.call_method1("execute", ("BEGIN IMMEDIATE",))?;
+    }
     conn.call_method1("execute", (Fence::SQL_CREATE,))?;
     let row = conn
         .call_method1("execute", (Fence::SQL_HIGHEST,))?

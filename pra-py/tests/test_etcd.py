@@ -112,3 +112,28 @@ def test_store_timeouts_are_options():
             pra.Store("etcd://127.0.0.1:1/pra", **bad)
     with pytest.raises(TypeError):
         pra.Store("etcd://127.0.0.1:1/pra", timeout="5")
+
+
+def test_an_etcd_store_used_after_fork_reopens_itself(etcd):
+    """The etcd client's threads are not in a forked child: it must reopen, not hang."""
+    store = pra.Store(f"etcd://{etcd}/py-fork")
+    store.activate("rbx", expect_token=0, by="ops")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if store.active().token == 1 and pra.Guard(store, "rbx").check().may_run else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the parent's etcd client")
+        time.sleep(0.02)
+    assert store.active().token == 1

@@ -4,6 +4,8 @@ import datetime
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -325,3 +327,139 @@ def test_guard_losing_the_admission_race_is_standby_not_stale_token(tmp_path):
         stop.set()
         t.join()
     assert ran + standby == 300 and standby > 0
+
+
+def test_status_and_backup_keep_the_apps_locks(tmp_path):
+    """The app-database issue: pra.status() and pra.backup() inside the app's process must not
+    drop the app's POSIX locks (two SQLite libraries closing the same file do)."""
+    db = tmp_path / "app.db"
+    make_db(db, rows=50)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = DELETE")  # Python's and SQLite's default
+    conn.execute("BEGIN")
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (50,)  # SHARED lock held
+
+    probe = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+        "try:\n"
+        "    c.execute('BEGIN EXCLUSIVE')\n"
+        "    print('got it')\n"
+        "except sqlite3.OperationalError as e:\n"
+        "    print('locked' if 'locked' in str(e) else e)\n"
+    )
+
+    def other_process_can_lock():
+        out = subprocess.run([sys.executable, "-c", probe, str(db)], capture_output=True, text=True, timeout=30)
+        return out.stdout.strip()
+
+    assert other_process_can_lock() == "locked"
+    s = pra.status(db, tmp_path / "backup")
+    assert s["count"] == 50
+    assert other_process_can_lock() == "locked", "pra.status() dropped the app's lock"
+    pra.backup(db, tmp_path / "backup")
+    assert other_process_can_lock() == "locked", "pra.backup() dropped the app's lock"
+    conn.execute("COMMIT")
+    assert pra.status(db, tmp_path / "backup")["last_backup_file"].startswith("backup-")
+    assert pra.list_backups(tmp_path / "backup")[0].state == "verified"
+
+
+def test_fence_admit_under_pythons_default_isolation_level(tmp_path):
+    """`with conn:` opens no transaction before the fence's read: fence_admit opens one, and the
+    fence never goes down."""
+    db = tmp_path / "app.db"
+    conn = sqlite3.connect(db)  # default isolation level
+    conn.execute("CREATE TABLE results (v TEXT)")
+    conn.commit()
+    with conn:
+        assert not conn.in_transaction
+        pra.fence_admit(conn, 5)
+        assert conn.in_transaction, "fence_admit must hold a transaction across its read and write"
+        conn.execute("INSERT INTO results VALUES ('token 5')")
+    # A stale token is refused, and the UPSERT can never lower the fence.
+    with pytest.raises(pra.StaleTokenError):
+        with conn:
+            pra.fence_admit(conn, 3)
+            conn.execute("INSERT INTO results VALUES ('token 3')")
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO pra_fence (id, token) VALUES (1, 2) ON CONFLICT(id) DO UPDATE SET token = max(token, excluded.token)")
+    other.execute("COMMIT")
+    assert conn.execute("SELECT token FROM pra_fence").fetchone() == (5,)
+    assert conn.execute("SELECT v FROM results").fetchall() == [("token 5",)]
+    # Racing processes: only non-decreasing tokens are ever admitted.
+    script = (
+        "import sqlite3, sys, pra\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=30)\n"
+        "ok = 0\n"
+        "for t in range(int(sys.argv[2]), 200, 2):\n"
+        "    try:\n"
+        "        with c:\n"
+        "            pra.fence_admit(c, t)\n"
+        "            c.execute('INSERT INTO results VALUES (?)', (str(t),))\n"
+        "        ok += 1\n"
+        "    except pra.StaleTokenError:\n"
+        "        pass\n"
+        "print(ok)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(db), str(start)], stdout=subprocess.PIPE, text=True)
+             for start in (6, 7)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    admitted = [int(v) for (v,) in conn.execute("SELECT v FROM results ORDER BY rowid").fetchall()[1:]]
+    assert admitted == sorted(admitted), "a lower token was admitted after a higher one"
+
+
+def _in_child(fn, timeout=20):
+    """Runs fn in a forked child; its exit status (0: ok), or fails if it hangs."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung using the parent's store")
+
+
+def test_a_store_used_after_fork_reopens_itself(tmp_path):
+    """gunicorn --preload, multiprocessing: the child reopens the store, never hangs."""
+    store = pra.Store(f"sqlite://{tmp_path}/state.db")
+    store.activate("rbx", expect_token=0, by="ops")
+    g = pra.Guard(store, "rbx", job="forked")
+    assert g.check().may_run
+
+    def child():
+        assert store.active().token == 1
+        assert g.check().may_run
+        with g:
+            pass
+
+    # Another thread is inside the store while the fork happens.
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            store.active()
+
+    t = threading.Thread(target=busy)
+    t.start()
+    try:
+        for _ in range(3):
+            assert _in_child(child) == 0
+    finally:
+        stop.set()
+        t.join()
+    runs = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()
+    assert runs == (3,), "each child registered and finished its run"
+    store.deactivate(expect_token=1, by="ops")

@@ -40,6 +40,12 @@ for bin in test_pra_shared test_pra_static; do
   "$out/$bin" "$scratch" "$endpoint"
   rm -rf "$scratch"
 done
+# A program that owns its database through the system's libsqlite3 beside libpra.so.
+cc "${cflags[@]}" tests/c/test_app_sqlite.c -L"$target" -lpra -Wl,-rpath,"$PWD/$target" -lsqlite3 -lpthread -o "$out/test_app_sqlite"
+scratch=$(mktemp -d)
+echo "== test_app_sqlite"
+"$out/test_app_sqlite" "$scratch"
+rm -rf "$scratch"
 if command -v valgrind >/dev/null; then
   scratch=$(mktemp -d)
   echo "== valgrind test_pra_static"

@@ -3,8 +3,10 @@
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -112,3 +114,81 @@ def test_a_real_server_on_loopback(volumes):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_every_acknowledged_write_survives_gunicorn_status_load_and_backups(volumes, tmp_path):
+    """The app-database issue, as a user runs the seed's app: gunicorn with 4 workers, POSTs
+    while /status is hammered and `pra backup` runs; every write answered 201 must be in the
+    database afterwards, and no worker may crash. (Before the fix, pra's own SQLite in the
+    workers dropped the app's locks: SIGBUS and lost acknowledged writes.)"""
+    db, backup = volumes
+    create_app(str(db), str(backup))  # creates the database and its table, as at start-up
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, "PRA_DB": str(db), "PRA_BACKUP_DIR": str(backup)}
+    env.pop("PRA_STORE", None)
+    gunicorn = [sys.executable, "-m", "gunicorn", "--chdir", str(HERE), "-w", "4", "-b", f"127.0.0.1:{port}",
+                "--log-file", str(log), "--log-level", "info", "app:create_app()"]
+    server = subprocess.Popen(gunicorn, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    stop = threading.Event()
+    acked, errors = [], []
+
+    def post(worker):
+        i = 0
+        while not stop.is_set():
+            body = json.dumps({"body": f"w{worker}-{i}"}).encode()
+            req = urllib.request.Request(f"{base}/events", data=body, headers={"Content-Type": "application/json"}, method="POST")
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    if r.status == 201:
+                        acked.append(f"w{worker}-{i}")
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                errors.append(repr(e))
+            i += 1
+
+    def hammer_status():
+        while not stop.is_set():
+            try:
+                urllib.request.urlopen(f"{base}/status", timeout=10).read()
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                errors.append(repr(e))
+
+    def backups():
+        benv = {**os.environ, "PRA_DB": str(db), "PRA_BACKUP_DIR": str(backup)}
+        benv.pop("PRA_CONFIG", None)
+        benv.pop("PRA_STORE", None)
+        while not stop.is_set():
+            subprocess.run([PRA_BIN, "backup"], env=benv, capture_output=True, timeout=60)
+            time.sleep(0.2)
+
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.05)
+        threads = [threading.Thread(target=post, args=(w,)) for w in range(4)]
+        threads += [threading.Thread(target=hammer_status) for _ in range(4)]
+        threads.append(threading.Thread(target=backups))
+        for t in threads:
+            t.start()
+        time.sleep(8)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    text = log.read_text()
+    for crash in ("was sent", "exited with code", "WORKER TIMEOUT"):
+        assert crash not in text, text[-3000:]
+    assert text.count("Booting worker") == 4, "a worker died and was replaced:\n" + text[-3000:]
+    assert len(acked) > 50, f"too few writes went through: {len(acked)}; errors: {errors[:5]}"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    stored = {b for (b,) in conn.execute("SELECT body FROM events")}
+    lost = [b for b in acked if b not in stored]
+    assert not lost, f"{len(lost)} of {len(acked)} acknowledged writes are not in the database"
+    assert pra.list_backups(backup), "backups ran"

@@ -518,8 +518,27 @@ pub(crate) fn sha256_file(path: &Path) -> Result<String> {
 /// name; the source is only read.
 #[tracing::instrument(level = "info", skip(clock), fields(db = %db.display(), dir = %dir.display()))]
 pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Result<BackupEntry> {
-    let started = Instant::now();
     let src = open_existing(db, true)?;
+    create_from(db, dir, clock, |tmp| {
+        let taken = snapshot(&src, db, tmp, method);
+        drop(src);
+        taken
+    })
+}
+
+/// Takes a backup of `db` whose snapshot `take` writes into the temporary file it is given
+/// (returning the source's page count and the method it used); then verifies it, checksums
+/// it and puts it in place with its manifest, as [`create`] does. For callers inside the
+/// application's process: they snapshot through the SQLite library the application uses
+/// (Python's `sqlite3` backup API), so that pra's own SQLite never opens the live database
+/// there (see [`crate::status::status_counted`]).
+pub fn create_from(
+    db: &Path,
+    dir: &Path,
+    clock: &dyn Clock,
+    take: impl FnOnce(&Path) -> Result<(u64, Method)>,
+) -> Result<BackupEntry> {
+    let started = Instant::now();
     create_private_dir(dir)?;
     crate::fsutil::remove_dead_temps(dir, TEMP_PREFIX);
     let now = clock.now();
@@ -529,8 +548,7 @@ pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Resul
         now.timestamp_micros()
     ));
     let result = (|| {
-        let (source_page_count, method) = snapshot(&src, db, &tmp, method)?;
-        drop(src);
+        let (source_page_count, method) = take(&tmp)?;
         {
             let dst = Connection::open(&tmp).map_err(sql_err("open backup", &tmp))?;
             // A self-contained file: rollback-journal mode, so it needs no -wal/-shm beside it.
