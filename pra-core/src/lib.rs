@@ -9,6 +9,7 @@ pub mod backup;
 pub mod clock;
 pub mod error;
 pub mod fencing;
+pub mod forkguard;
 mod fsutil;
 pub mod guard;
 pub mod plan;

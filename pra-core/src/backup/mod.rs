@@ -409,7 +409,7 @@ fn sql_err<'a>(what: &'static str, path: &'a Path) -> impl Fn(rusqlite::Error) -
 }
 
 /// Opens an existing database for reading, without creating it.
-pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Connection> {
+pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Guarded> {
     if !path.is_file() {
         return Err(Error::NotFound(format!(
             "database {} does not exist",
@@ -421,10 +421,33 @@ pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Connection> 
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
+    let fork = crate::forkguard::enter();
     let conn = Connection::open_with_flags(path, flags).map_err(sql_err("open", path))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(sql_err("open", path))?;
-    Ok(conn)
+    Ok(Guarded { conn, _fork: fork })
+}
+
+/// A connection of pra's own SQLite, with the fork guard held for its lifetime (see
+/// [`crate::forkguard`]); derefs to the connection.
+#[derive(Debug)]
+pub(crate) struct Guarded {
+    // Declared first: closed before the guard is released.
+    conn: Connection,
+    _fork: crate::forkguard::Guard,
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
 }
 
 /// Row counts of every user table (not `sqlite_*`), in name order.
@@ -550,6 +573,7 @@ pub fn create_from(
     let result = (|| {
         let (source_page_count, method) = take(&tmp)?;
         {
+            let _fork = crate::forkguard::enter();
             let dst = Connection::open(&tmp).map_err(sql_err("open backup", &tmp))?;
             // A self-contained file: rollback-journal mode, so it needs no -wal/-shm beside it.
             dst.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
@@ -655,6 +679,7 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(
             ))),
         },
         Method::OnlineBackup => {
+            let _fork = crate::forkguard::enter();
             let mut out = Connection::open(dst).map_err(sql_err("open backup", dst))?;
             // A new file nobody else sees: no journal, no syncs while copying (the finished file
             // is fsynced once, before it gets its name).
@@ -715,6 +740,7 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<u64>> {
     if mode.eq_ignore_ascii_case("wal") {
         // Asked after our snapshot was taken: if every frame is in the file, our snapshot is in
         // the file, and no checkpoint can write a newer page into it while we read.
+        let _fork = crate::forkguard::enter();
         let probe = match Connection::open_with_flags(
             db,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

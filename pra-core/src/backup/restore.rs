@@ -104,10 +104,10 @@ pub struct Preview {
 /// Per-table row counts of the backup `point` designates beside those of the current database.
 pub fn preview(db: &Path, dir: &Path, point: &RestorePoint) -> Result<Preview> {
     let backup = select(dir, point)?;
-    let in_backup = table_counts(&open_existing(&backup.path, true)?)?;
+    let in_backup = table_counts(&*open_existing(&backup.path, true)?)?;
     let current_exists = db.is_file();
     let now = if current_exists {
-        table_counts(&open_existing(db, true)?)?
+        table_counts(&*open_existing(db, true)?)?
     } else {
         BTreeMap::new()
     };
@@ -275,6 +275,8 @@ struct Claim {
     conn: Connection,
     db: PathBuf,
     wal: bool,
+    // Held as long as the connection lives (see crate::forkguard).
+    _fork: crate::forkguard::Guard,
 }
 
 impl Claim {
@@ -285,6 +287,7 @@ impl Claim {
         let name = db.display().to_string();
         let name = name.as_str();
         let err = |what: &'static str| move |e| Error::sqlite(what, name, e);
+        let fork = crate::forkguard::enter();
         let conn = Connection::open_with_flags(
             db,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -321,6 +324,7 @@ impl Claim {
             conn,
             db: db.to_path_buf(),
             wal: mode.eq_ignore_ascii_case("wal"),
+            _fork: fork,
         }))
     }
 

@@ -90,6 +90,7 @@ impl SqliteStore {
     /// Opens (creating it, mode 0600, if missing) the store database at `path` and brings its
     /// schema up to date. The parent directory must exist.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
+        let _fork = crate::forkguard::enter();
         let url = format!("sqlite://{}", display(path));
         let unavailable = |reason: String| Error::StoreUnavailable {
             url: url.clone(),
@@ -159,7 +160,8 @@ impl SqliteStore {
     /// The schema version this build of pra writes.
     pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
-    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+    fn conn(&self) -> Result<Held<'_>> {
+        let fork = crate::forkguard::enter();
         use std::os::unix::fs::MetadataExt;
         let now = std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
         if now.as_ref().ok() != Some(&self.identity) {
@@ -173,7 +175,10 @@ impl SqliteStore {
         }
         // A panic while holding the lock cannot leave a half-applied change (SQLite rolls the
         // transaction back when it is dropped), so a poisoned lock is safe to reuse.
-        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+        Ok(Held {
+            conn: self.conn.lock().unwrap_or_else(|p| p.into_inner()),
+            _fork: fork,
+        })
     }
 
     fn err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> Error + '_ {
@@ -265,6 +270,25 @@ impl SqliteStore {
 
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+}
+
+/// The store's connection, held: no fork happens meanwhile (see [`crate::forkguard`]).
+struct Held<'a> {
+    conn: MutexGuard<'a, Connection>,
+    _fork: crate::forkguard::Guard,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 }
 
