@@ -208,8 +208,12 @@ pra_result pra_guard_check(const pra_store *store, const char *site, pra_verdict
 pra_result pra_active_site(const pra_store *store, pra_record *out);
 
 // Makes `site` the active site, if the record is at `expect_token` and no site is active
-// (break before make). `by` (who) is required, `reason` may be NULL. On success, when `out`
-// is not NULL, `*out` receives the new record.
+// (break before make), once no run of an older token is alive — the same drain as `pra site
+// activate`: it waits (blocking) up to twice the store's `lost_after` for them to finish or
+// be counted lost, then fails with `PRA_RESULT_BUSY` naming them. On a store without a run
+// registry (the lock file) nothing can be drained and the site is activated. `by` (who) is
+// required, `reason` may be NULL. On success, when `out` is not NULL, `*out` receives the new
+// record.
 //
 // # Safety
 // `store` is NULL or a live handle; the strings are NULL or NUL-terminated; `out` is NULL or

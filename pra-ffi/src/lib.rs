@@ -581,8 +581,12 @@ unsafe fn change(
 }
 
 /// Makes `site` the active site, if the record is at `expect_token` and no site is active
-/// (break before make). `by` (who) is required, `reason` may be NULL. On success, when `out`
-/// is not NULL, `*out` receives the new record.
+/// (break before make), once no run of an older token is alive — the same drain as `pra site
+/// activate`: it waits (blocking) up to twice the store's `lost_after` for them to finish or
+/// be counted lost, then fails with `PRA_RESULT_BUSY` naming them. On a store without a run
+/// registry (the lock file) nothing can be drained and the site is activated. `by` (who) is
+/// required, `reason` may be NULL. On success, when `out` is not NULL, `*out` receives the new
+/// record.
 ///
 /// # Safety
 /// `store` is NULL or a live handle; the strings are NULL or NUL-terminated; `out` is NULL or
@@ -598,22 +602,40 @@ pub unsafe extern "C" fn pra_activate(
 ) -> pra_result {
     ffi_boundary!({
         // SAFETY: per this function's contract.
-        let site = unsafe { arg(site, "site")? };
-        // SAFETY: per this function's contract.
-        unsafe {
-            change(
-                store,
-                || {
-                    Ok(SiteChange::Activate {
-                        site: SiteId::new(site)?,
-                        expect: FencingToken(expect_token),
-                    })
-                },
-                by,
-                reason,
-                out,
+        let (st, site, by) = unsafe {
+            (
+                store
+                    .as_ref()
+                    .ok_or_else(|| Error::InvalidArgument("store is NULL".into()))?,
+                arg(site, "site")?,
+                arg(by, "by")?,
             )
+        };
+        // SAFETY: per this function's contract.
+        let reason = if reason.is_null() {
+            ""
+        } else {
+            unsafe { arg(reason, "reason")? }
+        };
+        let (record, _) = pra_core::run::activate(
+            &*st.inner,
+            &SystemClock,
+            &SiteId::new(site)?,
+            FencingToken(expect_token),
+            &Actor::new(by, reason)?,
+            &pra_core::run::ActivateOptions {
+                wait: true,
+                timeout: st.timings.lost_after * 2,
+                poll: std::time::Duration::from_millis(200),
+                lost_after: st.timings.lost_after,
+                force: false,
+            },
+        )?;
+        if !out.is_null() {
+            // SAFETY: non-NULL and valid for writes per the contract.
+            unsafe { *out = record_of(&record) };
         }
+        Ok(pra_result::Ok)
     })
 }
 

@@ -472,8 +472,12 @@ impl Store {
         Ok(blocking(py, move || s.load())?.into())
     }
 
-    /// Makes `site` active if the record is at `expect_token` and no site is active.
-    #[pyo3(signature = (site, *, expect_token, by, reason = String::new()))]
+    /// Makes `site` active if the record is at `expect_token` and no site is active, once no
+    /// run of an older token is alive (the drain of `pra site activate`): waits up to
+    /// `drain_timeout` seconds (default: twice `lost_after`, GIL released), then raises
+    /// BusyError naming them. `force=True` (with a reason) goes past them, journaled.
+    #[pyo3(signature = (site, *, expect_token, by, reason = String::new(), drain_timeout = None, force = false))]
+    #[allow(clippy::too_many_arguments)]
     fn activate(
         &self,
         py: Python<'_>,
@@ -481,13 +485,38 @@ impl Store {
         expect_token: u64,
         by: String,
         reason: String,
+        drain_timeout: Option<f64>,
+        force: bool,
     ) -> PraResult<ActiveSite> {
         let a = actor(&by, &reason)?;
-        let change = SiteChange::Activate {
-            site: SiteId::new(&site)?,
-            expect: FencingToken(expect_token),
+        let site = SiteId::new(&site)?;
+        let timeout = match drain_timeout {
+            Some(t) => std::time::Duration::try_from_secs_f64(t).map_err(|_| {
+                pra_core::Error::InvalidArgument(format!(
+                    "drain_timeout must be a finite number of seconds >= 0, not {t}"
+                ))
+            })?,
+            None => self.lost_after * 2,
         };
-        self.change(py, change, a)
+        let opts = pra_core::run::ActivateOptions {
+            wait: !timeout.is_zero(),
+            timeout,
+            poll: std::time::Duration::from_millis(200),
+            lost_after: self.lost_after,
+            force,
+        };
+        let s = self.inner()?;
+        let (record, _) = blocking(py, move || {
+            pra_core::run::activate(
+                &*s,
+                &SystemClock,
+                &site,
+                FencingToken(expect_token),
+                &a,
+                &opts,
+            )
+        })?;
+        Ok(record.into())
     }
 
     /// Makes no site active if the record is at `expect_token`.

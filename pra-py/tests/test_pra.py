@@ -463,3 +463,28 @@ def test_a_store_used_after_fork_reopens_itself(tmp_path):
         "SELECT count(*) FROM runs WHERE finished_at IS NOT NULL").fetchone()
     assert runs == (3,), "each child registered and finished its run"
     store.deactivate(expect_token=1, by="ops")
+
+
+def test_activation_drains_the_old_sites_runs(tmp_path):
+    """Every flip drains: Store.activate waits for live runs of an older token."""
+    url = f"sqlite://{tmp_path}/state.db"
+    store = pra.Store(url, timeout=1.0, lost_after=3.0)
+    store.activate("rbx", expect_token=0, by="ops")
+    inside, release = threading.Event(), threading.Event()
+
+    def job():
+        with pra.Guard(store, "rbx", job="invoices", heartbeat=0.2):
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=job)
+    t.start()
+    assert inside.wait(5)
+    store.deactivate(expect_token=1, by="ops")
+    with pytest.raises(pra.BusyError, match="invoices"):
+        store.activate("sbg", expect_token=2, by="ops", drain_timeout=0.5)
+    with pytest.raises(pra.InvalidArgumentError, match="reason"):
+        store.activate("sbg", expect_token=2, by="ops", force=True)
+    release.set()
+    t.join()
+    assert store.activate("sbg", expect_token=2, by="ops").site == "sbg"
