@@ -862,3 +862,64 @@ fn unrunnable_commands_and_planted_lock_files() {
     assert_ne!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!victim.exists(), "the lock followed a planted symlink");
 }
+
+/// Cron jobs often run as an unprivileged user (`app`): containment then takes a user and PID
+/// namespace (when the kernel allows unprivileged user namespaces), the command keeps its uid,
+/// and the whole tree still dies with the run. Runs as nobody through setpriv when the test
+/// runs as root (CI), and is skipped with a message otherwise.
+#[test]
+fn an_unprivileged_run_is_contained_in_a_user_namespace() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot switch to an unprivileged user; skipped");
+        return;
+    }
+    let env = Env::sqlite();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(env.dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin())
+            .args(args)
+            .env("PRA_CONFIG", &env.config)
+            .env("PRA_SITE", "rbx")
+            .env_remove("PRA_STORE")
+            .current_dir(env.dir.path());
+        c
+    };
+    let o = as_nobody(&["site", "activate", "rbx", "--expect-token", "0", "--reason", "t"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut run = as_nobody(&["run", "--strict-containment", "--job", "app", "--", "./job.sh"])
+        .process_group(0)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_workers(3);
+    for pid in env.survivors() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t65534")),
+            "the job keeps its uid: {status}"
+        );
+    }
+    let o = as_nobody(&["site", "deactivate", "--expect-token", "1", "--reason", "t"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    wait_exit(&mut run, Duration::from_secs(10));
+    env.assert_nothing_runs("after the unprivileged run was revoked");
+    let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
+    let kind: String = c
+        .query_row("SELECT containment FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kind, "user-pid-namespace");
+}
