@@ -894,15 +894,30 @@ fn an_unprivileged_run_is_contained_in_a_user_namespace() {
             .current_dir(env.dir.path());
         c
     };
-    let o = as_nobody(&["site", "activate", "rbx", "--expect-token", "0", "--reason", "t"])
-        .output()
-        .unwrap();
+    let o = as_nobody(&[
+        "site",
+        "activate",
+        "rbx",
+        "--expect-token",
+        "0",
+        "--reason",
+        "t",
+    ])
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let mut run = as_nobody(&["run", "--strict-containment", "--job", "app", "--", "./job.sh"])
-        .process_group(0)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = as_nobody(&[
+        "run",
+        "--strict-containment",
+        "--job",
+        "app",
+        "--",
+        "./job.sh",
+    ])
+    .process_group(0)
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     env.wait_workers(3);
     for pid in env.survivors() {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -950,3 +950,137 @@ fn a_rotted_newest_backup_is_not_trusted_and_prune_keeps_the_good_ones() {
         good.name
     );
 }
+
+/// Red team: restoring into a missing database while the application creates it (and commits)
+/// during the copy must never replace that new database: the restore is refused instead.
+#[test]
+fn a_database_created_during_a_restore_is_never_replaced() {
+    const CREATOR: &str = r#"
+import os, sqlite3, sys, time
+db = sys.argv[1]; d = os.path.dirname(db)
+print("ready", flush=True)
+deadline = time.time() + 60
+while not any(".pra-restore-tmp-" in n for n in os.listdir(d)):
+    if time.time() > deadline:
+        print("no restore seen", flush=True); sys.exit(1)
+c = sqlite3.connect(db)
+c.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT)")
+c.execute("INSERT INTO events (body) VALUES ('created-during-restore')")
+c.commit(); c.close()
+print("committed", flush=True)
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db_in(&db, 300_000, "DELETE");
+    let bdir = dir.path().join("backups");
+    backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    std::fs::remove_file(&db).unwrap();
+    let mut creator = Py::start(CREATOR, &[&db]);
+    assert_eq!(creator.line(), "ready");
+    let restored = restore::restore(
+        &db,
+        &bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    );
+    let said = creator.line();
+    assert_eq!(said, "committed");
+    match restored {
+        // The copy finished before the database appeared: nothing was committed over.
+        Ok(r) => panic!("the restore replaced a database created during it: {r:?}"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+    }
+    assert_eq!(bodies(&db, "created-during-restore"), 1);
+}
+
+/// Red team: bytes changed through a shared memory map whose page was already dirty change no
+/// size, mtime or ctime — the verification cache cannot see it. Prune (a deletion) hashes what
+/// it keeps anyway: the rotted newest backup never justifies deleting the good one.
+#[test]
+fn prune_rehashes_what_the_cache_cannot_see() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let good = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::seconds(30));
+    make_db(&db, 5);
+    let newest = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&newest.path)
+        .unwrap();
+    let len = f.metadata().unwrap().len() as usize;
+    // SAFETY: a shared mapping of a file this test owns, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    } as *mut u8;
+    assert!(!map.is_null() && map as isize != -1);
+    // Dirty the page first (this write updates the times), then let the cache see the file.
+    // SAFETY: inside the mapping.
+    unsafe { *map.add(len - 100) = *map.add(len - 100) };
+    assert!(
+        backup::list(&bdir)
+            .unwrap()
+            .iter()
+            .all(|e| e.health == Health::Verified)
+    );
+    let stamp = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).unwrap();
+        (m.len(), m.mtime_nsec(), m.ctime_nsec(), m.ino())
+    };
+    let before = stamp(&newest.path);
+    // SAFETY: inside the mapping, in the page already dirtied: no fault, no time update.
+    unsafe { *map.add(len - 10) ^= 0xff };
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(map.cast(), len) };
+    assert_eq!(before, stamp(&newest.path), "the edit changed no stamp");
+    let policy = Policy {
+        keep_last: Some(1),
+        ..Policy::default()
+    };
+    retention::prune(&bdir, &policy, false).unwrap();
+    assert!(
+        good.path.exists(),
+        "prune deleted the good backup on a cached verification"
+    );
+    let list = backup::list(&bdir).unwrap();
+    assert!(
+        matches!(&list[0].health, Health::Corrupt { .. }),
+        "{:?}",
+        list[0].health
+    );
+}
+
+/// Red team: a backup name that is a symlink (to the live database, say) is never opened, so
+/// verifying backups inside the application's process cannot close a descriptor of its
+/// database (which would drop its locks); it is not a verified backup either.
+#[test]
+fn a_symlinked_backup_is_never_opened_nor_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 5);
+    let bdir = dir.path().join("backups");
+    let b = backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
+    // The backup's bytes are those of the live database now: a symlink to it would "verify".
+    fs::copy(&b.path, &db).unwrap();
+    fs::remove_file(&b.path).unwrap();
+    std::os::unix::fs::symlink(&db, &b.path).unwrap();
+    let list = backup::list(&bdir).unwrap();
+    assert!(
+        list.iter().all(|e| e.health != Health::Verified),
+        "a symlink was trusted: {list:?}"
+    );
+}

@@ -921,9 +921,19 @@ fn fence_admit(conn: &Bound<'_, PyAny>, token: u64) -> PyResult<u64> {
     // The check and the record must be one transaction with the caller's writes. Under Python's
     // default isolation level no transaction is open before the first INSERT, so the read
     // below would stand alone: open one (taking the write lock first) when there is none.
-    if !conn.getattr("in_transaction")?.extract::<bool>()? {
+    let opened = !conn.getattr("in_transaction")?.extract::<bool>()?;
+    if opened {
         conn.call_method1("execute", ("BEGIN IMMEDIATE",))?;
     }
+    let admitted = fence_admit_in(conn, token);
+    if opened && admitted.is_err() {
+        // Refused in the transaction we opened: do not leave it holding the write lock.
+        let _ = conn.call_method1("execute", ("ROLLBACK",));
+    }
+    admitted
+}
+
+fn fence_admit_in(conn: &Bound<'_, PyAny>, token: u64) -> PyResult<u64> {
     conn.call_method1("execute", (Fence::SQL_CREATE,))?;
     let row = conn
         .call_method1("execute", (Fence::SQL_HIGHEST,))?

@@ -387,6 +387,12 @@ def test_fence_admit_under_pythons_default_isolation_level(tmp_path):
     other.execute("COMMIT")
     assert conn.execute("SELECT token FROM pra_fence").fetchone() == (5,)
     assert conn.execute("SELECT v FROM results").fetchall() == [("token 5",)]
+    # Refused in the transaction it opened itself, fence_admit does not leave it holding the
+    # write lock.
+    lone = sqlite3.connect(db)
+    with pytest.raises(pra.StaleTokenError):
+        pra.fence_admit(lone, 1)
+    assert not lone.in_transaction
     # Racing processes: only non-decreasing tokens are ever admitted.
     script = (
         "import sqlite3, sys, pra\n"

@@ -364,8 +364,16 @@ fn header_check(path: &Path) -> std::result::Result<u64, String> {
 /// health, checksums verified (see [`verify`]). Temporary files, manifests, foreign and special
 /// files are not listed.
 pub fn list(dir: &Path) -> Result<Vec<BackupEntry>> {
+    list_verified(dir, verify::Verifier::load(dir))
+}
+
+/// [`list`], every checksum computed again whatever the cache says: what a deletion decides on.
+pub fn list_rehashed(dir: &Path) -> Result<Vec<BackupEntry>> {
+    list_verified(dir, verify::Verifier::fresh(dir))
+}
+
+fn list_verified(dir: &Path, mut verifier: verify::Verifier) -> Result<Vec<BackupEntry>> {
     let names = scan(dir)?;
-    let mut verifier = verify::Verifier::load(dir);
     let out = names
         .iter()
         .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
@@ -388,9 +396,11 @@ pub fn latest_verified(dir: &Path) -> Result<Option<BackupEntry>> {
 /// cannot block the open, and its type checked on the open descriptor (no race with a rename).
 pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: a backup name pointing elsewhere (at the live database, say) is never opened;
+    // in the application's process, closing a descriptor of its database drops its locks.
     let f = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
         .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));

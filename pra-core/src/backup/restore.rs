@@ -488,6 +488,13 @@ pub fn restore(
                 }
             }
         }
+        if !replaced && fs::symlink_metadata(db).is_ok() {
+            // Created during the copy (the app started): it is the live database now.
+            return Err(Error::Busy(format!(
+                "{} appeared during the restore (an application created it): it was left as is and the backup was not installed; stop the application and restore again",
+                db.display()
+            )));
+        }
         // The claim checkpointed the WAL and rolled back any hot journal: what is left of them
         // is stale, and must not meet the new file.
         for stale in [wal, with_suffix(db, "-shm"), journal] {
@@ -498,7 +505,11 @@ pub fn restore(
                 _ => {}
             }
         }
-        fs::rename(&tmp, db).map_err(|e| Error::io("rename into place", db, e))?;
+        if replaced {
+            fs::rename(&tmp, db).map_err(|e| Error::io("rename into place", db, e))?;
+        } else {
+            rename_noreplace(&tmp, db)?;
+        }
         sync_dir(target_dir)?;
         tracing::info!(backup = %entry.name, replaced, "restored");
         Ok(Report {
@@ -514,6 +525,38 @@ pub fn restore(
     // Released only now, after the rename.
     drop(claim);
     result
+}
+
+/// `rename(2)` that fails if `to` exists (renameat2 RENAME_NOREPLACE): a database created at
+/// the path since the restore began is never replaced.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| Error::InvalidArgument(format!("{} contains a NUL byte", p.display())))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        return Err(Error::Busy(format!(
+            "{} appeared during the restore (an application created it): it was left as is and the backup was not installed; stop the application and restore again",
+            to.display()
+        )));
+    }
+    Err(Error::io("rename into place", to, e))
 }
 
 /// Gives `new` the owner, group and mode of `old` (run as root, a restore would otherwise leave

@@ -164,7 +164,13 @@ pub fn decide(entries: &[BackupEntry], policy: &Policy) -> Result<Vec<Decision>>
 /// (and its manifest). Returns the decisions, newest first.
 #[tracing::instrument(level = "info", skip(policy), fields(dir = %dir.display()))]
 pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
-    let decisions = decide(&list(dir)?, policy)?;
+    // A deletion trusts no cached verification: the backups it keeps are hashed now.
+    let entries = if dry_run {
+        list(dir)?
+    } else {
+        super::list_rehashed(dir)?
+    };
+    let decisions = decide(&entries, policy)?;
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
             // The manifest first: a crash in between leaves an unverified backup, never a

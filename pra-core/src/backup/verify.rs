@@ -78,6 +78,15 @@ impl Verifier {
         }
     }
 
+    /// A verifier that trusts nothing it cached: every backup is hashed again (for deletions:
+    /// bytes changed through a shared memory map, or rotting on disk, change no stamp).
+    pub(crate) fn fresh(dir: &Path) -> Verifier {
+        let mut v = Verifier::load(dir);
+        v.dirty |= !v.doc.files.is_empty();
+        v.doc.files.clear();
+        v
+    }
+
     /// `entry` with its checksum verified: an entry whose cheap checks passed
     /// ([`Health::Verified`]) stays so only if the file hashes to its manifest's SHA-256 (or did
     /// when last hashed, in the same size, mtime, ctime and inode); otherwise it is corrupt.
