@@ -276,6 +276,15 @@ struct GroundTruth {
     overlaps: Vec<plan::Overlap>,
 }
 
+/// The faults the drill injected into the secondary's wrappers during the failback.
+#[derive(Debug, Serialize)]
+struct Disturbed {
+    /// The wrapper SIGKILLed while its job ran.
+    killed_wrapper: Option<i32>,
+    /// The wrapper SIGSTOPped (and resumed after the flip) while its job ran.
+    paused_wrapper: Option<i32>,
+}
+
 /// The drill's report.
 #[derive(Debug, Serialize)]
 struct DrillReport {
@@ -283,6 +292,7 @@ struct DrillReport {
     store: String,
     plan: plan::Report,
     ground_truth: GroundTruth,
+    disturbed: Disturbed,
     restore: RestoreKpis,
     jobs: Vec<JobFigures>,
     checks: Vec<plan::Check>,
@@ -700,6 +710,10 @@ pub fn run(
         store: store_url.clone(),
         plan: plan_report,
         ground_truth,
+        disturbed: Disturbed {
+            killed_wrapper: killed,
+            paused_wrapper: paused,
+        },
         restore: restore_kpis,
         jobs,
         checks,
@@ -743,6 +757,11 @@ fn markdown(r: &DrillReport, took: Duration) -> String {
         plan::human(r.plan.double_execution_seconds),
         plan::human(r.ground_truth.double_execution_seconds),
         r.ground_truth.units
+    ));
+    m.push_str(&format!(
+        "During the failback, one of sbg's wrappers was SIGKILLed (pid {}) and one SIGSTOPped until after the flip (pid {}), while their jobs ran.\n\n",
+        r.disturbed.killed_wrapper.map_or("none found".into(), |p| p.to_string()),
+        r.disturbed.paused_wrapper.map_or("none found".into(), |p| p.to_string())
     ));
     m.push_str("| KPI | measured | target | verdict |\n|---|---|---|---|\n");
     for c in &r.checks {

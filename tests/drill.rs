@@ -30,6 +30,15 @@ fn the_drill_passes_with_a_zero_window_and_writes_its_reports() {
     );
     assert_eq!(r["ground_truth"]["double_execution_seconds"], 0.0);
     assert!(r["ground_truth"]["overlaps"].as_array().unwrap().is_empty());
+    // The failback was disturbed as promised: a wrapper killed, another paused.
+    assert!(
+        r["disturbed"]["killed_wrapper"].as_i64().is_some(),
+        "{stdout}"
+    );
+    assert!(
+        r["disturbed"]["paused_wrapper"].as_i64().is_some(),
+        "{stdout}"
+    );
     assert_eq!(
         r["plan"]["fenced"].as_array().unwrap().len(),
         2,
