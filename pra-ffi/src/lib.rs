@@ -694,29 +694,51 @@ pub unsafe extern "C" fn pra_status_json(
         // SAFETY: per this function's contract.
         let (db, dir) = unsafe { (arg(db, "db")?, arg(backup_dir, "backup_dir")?) };
         // SAFETY: per this function's contract.
-        let table = if table.is_null() {
-            "events"
-        } else {
-            unsafe { arg(table, "table")? }
-        };
-        if out.is_null() {
-            return Err(null_out("out"));
+        unsafe {
+            status_to(
+                |table| pra_core::backup::count_rows(&PathBuf::from(db), table),
+                dir,
+                table,
+                out,
+            )
         }
-        let opts = pra_core::status::Options {
-            table: table.into(),
-            ..Default::default()
-        };
-        let status = pra_core::status::status(
-            &PathBuf::from(db),
-            &PathBuf::from(dir),
-            &opts,
-            None,
-            &SystemClock,
-        )?;
-        // SAFETY: `out` is non-NULL and valid for writes per the contract.
-        unsafe { write_json(&status, out)? };
-        Ok(pra_result::Ok)
     })
+}
+
+/// The status of `backup_dir` with the row count `count` gives, written to `out` as JSON: the
+/// one body of `pra_status_json` and `pra_status_json_counted`.
+///
+/// # Safety
+/// `table` is NULL or NUL-terminated; `out` is NULL or valid for writing a pointer.
+unsafe fn status_to(
+    count: impl FnOnce(&str) -> Result<u64, Error>,
+    dir: &str,
+    table: *const c_char,
+    out: *mut *mut c_char,
+) -> Result<pra_result, Error> {
+    // SAFETY: per this function's contract.
+    let table = if table.is_null() {
+        "events"
+    } else {
+        unsafe { arg(table, "table")? }
+    };
+    if out.is_null() {
+        return Err(null_out("out"));
+    }
+    let opts = pra_core::status::Options {
+        table: table.into(),
+        ..Default::default()
+    };
+    let status = pra_core::status::status_counted(
+        || count(table),
+        &PathBuf::from(dir),
+        &opts,
+        None,
+        &SystemClock,
+    )?;
+    // SAFETY: `out` is non-NULL and valid for writes per the contract.
+    unsafe { write_json(&status, out)? };
+    Ok(pra_result::Ok)
 }
 
 /// The status document, as `pra_status_json`, with the row count the caller took through its
@@ -738,37 +760,17 @@ pub unsafe extern "C" fn pra_status_json_counted(
         // SAFETY: per this function's contract.
         let dir = unsafe { arg(backup_dir, "backup_dir")? };
         // SAFETY: per this function's contract.
-        let table = if table.is_null() {
-            "events"
-        } else {
-            unsafe { arg(table, "table")? }
-        };
-        // SAFETY: per this function's contract.
         let reason = if reason.is_null() {
             "the application could not read its database".to_string()
         } else {
             unsafe { arg(reason, "reason")? }.to_string()
         };
-        if out.is_null() {
-            return Err(null_out("out"));
-        }
-        let opts = pra_core::status::Options {
-            table: table.into(),
-            ..Default::default()
+        let count = |table: &str| {
+            u64::try_from(count)
+                .map_err(|_| Error::io("count rows of", table, std::io::Error::other(reason)))
         };
-        let status = pra_core::status::status_counted(
-            || {
-                u64::try_from(count)
-                    .map_err(|_| Error::io("count rows of", table, std::io::Error::other(reason)))
-            },
-            &PathBuf::from(dir),
-            &opts,
-            None,
-            &SystemClock,
-        )?;
-        // SAFETY: `out` is non-NULL and valid for writes per the contract.
-        unsafe { write_json(&status, out)? };
-        Ok(pra_result::Ok)
+        // SAFETY: per this function's contract.
+        unsafe { status_to(count, dir, table, out) }
     })
 }
 

@@ -29,7 +29,7 @@ PRA_STORE=etcd://$endpoint/ready "$target/pra" site show >/dev/null || { cat "$e
 
 out=$target/c-tests
 mkdir -p "$out"
-cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -Iinclude)
+cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -Itests/c)
 cc "${cflags[@]}" tests/c/test_pra.c -L"$target" -lpra -Wl,-rpath,"$PWD/$target" -lpthread -o "$out/test_pra_shared"
 cc "${cflags[@]}" tests/c/test_pra.c "$target/libpra.a" -lpthread -ldl -lm -o "$out/test_pra_static"
 ldd "$out/test_pra_shared" | grep -q libpra.so

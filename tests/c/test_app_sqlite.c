@@ -6,6 +6,7 @@
  * libpra's SQLite, drops this process's lock. Run by tests/c/run.sh. */
 #define _POSIX_C_SOURCE 200809L
 #include "pra.h"
+#include "check.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -15,17 +16,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed = 0, failed = 0;
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (cond) {                                                                      \
-      passed++;                                                                      \
-    } else {                                                                         \
-      failed++;                                                                      \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
-              #cond, pra_last_error_message());                                      \
-    }                                                                                \
-  } while (0)
 
 /* In another process: could it lock SQLite's shared-lock bytes for writing right now (that is,
    does this process hold no SQLite lock on the file any more)? 1 yes, 0 no. The child asks the

@@ -5,6 +5,7 @@
  * and run under valgrind by `make test-c`. Usage: test_pra SCRATCH_DIR ETCD_HOST:PORT */
 #define _POSIX_C_SOURCE 200809L
 #include "pra.h"
+#include "check.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -12,20 +13,7 @@
 #include <string.h>
 #include <time.h>
 
-static int passed = 0, failed = 0;
 
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (cond) {                                                                      \
-      passed++;                                                                      \
-    } else {                                                                         \
-      failed++;                                                                      \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, \
-              #cond, pra_last_error_message());                                       \
-    }                                                                                \
-  } while (0)
-
-#define EXPECT(call, code) CHECK((call) == (code))
 
 static char url[4200], lock_url[4200], lock_path[4096], db[4096], backups[4096], etcd_url[4200];
 
