@@ -135,7 +135,14 @@ class Etcd:
         self.n, self.dir, self.ev = n, dir_, ev
         self.members = [dict(name=f"m{i}", client=free_port(), peer=free_port(),
                              data=os.path.join(dir_, f"m{i}.etcd"), proc=None) for i in range(n)]
-        self.cluster = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in self.members)
+        # Peers reach each member through a proxy the nemesis can cut: cutting member i's proxy
+        # drops every connection to it and refuses new ones (its inbound raft traffic).
+        self.peer_proxies = [Proxy(m["peer"]) for m in self.members] if n > 1 else []
+        for m, pr in zip(self.members, self.peer_proxies):
+            m["advertised_peer"] = pr.port
+        self.cluster = ",".join(
+            f"{m['name']}=http://127.0.0.1:{m.get('advertised_peer', m['peer'])}"
+            for m in self.members)
         for i in range(n):
             self.spawn(i)
 
@@ -143,10 +150,11 @@ class Etcd:
         m = self.members[i]
         log = open(os.path.join(self.dir, f"m{i}.log"), "ab")
         c, p = f"http://127.0.0.1:{m['client']}", f"http://127.0.0.1:{m['peer']}"
+        adv = f"http://127.0.0.1:{m.get('advertised_peer', m['peer'])}"
         m["proc"] = subprocess.Popen(
             ["etcd", "--name", m["name"], "--data-dir", m["data"], "--listen-client-urls", c,
              "--advertise-client-urls", c, "--listen-peer-urls", p,
-             "--initial-advertise-peer-urls", p, "--initial-cluster", self.cluster,
+             "--initial-advertise-peer-urls", adv, "--initial-cluster", self.cluster,
              "--initial-cluster-token", "pra-nemesis", "--heartbeat-interval", "50",
              "--election-timeout", "500"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -155,6 +163,10 @@ class Etcd:
     def alive(self, i):
         p = self.members[i]["proc"]
         return p is not None and p.poll() is None
+
+    def close_proxies(self):
+        for pr in self.peer_proxies:
+            pr.close()
 
     def stop_all(self):
         for m in self.members:
@@ -486,9 +498,13 @@ class Harness:
 
     def kinds(self):
         k = ["kill_wrapper", "stop_wrapper", "kill_job", "stop_job", "stop_group", "kill_group",
-             "kill_plan", "stop_plan", "skew", "disk_full", "chmod_store", "kill_app"]
+             "kill_plan", "stop_plan", "skew", "disk_full", "kill_app"]
+        if self.store_file:
+            k += ["chmod_store"]
         if self.etcd:
             k += ["kill_etcd", "stop_etcd", "partition"]
+        if self.etcd and self.etcd.n > 1:
+            k += ["partition_member"]
         return k
 
     def nemesis(self):
@@ -596,12 +612,16 @@ class Harness:
             threading.Thread(target=self.clear_later, args=(self.fsize, site, dur),
                              daemon=True).start()
         elif kind == "chmod_store":
-            f = self.store_file or os.path.join(self.etcd.members[0]["data"], "member")
+            # 0000: unreadable -- but the harness runs as root, and root reads it anyway (no
+            # effect on pra as root; kept to be honest about what was tried). 0666: world-
+            # writable, which pra must refuse (exit 9): the guard denies while it lasts.
+            f = self.store_file
             if not os.path.exists(f):
                 return self.ev("fault_skipped", fault=kind)
             mode = os.stat(f).st_mode & 0o7777
-            os.chmod(f, 0)
-            target = f
+            new_mode = 0o666 if pick < 0.5 else 0
+            os.chmod(f, new_mode)
+            target = f"{f} {new_mode:04o}"
 
             def restore():
                 time.sleep(dur)
@@ -626,6 +646,17 @@ class Harness:
                     self.etcd.spawn(i)
                     self.ev("heal", fault=kind, target=f"m{i}")
                 threading.Thread(target=restart, daemon=True).start()
+        elif kind == "partition_member":
+            i = self.choose(list(range(self.etcd.n)), pick)
+            pr = self.etcd.peer_proxies[i]
+            pr.partition()
+            target = f"m{i}"
+
+            def heal_member():
+                time.sleep(dur)
+                pr.heal()
+                self.ev("heal", fault=kind, target=f"m{i}")
+            threading.Thread(target=heal_member, daemon=True).start()
         elif kind == "partition":
             for pr in self.proxies[site]:
                 pr.partition()
@@ -683,11 +714,8 @@ class Harness:
         if self.store_file and os.path.exists(self.store_file):
             os.chmod(self.store_file, 0o600)
         if self.etcd:
-            for m in self.etcd.members:
-                os.chmod(m["data"], 0o700) if os.path.exists(m["data"]) else None
-                mf = os.path.join(m["data"], "member")
-                if os.path.exists(mf):
-                    os.chmod(mf, 0o700)
+            for pr in self.etcd.peer_proxies:
+                pr.heal()
             for i in range(self.etcd.n):
                 if not self.etcd.alive(i):
                     self.etcd.spawn(i)
@@ -734,6 +762,7 @@ class Harness:
                 pr.close()
         if self.etcd:
             self.etcd.stop_all()
+            self.etcd.close_proxies()
         self.meta["faults"] = {}
         self.meta["counts"] = dict(self.ev.counts)
         self.meta["ended"] = time.time()
