@@ -128,5 +128,5 @@ nemesis-short: apt-tools
 ## checker reports overlapping work of one job on two sites.
 nemesis-broken: apt-tools
 	$(CARGO) build --bin pra --features nemesis-broken-drain --target-dir target/broken
-	python3 tests/nemesis/campaign.py --minutes 0.75 --stores sqlite,etcd1 --expect-anomaly \
+	python3 tests/nemesis/campaign.py --minutes 1 --stores sqlite,etcd1 --expect-anomaly \
 	  $(NEMESIS_SEED_ARG) --pra target/broken/debug/pra --out target/nemesis-broken

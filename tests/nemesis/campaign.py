@@ -53,7 +53,11 @@ def main():
             continue
         c = subprocess.run([sys.executable, os.path.join(HERE, "checker.py"), d, "--json"],
                            stdout=subprocess.PIPE)
-        r = json.loads(c.stdout)
+        try:
+            r = json.loads(c.stdout)
+        except ValueError:
+            r = dict(store=store, seed=s, checker_failed=c.returncode, anomalies=1,
+                     anomalies_by_check={"checker": 1})
         r["out"] = d
         results.append(r)
         subprocess.run([sys.executable, os.path.join(HERE, "checker.py"), d])

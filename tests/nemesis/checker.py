@@ -90,7 +90,9 @@ def check(d):
                     acked.append(int(line))
     ops["acked_writes"] = len(acked)
     if os.path.exists(db):
-        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        # Read-write: if the app was killed mid-transaction, its hot journal must be rolled back
+        # first, as any reader of the database would (every writer is gone by now).
+        c = sqlite3.connect(db, timeout=30)
         ic = c.execute("PRAGMA integrity_check").fetchone()[0]
         if ic != "ok":
             anomalies.append(dict(check="integrity", result=ic))
@@ -183,7 +185,7 @@ def main():
         return 2
     try:
         r = check(sys.argv[1])
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, sqlite3.Error) as e:
         print(f"checker: cannot read {sys.argv[1]}: {e!r}", file=sys.stderr)
         return 2
     if "--json" in sys.argv:
