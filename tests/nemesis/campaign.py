@@ -102,7 +102,8 @@ def markdown(rep):
         row(o.replace("_", " "), lambda r, o=o: r.get("operations", {}).get(o, "-"))
     row("**anomalies**", lambda r: f"**{r['anomalies']}** {r.get('anomalies_by_check') or ''}")
     row("known limit: overlaps (lock file)", lambda r: (
-        f"{r.get('known_limit_overlaps', 0)} pairs, {r.get('known_limit_overlap_seconds', 0)} s"
+        f"{r.get('known_limit_overlaps', 0)} pairs, {r.get('known_limit_overlap_seconds', 0)} s;"
+        f" leftovers: {r.get('known_limit_leftovers', 0)}"
         if not r.get("registry", True) else "n/a (registry)"))
     return "".join(out)
 
