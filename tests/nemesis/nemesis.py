@@ -326,7 +326,12 @@ class Harness:
 
         def f():
             if lim is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (lim, lim))
+                size, quiet = lim
+                resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+                if quiet:
+                    # Ignored stays ignored across exec: a write past the limit then fails with
+                    # EFBIG, as a full disk fails with ENOSPC, instead of killing the writer.
+                    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         return f
 
     def site_env(self, site, env):
@@ -607,8 +612,8 @@ class Harness:
         elif kind == "disk_full":
             if self.fsize[site] is not None:
                 return self.ev("fault_skipped", fault=kind)
-            self.fsize[site] = 16384
-            target = site
+            self.fsize[site] = (16384, pick < 0.5)
+            target = f"{site} {'EFBIG' if pick < 0.5 else 'SIGXFSZ'}"
             threading.Thread(target=self.clear_later, args=(self.fsize, site, dur),
                              daemon=True).start()
         elif kind == "chmod_store":
