@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--stores", default=",".join(STORES))
     ap.add_argument("--pra", default=os.path.join(HERE, "..", "..", "target", "debug", "pra"))
     ap.add_argument("--out", required=True)
+    ap.add_argument("--fault-interval", type=float, default=None,
+                    help="mean seconds between two faults (nemesis.py's default: 1.5)")
     ap.add_argument("--expect-anomaly", action="store_true",
                     help="the build is deliberately broken: succeed only if overlap is reported")
     a = ap.parse_args()
@@ -44,6 +46,8 @@ def main():
         d = os.path.join(os.path.abspath(a.out), store)
         cmd = [sys.executable, os.path.join(HERE, "nemesis.py"), "--store", store, "--seconds",
                str(per), "--seed", str(s), "--pra", a.pra, "--out", d]
+        if a.fault_interval:
+            cmd += ["--fault-interval", str(a.fault_interval)]
         print(f"== {store}: {per:.0f} s, seed {s}", flush=True)
         h = subprocess.run(cmd)
         if h.returncode != 0:
