@@ -34,6 +34,11 @@ impl<'a> Drainer<'a> {
     /// judged lost are recorded as such in the store (unless they beat meanwhile), so that
     /// later drains do not wait for them again.
     pub fn alive_below(&self, below: FencingToken) -> Result<Vec<RunRecord>> {
+        // The nemesis suite's deliberately broken build: every run counts as finished.
+        if cfg!(feature = "nemesis-broken-drain") {
+            let _ = self.store.unfinished_runs_below(below)?;
+            return Ok(Vec::new());
+        }
         let runs = self.store.unfinished_runs_below(below)?;
         let now = self.clock.monotonic();
         let judgement = self
