@@ -22,8 +22,9 @@ build: apt-tools
 	$(CARGO) build --release --workspace
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
+## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python fuzz-short
+test: lint test-rust test-c test-go test-python fuzz-short nemesis-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
