@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 use pra_core::run::{self, ContainmentRequest, RunEnd, RunEvent, RunOptions};
 use pra_core::{Error, SiteId};
@@ -108,7 +109,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     let site = cfg.this_site()?;
     let store = cfg.open_store()?;
     let overlap_lock = if args.no_overlap {
-        let f = open_overlap_lock(cfg, &args.job)?;
+        let (f, path) = open_overlap_lock(cfg, &args.job)?;
         match f.try_lock() {
             Ok(()) => Some(f),
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -121,9 +122,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
                 );
                 return Ok(exit::RUN_BUSY);
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::io("lock", cfg.lock_dir.join(&args.job), e));
-            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
         }
     } else {
         None
@@ -221,7 +220,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
 /// The `--no-overlap` lock of `job` for this user, in `lock_dir`. Opened without following a
 /// symlink and only if it is a regular file of this user: in a shared directory such as /tmp,
 /// another user could otherwise point it at a file of ours, or hold it to block our job.
-fn open_overlap_lock(cfg: &Config, job: &str) -> Result<std::fs::File, Error> {
+fn open_overlap_lock(cfg: &Config, job: &str) -> Result<(std::fs::File, PathBuf), Error> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -241,7 +240,7 @@ fn open_overlap_lock(cfg: &Config, job: &str) -> Result<std::fs::File, Error> {
             path.display()
         )));
     }
-    Ok(f)
+    Ok((f, path))
 }
 
 /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the wrapper are forwarded to the

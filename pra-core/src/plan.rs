@@ -716,7 +716,7 @@ impl<'a> Runner<'a> {
                     if !alive.is_empty() {
                         return Err(Error::Busy(format!(
                             "drain not finished: {}",
-                            describe_runs(&alive)
+                            crate::run::describe_runs(&alive)
                         )));
                     }
                 }
@@ -811,10 +811,6 @@ impl<'a> Runner<'a> {
             .wait(record.token, std(self.drain.timeout), std(self.drain.poll))?;
         self.apply(Event::Drained, actor)
     }
-}
-
-fn describe_runs(runs: &[RunRecord]) -> String {
-    crate::run::describe_runs(runs)
 }
 
 /// A period during which no site was active (the flip's fenced time).
@@ -982,8 +978,7 @@ pub fn report(
         (Some(i), Some(b)) if b <= i => Some(secs(i - b)),
         _ => None,
     };
-    let overlaps = overlaps(runs, now, lost_after);
-    let double = union_seconds(overlaps.iter().map(|o| (o.start, o.end)).collect());
+    let (double, overlaps) = ground_truth(&run_units(runs, now, lost_after));
     let check = |name: &str, v: Option<f64>, target: &str, limit: f64| Check {
         name: name.into(),
         value_seconds: v,
@@ -1029,22 +1024,22 @@ fn event_key(event: &str) -> &'static str {
 }
 
 /// The overlaps between runs of the same job on different sites.
-fn overlaps(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec<Overlap> {
+/// The registry's runs as units of work (a run still going counts up to `now`, or its last
+/// heartbeat when silent for longer than `lost_after`).
+fn run_units(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec<WorkUnit> {
     let end = |r: &RunRecord| match r.finished_at {
         Some(f) => f,
         None if now - r.heartbeat_at > lost_after => r.heartbeat_at,
         None => now,
     };
-    let units: Vec<WorkUnit> = runs
-        .iter()
+    runs.iter()
         .map(|r| WorkUnit {
             job: r.start.job.clone(),
             site: r.start.site.clone(),
             start: r.started_at,
             end: end(r),
         })
-        .collect();
-    unit_overlaps(&units)
+        .collect()
 }
 
 /// A stretch of work as the job itself recorded it in the application's database: the ground

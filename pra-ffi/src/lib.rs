@@ -273,12 +273,7 @@ pub unsafe extern "C" fn pra_store_open_with(
             ..Default::default()
         };
         let store = pra_core::store::open_with(url, &opts)?;
-        let timings = pra_core::run::Timings {
-            heartbeat: (opts.lost_after / 6).min(std::time::Duration::from_secs(10)),
-            lost_after: opts.lost_after,
-            revoke_grace: opts.lost_after / 4,
-            store_timeout: opts.timeout,
-        };
+        let timings = pra_core::run::Timings::in_process(opts.lost_after, opts.timeout, None);
         let handle = Box::into_raw(Box::new(pra_store {
             inner: std::sync::Arc::from(store),
             timings,

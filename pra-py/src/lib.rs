@@ -590,24 +590,20 @@ impl Guard {
         heartbeat: Option<f64>,
     ) -> PraResult<Self> {
         let (lost_after, timeout) = (store.get().lost_after, store.get().timeout);
-        let heartbeat = match heartbeat {
-            Some(h) => std::time::Duration::try_from_secs_f64(h).map_err(|_| {
-                pra_core::Error::InvalidArgument(format!(
-                    "heartbeat must be a finite number of seconds > 0, not {h}"
-                ))
-            })?,
-            None => (lost_after / 6).min(std::time::Duration::from_secs(10)),
-        };
+        let heartbeat = heartbeat
+            .map(|h| {
+                std::time::Duration::try_from_secs_f64(h).map_err(|_| {
+                    pra_core::Error::InvalidArgument(format!(
+                        "heartbeat must be a finite number of seconds > 0, not {h}"
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(Guard {
             store: store.unbind(),
             site: SiteId::new(site)?,
             job,
-            timings: pra_core::run::Timings {
-                heartbeat,
-                lost_after,
-                revoke_grace: lost_after / 4,
-                store_timeout: timeout,
-            },
+            timings: pra_core::run::Timings::in_process(lost_after, timeout, heartbeat),
             run: None,
         })
     }

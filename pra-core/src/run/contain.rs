@@ -310,12 +310,6 @@ impl Prepared {
 }
 
 impl Tree {
-    /// Starts `spec` under the containment `request` allows. The command is running when this
-    /// returns; [`Tree::containment`] says how it is held.
-    pub fn spawn(spec: &Spec, request: Request) -> Result<Tree> {
-        Self::prepare(spec, request)?.start()
-    }
-
     /// Sets up the init under the containment `request` allows, without starting the command.
     pub fn prepare(spec: &Spec, request: Request) -> Result<Pending> {
         let prepared = Prepared::new(spec)?;
@@ -416,11 +410,6 @@ impl Tree {
     /// How the run's processes are held together.
     pub fn containment(&self) -> Containment {
         self.containment
-    }
-
-    /// The init's pid (in the wrapper's PID namespace).
-    pub fn init_pid(&self) -> libc::pid_t {
-        self.init
     }
 
     fn send(&self, tag: u8, value: u64) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Liveness;
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::fencing::{ActiveSite, Actor, FencingToken, SiteChange};
+use crate::fencing::{ActiveSite, Actor, FencingToken, SiteChange, next_record};
 use crate::site::SiteId;
 use crate::store::{Commit, JournalEvent, RunRecord, Store};
 
@@ -164,18 +164,13 @@ pub fn activate(
     opts: &ActivateOptions,
 ) -> Result<(ActiveSite, Drained)> {
     let record = store.load()?;
-    if record.token != expect {
-        return Err(Error::Conflict {
-            expected: expect,
-            found: record.token,
-        });
-    }
-    if let Some(active) = &record.site {
-        return Err(Error::Refused(format!(
-            "cannot activate {site}: {active} is active under token {}; deactivate it first (break before make)",
-            record.token
-        )));
-    }
+    let change = SiteChange::Activate {
+        site: site.clone(),
+        expect,
+    };
+    // The activation rules (expected token, break before make) before any wait for a drain;
+    // the commit applies them again on the record it finds then.
+    next_record(&record, &change, clock.now(), actor)?;
     if opts.force && actor.reason.trim().is_empty() {
         return Err(Error::InvalidArgument(
             "--force needs a --reason: it is written to the journal".into(),
@@ -209,10 +204,7 @@ pub fn activate(
     };
     let committed = store.commit(&Commit {
         actor: actor.clone(),
-        site: Some(SiteChange::Activate {
-            site: site.clone(),
-            expect,
-        }),
+        site: Some(change),
         plan: None,
         events,
     })?;

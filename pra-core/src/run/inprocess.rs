@@ -10,19 +10,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Admission, Timings, register};
-use crate::clock::{Clock, SystemClock};
+use super::contain::boottime;
+use super::{Admission, Beat, Timings, admit, heartbeat_loop};
 use crate::error::{ErrorKind, Result};
 use crate::fencing::FencingToken;
-use crate::guard::{Verdict, check};
 use crate::site::SiteId;
-use crate::store::{RunId, RunStart, Store};
+use crate::store::{RunId, Store};
 
 #[derive(Debug)]
 struct Shared {
     stop: AtomicBool,
     lost: Mutex<Option<String>>,
-    // The monotonic time at which the last heartbeat the store accepted started.
+    // The boottime at which the last heartbeat the store accepted started.
     last_ok: Mutex<Duration>,
 }
 
@@ -63,22 +62,10 @@ impl Registered {
         timings: Timings,
     ) -> Result<Started> {
         timings.validate()?;
-        let token = match check(&*store, site)? {
-            Verdict::Run { token } => token,
-            Verdict::Standby { active, token } => return Ok(Started::Standby { active, token }),
-        };
-        let clock = SystemClock;
-        let registered_from = clock.monotonic();
-        let start = RunStart {
-            job: job.to_string(),
-            site: site.clone(),
-            token,
-            host: crate::site::hostname(),
-            pid: std::process::id(),
-            containment: None,
-        };
-        let id = match register(&*store, &start)? {
-            Admission::Admitted { id, .. } => id,
+        // Taken before the check: the registration counts as the first heartbeat.
+        let registered_from = boottime();
+        let (id, token) = match admit(&*store, site, job, None)? {
+            Admission::Admitted { id, token } => (id, token),
             Admission::Standby { active, token } => return Ok(Started::Standby { active, token }),
         };
         let shared = Arc::new(Shared {
@@ -132,7 +119,7 @@ impl Registered {
             .last_ok
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let silent = SystemClock.monotonic().saturating_sub(last_ok);
+        let silent = boottime().saturating_sub(last_ok);
         (silent >= self.timings.term_after()).then(|| {
             format!(
                 "no heartbeat reached the store for {silent:?}: past {:?} a drain may count this run as lost",
@@ -177,7 +164,6 @@ fn beat(
     t: Timings,
     shared: &Shared,
 ) {
-    let clock = SystemClock;
     let set_lost = |why: String| {
         let mut l = shared.lost.lock().unwrap_or_else(|p| p.into_inner());
         if l.is_none() {
@@ -185,31 +171,19 @@ fn beat(
             *l = Some(why);
         }
     };
-    loop {
-        let next = clock.monotonic() + t.heartbeat;
-        while clock.monotonic() < next {
-            if shared.stop.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(t.heartbeat));
-        }
-        let started = clock.monotonic();
-        match store.run_heartbeat(id) {
-            Ok(()) => {
+    heartbeat_loop(store, site, id, token, t.heartbeat, &shared.stop, |b| {
+        match b {
+            Beat::Ok(started) => {
                 *shared.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = started;
-                match check(store, site) {
-                    Ok(Verdict::Run { token: now }) if now == token => {}
-                    Ok(v) => set_lost(format!(
-                        "{site} lost the active role (now token {})",
-                        v.token()
-                    )),
-                    Err(e) => tracing::warn!(error = %e, "cannot re-check the active site"),
-                }
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => set_lost(format!(
+            Beat::RoleLost(now) => {
+                set_lost(format!("{site} lost the active role (now token {now})"))
+            }
+            Beat::Gone(e) => set_lost(format!(
                 "the store no longer has the run's registration ({e})"
             )),
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Beat::Failed(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
-    }
+        true
+    });
 }

@@ -91,6 +91,22 @@ impl Timings {
     pub fn kill_after(&self) -> Duration {
         self.term_after() + self.revoke_grace
     }
+
+    /// The timings of an in-process run ([`Registered`]) on a store opened with `lost_after`
+    /// and `store_timeout`: a heartbeat every `lost_after / 6` (at most 10 s) unless given, and
+    /// a quarter of `lost_after` for the job to stop once told.
+    pub fn in_process(
+        lost_after: Duration,
+        store_timeout: Duration,
+        heartbeat: Option<Duration>,
+    ) -> Timings {
+        Timings {
+            heartbeat: heartbeat.unwrap_or((lost_after / 6).min(Duration::from_secs(10))),
+            lost_after,
+            revoke_grace: lost_after / 4,
+            store_timeout,
+        }
+    }
 }
 
 impl Default for Timings {
@@ -160,6 +176,68 @@ impl Liveness {
         }
         self.seen.retain(|id, _| listed.contains(id));
         out
+    }
+}
+
+/// What one heartbeat of a run found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// The store accepted a heartbeat that started at this [`contain::boottime`]: no drain can
+    /// count the run lost before that time + `lost_after`.
+    Ok(Duration),
+    /// The store no longer has the registration (counted lost, or its lease expired).
+    Gone(String),
+    /// The heartbeat did not reach the store.
+    Failed(String),
+    /// The site lost the active role: the record's token now. Reported once.
+    RoleLost(FencingToken),
+}
+
+/// Heartbeats run `id` every `heartbeat` (on [`contain::boottime`], which counts a suspended
+/// host's time) until `stop` is set, re-checking after every accepted beat that `site` still
+/// holds `token`. Each finding goes to `report`; the loop ends when it returns `false`. The one
+/// heartbeat of `pra run`'s supervision and of in-process runs.
+pub(crate) fn heartbeat_loop(
+    store: &dyn Store,
+    site: &SiteId,
+    id: RunId,
+    token: FencingToken,
+    heartbeat: Duration,
+    stop: &std::sync::atomic::AtomicBool,
+    mut report: impl FnMut(Beat) -> bool,
+) {
+    use std::sync::atomic::Ordering;
+    let mut role_lost = false;
+    loop {
+        let next = contain::boottime() + heartbeat;
+        while contain::boottime() < next {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(heartbeat));
+        }
+        let started = contain::boottime();
+        let beat = match store.run_heartbeat(id) {
+            Ok(()) => Beat::Ok(started),
+            Err(e) if e.kind() == ErrorKind::NotFound => Beat::Gone(e.to_string()),
+            Err(e) => Beat::Failed(e.to_string()),
+        };
+        let accepted = matches!(beat, Beat::Ok(_));
+        if !report(beat) {
+            return;
+        }
+        if accepted && !role_lost {
+            match check(store, site) {
+                Ok(Verdict::Run { token: now }) if now == token => {}
+                Ok(v) => {
+                    role_lost = true;
+                    if !report(Beat::RoleLost(v.token())) {
+                        return;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot re-check the active site"),
+            }
+        }
     }
 }
 

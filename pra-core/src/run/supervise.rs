@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::contain::{self, Containment, Ended, Request, Spec, Tree, boottime};
-use super::{Admission, Timings, register};
-use crate::error::{Error, ErrorKind, Result};
+use super::{Admission, Beat, Timings, heartbeat_loop, register};
+use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::guard::{Verdict, check};
 use crate::site::SiteId;
@@ -119,13 +119,6 @@ impl RunEnd {
             },
         }
     }
-}
-
-enum Beat {
-    Ok(Duration),
-    Gone(String),
-    Failed(String),
-    RoleLost(FencingToken),
 }
 
 /// Runs `command` as job `opts.job` on `site` if, and only if, the site is active: admission
@@ -273,44 +266,13 @@ fn watch(
     let (tx, rx) = mpsc::channel::<Beat>();
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            let tx = tx;
-            let mut role_lost = false;
-            loop {
-                let next = boottime() + t.heartbeat;
-                while boottime() < next {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20).min(t.heartbeat));
+            heartbeat_loop(store, site, id, token, t.heartbeat, &stop, |beat| {
+                if let Beat::Ok(started) = beat {
+                    // The init's deadline moves with every beat the store accepted.
+                    tree.extend(started + t.term_after());
                 }
-                let started = boottime();
-                let beat = match store.run_heartbeat(id) {
-                    Ok(()) => {
-                        // The store accepted a beat that started at `started`: no drain can
-                        // count the run lost before started + lost_after.
-                        tree.extend(started + t.term_after());
-                        Beat::Ok(started)
-                    }
-                    Err(e) if e.kind() == ErrorKind::NotFound => Beat::Gone(e.to_string()),
-                    Err(e) => Beat::Failed(e.to_string()),
-                };
-                let ok = matches!(beat, Beat::Ok(_));
-                if tx.send(beat).is_err() {
-                    return;
-                }
-                if ok && !role_lost {
-                    match check(store, site) {
-                        Ok(Verdict::Run { token: now }) if now == token => {}
-                        Ok(v) => {
-                            role_lost = true;
-                            let _ = tx.send(Beat::RoleLost(v.token()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot re-check the active site; the command keeps running until the deadline");
-                        }
-                    }
-                }
-            }
+                tx.send(beat).is_ok()
+            });
         });
         let mut last_ok = registered_from;
         let mut revoked = false;
