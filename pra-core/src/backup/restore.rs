@@ -490,10 +490,7 @@ pub fn restore(
         }
         if !replaced && fs::symlink_metadata(db).is_ok() {
             // Created during the copy (the app started): it is the live database now.
-            return Err(Error::Busy(format!(
-                "{} appeared during the restore (an application created it): it was left as is and the backup was not installed; stop the application and restore again",
-                db.display()
-            )));
+            return Err(appeared(db));
         }
         // The claim checkpointed the WAL and rolled back any hot journal: what is left of them
         // is stale, and must not meet the new file.
@@ -527,6 +524,14 @@ pub fn restore(
     result
 }
 
+/// The refusal when a database was created at `db` while a restore into a missing one ran.
+fn appeared(db: &Path) -> Error {
+    Error::Busy(format!(
+        "{} appeared during the restore (an application created it): it was left as is and the backup was not installed; stop the application and restore again",
+        db.display()
+    ))
+}
+
 /// `rename(2)` that fails if `to` exists (renameat2 RENAME_NOREPLACE): a database created at
 /// the path since the restore began is never replaced.
 fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
@@ -551,10 +556,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
     }
     let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EEXIST) {
-        return Err(Error::Busy(format!(
-            "{} appeared during the restore (an application created it): it was left as is and the backup was not installed; stop the application and restore again",
-            to.display()
-        )));
+        return Err(appeared(to));
     }
     Err(Error::io("rename into place", to, e))
 }
