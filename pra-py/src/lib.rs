@@ -343,8 +343,6 @@ pub struct Store {
     url: String,
     opts: pra_core::store::OpenOptions,
     handle: ForkSafe,
-    timeout: std::time::Duration,
-    lost_after: std::time::Duration,
 }
 
 /// The store handle of this process. After `fork()` (gunicorn `--preload`, multiprocessing)
@@ -359,7 +357,7 @@ struct ForkSafe {
     cell: std::cell::UnsafeCell<(u32, Arc<dyn pra_core::Store>)>,
 }
 
-// SAFETY: `cell` is only touched while `owner` holds this process's pid (see `with`).
+// SAFETY: `cell` is only touched while `owner` holds this process's pid (see `get`).
 unsafe impl Sync for ForkSafe {}
 
 impl ForkSafe {
@@ -448,15 +446,12 @@ impl Store {
             lost_after: secs(lost_after, "lost_after")?,
             ..Default::default()
         };
-        let (timeout, lost_after) = (opts.timeout, opts.lost_after);
         let (u, o) = (url.clone(), opts.clone());
         let inner = blocking(py, move || pra_core::store::open_with(&u, &o))?;
         Ok(Store {
             url: inner.url().to_string(),
             opts,
             handle: ForkSafe::new(Arc::from(inner)),
-            timeout,
-            lost_after,
         })
     }
 
@@ -496,13 +491,13 @@ impl Store {
                     "drain_timeout must be a finite number of seconds >= 0, not {t}"
                 ))
             })?,
-            None => self.lost_after * 2,
+            None => self.opts.lost_after * 2,
         };
         let opts = pra_core::run::ActivateOptions {
             wait: !timeout.is_zero(),
             timeout,
             poll: std::time::Duration::from_millis(200),
-            lost_after: self.lost_after,
+            lost_after: self.opts.lost_after,
             force,
         };
         let s = self.inner()?;
@@ -589,7 +584,7 @@ impl Guard {
         job: Option<String>,
         heartbeat: Option<f64>,
     ) -> PraResult<Self> {
-        let (lost_after, timeout) = (store.get().lost_after, store.get().timeout);
+        let (lost_after, timeout) = (store.get().opts.lost_after, store.get().opts.timeout);
         let heartbeat = heartbeat
             .map(|h| {
                 std::time::Duration::try_from_secs_f64(h).map_err(|_| {
