@@ -1,6 +1,7 @@
 """The pra Python module on etcd:// stores, against a real etcd server started here."""
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -13,12 +14,18 @@ import pra
 
 
 def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """n loopback ports free a moment ago, below the kernel's ephemeral range (32768-60999) so
+    that no outgoing connection is handed one before etcd binds it."""
+    ports = []
+    while len(ports) < n:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
@@ -29,26 +36,35 @@ def etcd(tmp_path_factory):
     if not binary:
         pytest.fail("etcd is not installed: run `make apt-tools` (Debian's etcd-server)")
     d = tmp_path_factory.mktemp("etcd")
-    client, peer = free_ports(2)
-    c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
     log = open(d / "log", "wb")
-    proc = subprocess.Popen(
-        [binary, "--name", "py", "--data-dir", str(d / "data"),
-         "--listen-client-urls", c, "--advertise-client-urls", c,
-         "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
-         "--initial-cluster", f"py={p}"],
-        stdout=log, stderr=log)
-    endpoint = f"127.0.0.1:{client}"
-    try:
+    # A port can still be taken between the check and etcd's bind: a member that exits at
+    # start is retried on fresh ports.
+    for attempt in range(5):
+        client, peer = free_ports(2)
+        c, p = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        proc = subprocess.Popen(
+            [binary, "--name", "py", "--data-dir", str(d / f"data{attempt}"),
+             "--listen-client-urls", c, "--advertise-client-urls", c,
+             "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
+             "--initial-cluster", f"py={p}"],
+            stdout=log, stderr=log)
+        endpoint = f"127.0.0.1:{client}"
         deadline = time.monotonic() + 30
-        while True:
+        while proc.poll() is None:
             try:
                 pra.Store(f"etcd://{endpoint}/ready").active()
                 break
             except pra.StoreUnavailableError:
                 if time.monotonic() > deadline:
+                    proc.kill()
                     raise
                 time.sleep(0.1)
+        if proc.poll() is None:
+            break
+        proc.wait()
+    else:
+        pytest.fail(f"etcd did not start: {(d / 'log').read_text()[-2000:]}")
+    try:
         yield endpoint
     finally:
         proc.kill()

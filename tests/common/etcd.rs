@@ -47,12 +47,29 @@ fn etcd_bin() -> PathBuf {
     })
 }
 
+/// A loopback port that was free a moment ago, taken below the kernel's ephemeral range
+/// (32768–60999 by default) so that no outgoing connection of a parallel test is handed it
+/// between this check and etcd's bind. Ports are handed out in order from a per-process start
+/// so that two fixtures of one test binary never pick the same one; a clash with another
+/// process is still possible and is what [`Etcd::cluster`]'s retry is for.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN)
 }
 
 impl Etcd {
@@ -62,7 +79,26 @@ impl Etcd {
     }
 
     /// Starts an `n`-member cluster and waits until every member answers (a leader is elected).
+    ///
+    /// A port can still be taken by another process between the check and etcd's bind; a
+    /// member that exits at start is then retried on fresh ports, a few times.
     pub fn cluster(n: usize) -> Etcd {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut etcd = Etcd::fresh(n);
+            for i in 0..n {
+                etcd.spawn(i);
+            }
+            match (0..n).try_for_each(|i| etcd.wait_started(i)) {
+                Ok(()) => return etcd,
+                Err(why) if attempt < 5 => eprintln!("etcd fixture: retrying on new ports: {why}"),
+                Err(why) => panic!("etcd fixture: {why}"),
+            }
+        }
+    }
+
+    fn fresh(n: usize) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -79,18 +115,11 @@ impl Etcd {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut etcd = Etcd {
+        Etcd {
             members,
             initial_cluster,
             dir,
-        };
-        for i in 0..n {
-            etcd.spawn(i);
         }
-        for i in 0..n {
-            etcd.wait_ready(i);
-        }
-        etcd
     }
 
     fn spawn(&mut self, i: usize) {
@@ -123,20 +152,39 @@ impl Etcd {
     }
 
     /// Waits (up to 30 s) until member `i` serves a linearizable read.
-    pub fn wait_ready(&self, i: usize) {
+    pub fn wait_ready(&mut self, i: usize) {
+        if let Err(why) = self.wait_started(i) {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits (up to 30 s) until member `i` serves a linearizable read; says why not, with the
+    /// member's log, if it exited or did not answer in time.
+    fn wait_started(&mut self, i: usize) -> Result<(), String> {
         let store = self.store_on(&[i], "/pra-fixture", Duration::from_secs(1));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            let exited = match self.members[i].child.as_mut() {
+                Some(c) => c.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
+                return Err(format!(
+                    "etcd member {i} exited at start ({status}):\n{}",
+                    self.log_tail(i)
+                ));
+            }
             match store.load() {
-                Ok(_) => return,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Ok(_) => return Ok(()),
+                Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(e) => panic!(
-                    "etcd member {i} did not become ready: {e}\n{}",
-                    self.log_tail(i)
-                ),
+                Err(e) => {
+                    return Err(format!(
+                        "etcd member {i} did not become ready: {e}\n{}",
+                        self.log_tail(i)
+                    ));
+                }
             }
         }
     }

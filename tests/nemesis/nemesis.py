@@ -35,12 +35,24 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 MAX_FAULT = 8.0  # longest stop / partition / skew / full-disk window, seconds
 
 
+_TAKEN = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A loopback port free a moment ago, below the kernel's ephemeral range (32768-60999):
+    etcd members are killed and restarted on their ports, which an outgoing connection of a
+    pra process could otherwise be handed in between."""
+    while True:
+        port = random.randrange(20000, 32000)
+        if port in _TAKEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _TAKEN.add(port)
+        return port
 
 
 class Events:
