@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -86,9 +87,16 @@ def test_503_with_a_reason_when_the_database_is_lost(client, volumes):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free a moment ago, below the kernel's ephemeral range (32768-60999) so
+    that no outgoing connection is handed it before the server binds it."""
+    while True:
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def test_a_real_server_on_loopback(volumes):
