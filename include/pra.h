@@ -32,7 +32,8 @@ enum pra_result
   PRA_RESULT_INVALID_ARGUMENT = 100,
   // The thing asked for does not exist (database, backup).
   PRA_RESULT_NOT_FOUND = 101,
-  // Compare-and-swap lost (stale expected token) or an activation rule refused the change.
+  // Compare-and-swap lost (stale expected token, or the plan changed since it was loaded):
+  // reload and retry. (Earlier builds also returned it for a rule's refusal: now `Refused`.)
   PRA_RESULT_CONFLICT = 102,
   // A write carried a fencing token lower than one already admitted.
   PRA_RESULT_STALE_TOKEN = 103,
@@ -52,6 +53,9 @@ enum pra_result
   PRA_RESULT_INTERNAL = 110,
   // A panic was caught at the boundary (a bug in pra); the call had no effect on C memory.
   PRA_RESULT_PANIC = 111,
+  // A rule said no (break before make, a plan is running, this site is not active):
+  // retrying the same call will not help.
+  PRA_RESULT_REFUSED = 112,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

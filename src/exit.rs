@@ -34,6 +34,7 @@ pub fn code(kind: ErrorKind) -> u8 {
         ErrorKind::Unsupported => 11,
         ErrorKind::Io => 12,
         ErrorKind::Internal => 70,
+        ErrorKind::Refused => 13,
     }
 }
 
@@ -50,7 +51,7 @@ Exit codes:
    2  bad command line
    3  invalid argument (unknown site, bad URL, bad name)
    4  not found (no such backup, run or plan)
-   5  conflict: the record changed under you (stale --expect-token) or a rule refused the change
+   5  conflict: the record or the plan changed under you (stale --expect-token); reload, retry
    6  stale fencing token
    7  the plan does not accept that event in its current state
    8  busy (database locked, job still running, drain not finished)
@@ -58,6 +59,8 @@ Exit codes:
   10  corrupt data (lock file, journal, backup)
   11  unsupported on this store or build
   12  I/O error
+  13  refused: a rule said no (break before make, a plan is running, this site is not
+      active); retrying will not help
   70  internal error (a bug: please report it)
   75  `pra run --strict`: skipped because this site is standby
   76  `pra run --no-overlap`: the same job still runs on this host

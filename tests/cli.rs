@@ -146,7 +146,11 @@ fn bad_input_gets_its_documented_exit_code() {
     assert_eq!(code(&o), 5);
     assert!(text(&o).contains("expected token 0"), "{}", text(&o));
     let o = e.pra(&["site", "activate", "rbx", "--expect-token", "1"]);
-    assert_eq!(code(&o), 5, "break before make");
+    assert_eq!(
+        code(&o),
+        13,
+        "break before make is a refusal, not a lost race"
+    );
     assert!(text(&o).contains("break before make"), "{}", text(&o));
     // A store that cannot be opened: fail closed with its own code.
     let dead = Env::with_store("sqlite:///nonexistent-dir/state.db");
@@ -499,7 +503,7 @@ fn plan_commands_walk_a_failover() {
     // Manual flips are refused while the plan runs.
     assert_eq!(
         code(&e.pra(&["site", "deactivate", "--expect-token", "1"])),
-        5
+        13
     );
     ok(e.pra(&["plan", "apply", "failover-decided", "--operator", "alice"]));
     ok(e.pra(&["plan", "apply", "execute-failover"]));

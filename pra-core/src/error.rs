@@ -29,7 +29,20 @@ pub enum Error {
         found: FencingToken,
     },
 
-    /// The change breaks an activation rule (for example activating while another site is active).
+    /// The plan was written by someone else since the caller loaded it: reload and retry.
+    #[error(
+        "conflict: the plan changed since it was loaded (now at revision {found}, expected {expected}); reload it"
+    )]
+    PlanChanged {
+        /// The revision the caller loaded.
+        expected: u64,
+        /// The revision the store holds.
+        found: u64,
+    },
+
+    /// A rule said no: the change breaks an activation rule (activating while another site is
+    /// active, flipping by hand while a plan runs, a run on a standby site). Retrying the same
+    /// request will not help; unlike [`Error::Conflict`], nobody raced the caller.
     #[error("refused: {0}")]
     Refused(String),
 
@@ -106,8 +119,10 @@ pub enum ErrorKind {
     InvalidArgument,
     /// See [`Error::NotFound`].
     NotFound,
-    /// See [`Error::Conflict`] and [`Error::Refused`].
+    /// A lost race: see [`Error::Conflict`] and [`Error::PlanChanged`]. Reload and retry.
     Conflict,
+    /// A rule said no: see [`Error::Refused`]. Retrying will not help.
+    Refused,
     /// See [`Error::StaleToken`].
     StaleToken,
     /// See [`Error::InvalidTransition`].
@@ -132,7 +147,8 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::NotFound(_) => ErrorKind::NotFound,
-            Error::Conflict { .. } | Error::Refused(_) => ErrorKind::Conflict,
+            Error::Conflict { .. } | Error::PlanChanged { .. } => ErrorKind::Conflict,
+            Error::Refused(_) => ErrorKind::Refused,
             Error::StaleToken { .. } => ErrorKind::StaleToken,
             Error::InvalidTransition { .. } => ErrorKind::InvalidTransition,
             Error::Busy(_) => ErrorKind::Busy,

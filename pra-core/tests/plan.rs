@@ -305,7 +305,7 @@ fn manual_flips_are_refused_while_a_plan_runs() {
             &ops(),
         )
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert_eq!(e.kind(), ErrorKind::Refused);
     assert!(e.to_string().contains("incident_detected"), "{e}");
     w.apply(EventKind::Abort).unwrap();
     w.store

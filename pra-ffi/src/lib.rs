@@ -29,7 +29,8 @@ pub enum pra_result {
     InvalidArgument = 100,
     /// The thing asked for does not exist (database, backup).
     NotFound = 101,
-    /// Compare-and-swap lost (stale expected token) or an activation rule refused the change.
+    /// Compare-and-swap lost (stale expected token, or the plan changed since it was loaded):
+    /// reload and retry. (Earlier builds also returned it for a rule's refusal: now `Refused`.)
     Conflict = 102,
     /// A write carried a fencing token lower than one already admitted.
     StaleToken = 103,
@@ -49,6 +50,9 @@ pub enum pra_result {
     Internal = 110,
     /// A panic was caught at the boundary (a bug in pra); the call had no effect on C memory.
     Panic = 111,
+    /// A rule said no (break before make, a plan is running, this site is not active):
+    /// retrying the same call will not help.
+    Refused = 112,
 }
 
 /// The one mapping from pra-core's errors to result codes.
@@ -65,6 +69,7 @@ fn map_error(e: &Error) -> pra_result {
         ErrorKind::Unsupported => pra_result::Unsupported,
         ErrorKind::Io => pra_result::Io,
         ErrorKind::Internal => pra_result::Internal,
+        ErrorKind::Refused => pra_result::Refused,
     }
 }
 
@@ -224,6 +229,7 @@ pub extern "C" fn pra_result_name(result: u32) -> *const c_char {
         109 => c"PRA_RESULT_IO",
         110 => c"PRA_RESULT_INTERNAL",
         111 => c"PRA_RESULT_PANIC",
+        112 => c"PRA_RESULT_REFUSED",
         _ => c"PRA_RESULT_UNKNOWN",
     };
     name.as_ptr()

@@ -38,7 +38,13 @@ create_exception!(
     pra,
     ConflictError,
     PraError,
-    "The record moved since you read it (stale expected token), or a rule refused the change."
+    "The record or the plan moved since you read it (stale expected token): reload and retry."
+);
+create_exception!(
+    pra,
+    RefusedError,
+    PraError,
+    "A rule said no (break before make, a plan is running, this site is not active): retrying will not help."
 );
 create_exception!(
     pra,
@@ -108,6 +114,7 @@ impl From<PraErr> for PyErr {
             ErrorKind::InvalidArgument => InvalidArgumentError::new_err(msg),
             ErrorKind::NotFound => NotFoundError::new_err(msg),
             ErrorKind::Conflict => ConflictError::new_err(msg),
+            ErrorKind::Refused => RefusedError::new_err(msg),
             ErrorKind::StaleToken => StaleTokenError::new_err(msg),
             ErrorKind::InvalidTransition => InvalidTransitionError::new_err(msg),
             ErrorKind::Busy => BusyError::new_err(msg),
@@ -952,6 +959,7 @@ fn _pra(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ),
         ("NotFoundError", py.get_type::<NotFoundError>()),
         ("ConflictError", py.get_type::<ConflictError>()),
+        ("RefusedError", py.get_type::<RefusedError>()),
         ("StaleTokenError", py.get_type::<StaleTokenError>()),
         (
             "InvalidTransitionError",

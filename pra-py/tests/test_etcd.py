@@ -77,7 +77,7 @@ def test_activation_journal_and_guard_on_etcd(etcd):
     assert store.url == f"etcd://{etcd}/py-guard"
     assert (store.active().site, store.active().token) == (None, 0)
     assert store.activate("rbx", expect_token=0, by="alice", reason="go live").token == 1
-    with pytest.raises(pra.ConflictError, match="break before make"):
+    with pytest.raises(pra.RefusedError, match="break before make"):
         store.activate("sbg", expect_token=1, by="bob")
     # A second handle (another process would do the same) sees the same record.
     other = pra.Store(f"etcd://{etcd}/py-guard")

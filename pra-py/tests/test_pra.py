@@ -36,7 +36,7 @@ def test_version_and_exports():
 
 def test_every_exception_is_a_pra_error():
     classes = [
-        pra.InvalidArgumentError, pra.NotFoundError, pra.ConflictError, pra.StaleTokenError,
+        pra.InvalidArgumentError, pra.NotFoundError, pra.ConflictError, pra.RefusedError, pra.StaleTokenError,
         pra.InvalidTransitionError, pra.BusyError, pra.StoreUnavailableError, pra.CorruptError,
         pra.UnsupportedError, pra.PraIOError, pra.InternalError, pra.StandbyError,
     ]
@@ -53,7 +53,7 @@ def test_store_activation_rules_and_record(store):
     assert (r.site, r.token, r.changed_by, r.reason) == ("rbx", 1, "alice", "go live")
     assert r.changed_at.tzinfo is not None and r.changed_at.utcoffset() == datetime.timedelta(0)
     assert abs((datetime.datetime.now(datetime.timezone.utc) - r.changed_at).total_seconds()) < 60
-    with pytest.raises(pra.ConflictError, match="break before make"):
+    with pytest.raises(pra.RefusedError, match="break before make"):
         store.activate("sbg", expect_token=1, by="bob")
     with pytest.raises(pra.ConflictError, match="expected token 0"):
         store.deactivate(expect_token=0, by="bob")

@@ -24,7 +24,7 @@ static void test_version_and_names(void) {
                             PRA_RESULT_INVALID_TRANSITION, PRA_RESULT_BUSY,
                             PRA_RESULT_STORE_UNAVAILABLE, PRA_RESULT_CORRUPT,
                             PRA_RESULT_UNSUPPORTED, PRA_RESULT_IO, PRA_RESULT_INTERNAL,
-                            PRA_RESULT_PANIC};
+                            PRA_RESULT_PANIC, PRA_RESULT_REFUSED};
   for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
     CHECK(strncmp(pra_result_name(codes[i]), "PRA_RESULT_", 11) == 0);
     CHECK(strcmp(pra_result_name(codes[i]), "PRA_RESULT_UNKNOWN") != 0);
@@ -78,7 +78,7 @@ static void test_guard_and_changes(const char *store_url) {
   EXPECT(pra_guard_check(s, "SBG", &v), PRA_RESULT_STANDBY);
   CHECK(!v.may_run && strcmp(v.active_site, "rbx") == 0);
   /* Break before make, and stale tokens. */
-  EXPECT(pra_activate(s, "sbg", 1, "ci", NULL, NULL), PRA_RESULT_CONFLICT);
+  EXPECT(pra_activate(s, "sbg", 1, "ci", NULL, NULL), PRA_RESULT_REFUSED);
   CHECK(strstr(pra_last_error_message(), "break before make") != NULL);
   EXPECT(pra_deactivate(s, 0, "ci", NULL, NULL), PRA_RESULT_CONFLICT);
   CHECK(strstr(pra_last_error_message(), "expected token 0") != NULL);

@@ -563,10 +563,10 @@ impl Store for EtcdStore {
             if let Some(plan) = &commit.plan {
                 let current = snap.plan.as_ref().map_or(0, |p| p.revision);
                 if current != plan.expect_revision {
-                    return Err(Error::Refused(format!(
-                        "the plan changed since it was loaded (now at revision {current}, expected {}); reload it",
-                        plan.expect_revision
-                    )));
+                    return Err(Error::PlanChanged {
+                        expected: plan.expect_revision,
+                        found: current,
+                    });
                 }
                 let stored = StoredPlan {
                     revision: current + 1,

@@ -411,10 +411,10 @@ impl Store for SqliteStore {
                 .map_err(self.err("read plan"))?
                 .map_or(0, |r| r as u64);
             if current != plan.expect_revision {
-                return Err(Error::Refused(format!(
-                    "the plan changed since it was loaded (now at revision {current}, expected {}); reload it",
-                    plan.expect_revision
-                )));
+                return Err(Error::PlanChanged {
+                    expected: plan.expect_revision,
+                    found: current,
+                });
             }
             let next = current + 1;
             tx.execute(

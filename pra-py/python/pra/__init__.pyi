@@ -4,6 +4,7 @@ from ._pra import ActiveSite as ActiveSite
 from ._pra import Backup as Backup
 from ._pra import BusyError as BusyError
 from ._pra import ConflictError as ConflictError
+from ._pra import RefusedError as RefusedError
 from ._pra import CorruptError as CorruptError
 from ._pra import Guard as Guard
 from ._pra import InternalError as InternalError
@@ -35,6 +36,7 @@ __all__ = [
     "Backup",
     "BusyError",
     "ConflictError",
+    "RefusedError",
     "CorruptBackupError",
     "CorruptError",
     "Guard",
