@@ -474,10 +474,9 @@ pub fn build_report(cfg: &Config, store: &dyn Store) -> Result<plan::Report, Err
         _ => None,
     });
     let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let runs = match store.runs(since) {
-        Ok(r) => r,
-        Err(e) if e.kind() == pra_core::ErrorKind::Unsupported => Vec::new(),
-        Err(e) => return Err(e),
+    let runs = match store.registry() {
+        Some(registry) => registry.runs(since)?,
+        None => Vec::new(),
     };
     let last_backup = incident.and_then(|i| {
         backup::scan(&cfg.backup_dir)
@@ -553,7 +552,10 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
             )],
         );
     }
-    let stats = store.run_stats()?;
+    let stats = match store.registry() {
+        Some(registry) => registry.run_stats()?,
+        None => Vec::new(),
+    };
     for (name, help, get) in [
         (
             "pra_runs_started_total",
@@ -603,8 +605,9 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
             vec![(String::new(), age.to_string())],
         );
     }
-    match store.load_plan() {
-        Ok(p) => {
+    if let Some(plans) = store.plans() {
+        let p = plans.load_plan()?;
+        {
             let state = p
                 .and_then(|p| serde_json::from_value::<plan::Plan>(p.doc).ok())
                 .map_or(plan::State::Normal, |p| p.state);
@@ -623,8 +626,6 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
                     .collect(),
             );
         }
-        Err(e) if e.kind() == pra_core::ErrorKind::Unsupported => {}
-        Err(e) => return Err(e),
     }
     print!("{m}");
     Ok(exit::OK)

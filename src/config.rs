@@ -161,10 +161,17 @@ impl Config {
 
     /// Opens the configured store.
     pub fn open_store(&self) -> Result<Box<dyn pra_core::Store>> {
+        self.open_store_for(pra_core::store::Needs::default())
+    }
+
+    /// Opens the configured store, refusing one that does not offer what `needs` names.
+    pub fn open_store_for(
+        &self,
+        needs: pra_core::store::Needs,
+    ) -> Result<Box<dyn pra_core::Store>> {
         let opts = pra_core::store::OpenOptions {
-            timeout: self.store_timeout.to_std().unwrap_or_default(),
-            lost_after: self.lost_after.to_std().unwrap_or_default(),
-            ..Default::default()
+            needs,
+            ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)
     }

@@ -363,7 +363,8 @@ impl Drill {
         let mut pids: Vec<libc::pid_t> = Vec::new();
         while pids.len() < 2 && Instant::now() < deadline {
             pids = store
-                .unfinished_runs_below(FencingToken(i64::MAX as u64))
+                .require_registry()
+                .and_then(|r| r.unfinished_runs_below(FencingToken(i64::MAX as u64)))
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|u| u.run.start.site.as_str() == site)
@@ -624,7 +625,7 @@ pub fn run(
 
     d.phase("report");
     let plan_report = crate::commands::build_report(&cfg, &*store)?;
-    let stats = store.run_stats()?;
+    let stats = store.require_registry()?.run_stats()?;
     let conn = rusqlite::Connection::open(&db).map_err(|e| Error::sqlite("open", "app", e))?;
     let jobs: Vec<JobFigures> = ["rbx", "sbg"]
         .iter()

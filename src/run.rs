@@ -107,7 +107,10 @@ fn log_line(msg: &str, to_stderr: bool) {
 pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     validate_job(&args.job)?;
     let site = cfg.this_site()?;
-    let store = cfg.open_store()?;
+    let store = cfg.open_store_for(pra_core::store::Needs {
+        registry: true,
+        ..Default::default()
+    })?;
     let overlap_lock = if args.no_overlap {
         let (f, path) = open_overlap_lock(cfg, &args.job)?;
         match f.try_lock() {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::fencing::FencingToken;
+use crate::token::FencingToken;
 
 /// Result with pra's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

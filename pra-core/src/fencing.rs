@@ -1,47 +1,12 @@
 //! Fencing: the strictly increasing token, the active-site record it versions, the activation
 //! rules (break before make), and the storage-side fence that refuses writes from a stale token.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::site::SiteId;
-
-/// A fencing token: bumped by exactly one at every change of the active-site record, never
-/// reused, never decreasing. A job carries the token it was allowed to run under; anything that
-/// has seen a higher token refuses it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
-#[serde(transparent)]
-pub struct FencingToken(pub u64);
-
-impl FencingToken {
-    /// The token before any change was ever made.
-    pub const ZERO: FencingToken = FencingToken(0);
-
-    /// The next token. Fails rather than wrapping (at one change per microsecond that takes
-    /// half a million years, but a corrupted store could get there).
-    pub fn next(self) -> Result<FencingToken> {
-        self.0
-            .checked_add(1)
-            .map(FencingToken)
-            .ok_or_else(|| Error::Internal("fencing token exhausted (u64::MAX)".into()))
-    }
-
-    /// The raw value.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::token::FencingToken;
 
 /// The active-site record: which site may run jobs, under which token, and who set it, when and
 /// why. `site: None` is a real state in which no site may run jobs (the seed's
@@ -169,7 +134,10 @@ pub fn next_record(
     };
     Ok(ActiveSite {
         site,
-        token: current.token.next()?,
+        token: current
+            .token
+            .checked_next()
+            .ok_or_else(|| Error::Internal("fencing token exhausted (u64::MAX)".into()))?,
         changed_at: at,
         changed_by: actor.by.clone(),
         reason: actor.reason.clone(),
@@ -379,7 +347,7 @@ mod tests {
 
     #[test]
     fn token_never_wraps() {
-        assert!(FencingToken(u64::MAX).next().is_err());
+        assert!(FencingToken(u64::MAX).checked_next().is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod clock;
+pub mod defaults;
 pub mod error;
 pub mod fencing;
 pub mod forkguard;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod site;
 pub mod status;
 pub mod store;
+mod token;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};

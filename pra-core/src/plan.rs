@@ -643,7 +643,7 @@ impl<'a> Runner<'a> {
     }
 
     fn load(&self) -> Result<(u64, Plan)> {
-        match self.store.load_plan()? {
+        match self.store.require_plans()?.load_plan()? {
             None => Ok((0, Plan::default())),
             Some(stored) => {
                 let plan = serde_json::from_value(stored.doc).map_err(|e| Error::Corrupt {
@@ -754,11 +754,13 @@ impl<'a> Runner<'a> {
                 }
             }
         }
+        // One time for the step and its journal entries.
+        let at = self.clock.now();
         let step = Step {
             event: event.clone(),
             from: t.from,
             to: t.to,
-            at: self.clock.now(),
+            at,
             by: actor.by.clone(),
         };
         let mut steps = if plan.state.running() {
@@ -790,6 +792,7 @@ impl<'a> Runner<'a> {
                 doc,
             }),
             events,
+            at: Some(at),
         };
         match self.store.commit(&commit) {
             Ok(done) => Ok(Applied::Done {
@@ -797,7 +800,9 @@ impl<'a> Runner<'a> {
                 record: done.record,
                 plan: next,
             }),
-            Err(e @ (Error::Refused(_) | Error::Conflict { .. })) => lost_race(e),
+            Err(e @ (Error::Refused(_) | Error::Conflict { .. } | Error::PlanChanged { .. })) => {
+                lost_race(e)
+            }
             Err(e) => Err(e),
         }
     }

@@ -161,12 +161,6 @@ impl Topology {
             ))),
         }
     }
-
-    /// [`Topology::detect`] with the process's `PRA_SITE` variable and the machine's hostname.
-    pub fn detect_here(&self) -> Result<SiteId> {
-        let env = std::env::var("PRA_SITE").ok();
-        self.detect(env.as_deref(), &hostname())
-    }
 }
 
 /// This machine's hostname (empty if it cannot be read).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use pra_core::plan::{self, Applied, DrainPolicy, Event, EventKind, Runner, State};
-use pra_core::store::{RunId, RunRecord, RunStart, SqliteStore, Store};
+use pra_core::store::{Admission, RunId, RunRecord, RunRegistry, RunStart, SqliteStore, Store};
 use pra_core::{
     Actor, Clock, Error, ErrorKind, FencingToken, ManualClock, SiteChange, SiteId, Topology,
     Verdict, check,
@@ -79,14 +79,18 @@ impl World {
     }
     fn start_run(&self, on: &str, job: &str) -> pra_core::Result<RunId> {
         let token = self.store.load()?.token;
-        self.store.run_start(&RunStart {
+        let admission = self.store.run_start(&RunStart {
             job: job.into(),
             site: site(on),
             token,
             host: format!("{on}-vm"),
             pid: 1,
             containment: None,
-        })
+        })?;
+        match admission {
+            Admission::Admitted { id, .. } => Ok(id),
+            Admission::Standby { .. } => Err(pra_core::Error::Refused(format!("{on} is standby"))),
+        }
     }
 }
 
@@ -363,7 +367,10 @@ fn abort_a_failback_before_commit_keeps_or_gives_back_the_secondary() {
         (w.state(), w.active().as_deref()),
         (State::RunningOnSecondary, Some("sbg"))
     );
-    assert_eq!(w.store.load().unwrap().token, before.next().unwrap());
+    assert_eq!(
+        w.store.load().unwrap().token,
+        before.checked_next().unwrap()
+    );
     // After the commit there is no abort.
     for k in [
         K::PrimaryRestored,
@@ -671,7 +678,7 @@ proptest! {
                         }
                         Some(Verdict::Run { token }) => {
                             let start = RunStart { job: jobs[j].into(), site: sites[s].clone(), token, host: "h".into(), pid: 1, containment: None };
-                            if let Ok(id) = w.store.run_start(&start) {
+                            if let Ok(Admission::Admitted { id, .. }) = w.store.run_start(&start) {
                                 running.push(id);
                             }
                         }

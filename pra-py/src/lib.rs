@@ -674,7 +674,16 @@ impl Guard {
             InvalidArgumentError::new_err("no run is registered: use `with guard:` first")
         })?;
         let s = self.store.get().inner()?;
-        Ok(blocking(py, move || s.run_heartbeat(id))?)
+        Ok(blocking(py, move || {
+            match s.require_registry()?.run_heartbeat(id)? {
+                pra_core::store::Heartbeat::Alive => Ok(()),
+                pra_core::store::Heartbeat::Expired => Err(pra_core::Error::NotFound(format!(
+                    "run {} is no longer registered in {} (counted lost, or its lease expired)",
+                    id.0,
+                    s.url()
+                ))),
+            }
+        })?)
     }
 
     fn __exit__(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Liveness;
 use crate::clock::Clock;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, Actor, FencingToken, SiteChange, next_record};
 use crate::site::SiteId;
 use crate::store::{Commit, JournalEvent, RunRecord, Store};
@@ -35,11 +35,12 @@ impl<'a> Drainer<'a> {
     /// later drains do not wait for them again.
     pub fn alive_below(&self, below: FencingToken) -> Result<Vec<RunRecord>> {
         // The nemesis suite's deliberately broken build: every run counts as finished.
+        let registry = self.store.require_registry()?;
         if cfg!(feature = "nemesis-broken-drain") {
-            let _ = self.store.unfinished_runs_below(below)?;
+            let _ = registry.unfinished_runs_below(below)?;
             return Ok(Vec::new());
         }
-        let runs = self.store.unfinished_runs_below(below)?;
+        let runs = registry.unfinished_runs_below(below)?;
         let now = self.clock.monotonic();
         let judgement = self
             .liveness
@@ -53,7 +54,7 @@ impl<'a> Drainer<'a> {
                 self.lost_after(),
                 crate::site::hostname()
             );
-            match self.store.run_mark_lost(lost.run.id, lost.pulse, &note) {
+            match registry.run_mark_lost(lost.run.id, lost.pulse, &note) {
                 Ok(true) => {
                     tracing::warn!(run = lost.run.id.0, job = %lost.run.start.job, "run counted as lost")
                 }
@@ -177,20 +178,23 @@ pub fn activate(
         ));
     }
     let drainer = Drainer::new(store, clock, opts.lost_after);
-    let drained = match drainer.alive_below(record.token) {
-        Err(e) if e.kind() == ErrorKind::Unsupported => Drained::NoRegistry,
-        Err(e) => return Err(e),
-        Ok(alive) if alive.is_empty() => Drained::Clean,
-        Ok(alive) if opts.force => Drained::Forced {
+    let alive = match store.registry() {
+        None => None,
+        Some(_) => Some(drainer.alive_below(record.token)?),
+    };
+    let drained = match alive {
+        None => Drained::NoRegistry,
+        Some(alive) if alive.is_empty() => Drained::Clean,
+        Some(alive) if opts.force => Drained::Forced {
             alive_runs: alive.len() as u64,
         },
-        Ok(alive) if !opts.wait => {
+        Some(alive) if !opts.wait => {
             return Err(Error::Busy(format!(
                 "not activating {site}: {}; wait for them (without --no-wait) or force with a reason",
                 describe_runs(&alive)
             )));
         }
-        Ok(_) => {
+        Some(_) => {
             drainer.wait(record.token, opts.timeout, opts.poll)?;
             Drained::Clean
         }
@@ -203,10 +207,9 @@ pub fn activate(
         Drained::Clean | Drained::NoRegistry => Vec::new(),
     };
     let committed = store.commit(&Commit {
-        actor: actor.clone(),
         site: Some(change),
-        plan: None,
         events,
+        ..Commit::by(actor)
     })?;
     Ok((committed.record, drained))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::contain::boottime;
 use super::{Admission, Beat, Timings, admit, heartbeat_loop};
-use crate::error::{ErrorKind, Result};
+use crate::error::Result;
 use crate::fencing::FencingToken;
 use crate::site::SiteId;
 use crate::store::{RunId, Store};
@@ -132,11 +132,11 @@ impl Registered {
     pub fn finish(mut self, exit_code: Option<i32>, outcome: &str) -> Result<()> {
         self.stop_thread();
         self.finished = true;
-        match self.store.run_finish(self.id, exit_code, outcome) {
-            // Counted lost by a drain already: the end is recorded there.
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
+        // `false`: counted lost by a drain already, the end is recorded there.
+        self.store
+            .require_registry()?
+            .run_finish(self.id, exit_code, outcome)
+            .map(|_| ())
     }
 
     fn stop_thread(&mut self) {
@@ -150,8 +150,10 @@ impl Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.stop_thread();
-        if !self.finished {
-            let _ = self.store.run_finish(self.id, None, "abandoned");
+        if !self.finished
+            && let Some(registry) = self.store.registry()
+        {
+            let _ = registry.run_finish(self.id, None, "abandoned");
         }
     }
 }

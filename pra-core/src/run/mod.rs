@@ -21,11 +21,12 @@ pub use drain::{ActivateOptions, Drained, Drainer, activate, describe_runs};
 pub use inprocess::{Registered, Started};
 pub use supervise::{OnRevoke, RunEnd, RunEvent, RunOptions, supervise};
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::guard::{Verdict, check};
 use crate::site::SiteId;
-use crate::store::{Pulse, RunId, RunRecord, RunStart, Store, UnfinishedRun};
+pub use crate::store::Admission;
+use crate::store::{Heartbeat, Pulse, RunId, RunRecord, RunStart, Store, UnfinishedRun};
 
 /// The timings of runs and drains, and the inequality that makes them safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +112,12 @@ impl Timings {
 
 impl Default for Timings {
     fn default() -> Self {
+        use crate::defaults;
         Timings {
-            heartbeat: Duration::from_secs(10),
-            lost_after: Duration::from_secs(60),
-            revoke_grace: Duration::from_secs(30),
-            store_timeout: Duration::from_secs(5),
+            heartbeat: defaults::HEARTBEAT,
+            lost_after: defaults::LOST_AFTER,
+            revoke_grace: defaults::REVOKE_GRACE,
+            store_timeout: defaults::STORE_TIMEOUT,
         }
     }
 }
@@ -207,6 +209,13 @@ pub(crate) fn heartbeat_loop(
     mut report: impl FnMut(Beat) -> bool,
 ) {
     use std::sync::atomic::Ordering;
+    let registry = match store.require_registry() {
+        Ok(r) => r,
+        Err(e) => {
+            report(Beat::Failed(e.to_string()));
+            return;
+        }
+    };
     let mut role_lost = false;
     loop {
         let next = contain::boottime() + heartbeat;
@@ -217,9 +226,13 @@ pub(crate) fn heartbeat_loop(
             std::thread::sleep(Duration::from_millis(20).min(heartbeat));
         }
         let started = contain::boottime();
-        let beat = match store.run_heartbeat(id) {
-            Ok(()) => Beat::Ok(started),
-            Err(e) if e.kind() == ErrorKind::NotFound => Beat::Gone(e.to_string()),
+        let beat = match registry.run_heartbeat(id) {
+            Ok(Heartbeat::Alive) => Beat::Ok(started),
+            Ok(Heartbeat::Expired) => Beat::Gone(format!(
+                "the registration of run {} in {} has ended (counted lost, or its lease expired)",
+                id.0,
+                store.url()
+            )),
             Err(e) => Beat::Failed(e.to_string()),
         };
         let accepted = matches!(beat, Beat::Ok(_));
@@ -239,25 +252,6 @@ pub(crate) fn heartbeat_loop(
             }
         }
     }
-}
-
-/// The guard's answer and, when it is "run", the run registered under it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Registered: the run may start.
-    Admitted {
-        /// The registration.
-        id: RunId,
-        /// The token the run holds.
-        token: FencingToken,
-    },
-    /// This site is standby (or lost the race with a flip): do not run.
-    Standby {
-        /// The active site, if any.
-        active: Option<SiteId>,
-        /// The record's token.
-        token: FencingToken,
-    },
 }
 
 /// Checks that `site` is active and registers the run under its token, atomically (the store
@@ -286,26 +280,10 @@ pub fn admit(
     )
 }
 
-/// Registers `start`; a registration refused because the record moved since the check (a
-/// newer token, another site) is [`Admission::Standby`].
+/// Registers `start`; a registration the store does not admit because the record moved since
+/// the check (a newer token, another site) is [`Admission::Standby`].
 pub(crate) fn register(store: &dyn Store, start: &RunStart) -> Result<Admission> {
-    match store.run_start(start) {
-        Ok(id) => Ok(Admission::Admitted {
-            id,
-            token: start.token,
-        }),
-        Err(e)
-            if matches!(e.kind(), ErrorKind::Conflict | ErrorKind::StaleToken)
-                || matches!(e, Error::Refused(_)) =>
-        {
-            let now = store.load()?;
-            Ok(Admission::Standby {
-                active: now.site,
-                token: now.token,
-            })
-        }
-        Err(e) => Err(e),
-    }
+    store.require_registry()?.run_start(start)
 }
 
 #[cfg(test)]

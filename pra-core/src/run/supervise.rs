@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::guard::{Verdict, check};
 use crate::site::SiteId;
-use crate::store::{RunId, RunStart, Store};
+use crate::store::{RunId, RunRegistry, RunStart, Store};
 
 /// What to do when the site loses the active role while the command runs. Either way the
 /// command is stopped before a drain could count the run lost if the store stops vouching
@@ -136,10 +136,11 @@ pub fn supervise(
     on_event: &mut dyn FnMut(RunEvent),
 ) -> Result<RunEnd> {
     opts.timings.validate()?;
+    let registry = store.require_registry()?;
     let token = match check(store, site)? {
         Verdict::Run { token } => token,
         Verdict::Standby { active, token } => {
-            return Ok(skip(store, opts, site, active, token, on_event));
+            return Ok(skip(registry, opts, site, active, token, on_event));
         }
     };
     // The registration counts as the first heartbeat: the deadline runs from before it.
@@ -171,13 +172,13 @@ pub fn supervise(
         // pending init is dropped: the command never started.
         Admission::Standby { active, token } => {
             drop(pending);
-            return Ok(skip(store, opts, site, active, token, on_event));
+            return Ok(skip(registry, opts, site, active, token, on_event));
         }
     };
     let tree = match pending.start() {
         Ok(t) => t,
         Err(e) => {
-            let _ = store.run_finish(id, None, &format!("failed to start: {e}"));
+            let _ = registry.run_finish(id, None, &format!("failed to start: {e}"));
             return Err(e);
         }
     };
@@ -199,7 +200,7 @@ pub fn supervise(
     );
     if let Some(errno) = ended.exec_errno {
         let e = std::io::Error::from_raw_os_error(errno);
-        let _ = store.run_finish(id, None, &format!("failed to start: {e}"));
+        let _ = registry.run_finish(id, None, &format!("failed to start: {e}"));
         return Err(Error::io("start", &command[0], e));
     }
     let status = ended.status;
@@ -218,7 +219,7 @@ pub fn supervise(
     } else {
         None
     };
-    if let Err(e) = store.run_finish(id, code, &outcome) {
+    if let Err(e) = registry.run_finish(id, code, &outcome) {
         tracing::warn!(error = %e, "could not record the end of the run");
     }
     Ok(RunEnd::Finished {
@@ -231,14 +232,14 @@ pub fn supervise(
 }
 
 fn skip(
-    store: &dyn Store,
+    registry: &dyn RunRegistry,
     opts: &RunOptions,
     site: &SiteId,
     active: Option<SiteId>,
     token: FencingToken,
     on_event: &mut dyn FnMut(RunEvent),
 ) -> RunEnd {
-    if let Err(e) = store.note_skip(&opts.job, site) {
+    if let Err(e) = registry.note_skip(&opts.job, site) {
         tracing::warn!(error = %e, "could not count the skip");
     }
     on_event(RunEvent::Skipped {

@@ -16,7 +16,7 @@
 //! The public API is synchronous: the store owns a private single-threaded tokio runtime and
 //! blocks on it, with a deadline on every call.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,13 +29,15 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::commit::admit;
+use super::runs::tally;
 use super::{
-    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Pulse, RunId,
-    RunRecord, RunStart, RunStats, Store, StoredPlan, UnfinishedRun, verify_chain,
+    Admission, Backend, GENESIS_HASH, Heartbeat, JournalEntry, JournalHead, Pulse, RunId,
+    RunRecord, RunRegistry, RunStart, RunStats, Snapshot, StoredPlan, UnfinishedRun, Writes,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::fencing::{ActiveSite, FencingToken};
 use crate::site::SiteId;
 
 /// How an [`EtcdStore`] talks to etcd.
@@ -52,8 +54,8 @@ pub struct EtcdOptions {
 impl Default for EtcdOptions {
     fn default() -> Self {
         EtcdOptions {
-            timeout: Duration::from_secs(5),
-            run_ttl: Duration::from_secs(60),
+            timeout: crate::defaults::STORE_TIMEOUT,
+            run_ttl: crate::defaults::LOST_AFTER,
         }
     }
 }
@@ -95,8 +97,8 @@ struct SkipCount {
     last_at: DateTime<Utc>,
 }
 
-/// One consistent read of the record and the plan.
-struct Snapshot {
+/// One consistent read of the record and the plan, with their revisions.
+struct Read {
     record: StoredRecord,
     record_rev: i64,
     plan: Option<StoredPlan>,
@@ -296,7 +298,7 @@ impl EtcdStore {
         Instant::now() + self.opts.timeout
     }
 
-    fn snapshot(&self, deadline: Instant) -> Result<Snapshot> {
+    fn read(&self, deadline: Instant) -> Result<Read> {
         let (rk, pk) = (self.key("record"), self.key("plan"));
         let resp = self.retrying("read the record", deadline, |mut c| {
             let txn =
@@ -330,7 +332,7 @@ impl EtcdStore {
             ),
             None => (None, 0),
         };
-        Ok(Snapshot {
+        Ok(Read {
             record,
             record_rev,
             plan,
@@ -392,21 +394,19 @@ impl EtcdStore {
         self.key(&format!("alive/{:020}", id.0))
     }
 
-    /// Reads run `id` with its mod_revision; NotFound if unknown or finished.
-    fn unfinished_run(&self, id: RunId, deadline: Instant) -> Result<(RunRecord, i64)> {
+    /// Reads run `id` with its mod_revision; `None` if unknown or finished.
+    fn unfinished_run(&self, id: RunId, deadline: Instant) -> Result<Option<(RunRecord, i64)>> {
         let key = self.run_key(id);
         let resp = self.retrying("read the run", deadline, |mut c| {
             let key = key.clone();
             async move { c.get(key, None).await }
         })?;
-        let not_found = || Error::NotFound(format!("no unfinished run {} in {}", id.0, self.url));
-        let kv = resp.kvs().first().ok_or_else(not_found)?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
         let run: RunRecord =
             serde_json::from_slice(kv.value()).map_err(|e| self.corrupt("the run registry", e))?;
-        if run.finished_at.is_some() {
-            return Err(not_found());
-        }
-        Ok((run, kv.mod_revision()))
+        Ok(run.finished_at.is_none().then(|| (run, kv.mod_revision())))
     }
 
     fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -443,21 +443,15 @@ impl EtcdStore {
     }
     /// Registers run `id` (its lease granted) atomically with its admission: the txn compares
     /// the record's revision, so a flip in between makes it check again.
-    fn register(&self, run: &RunStart, id: RunId, deadline: Instant) -> Result<RunId> {
+    fn register(&self, run: &RunStart, id: RunId, deadline: Instant) -> Result<Admission> {
         loop {
-            let snap = self.snapshot(deadline)?;
+            let snap = self.read(deadline)?;
             let record = &snap.record.record;
-            if record.token != run.token {
-                return Err(Error::StaleToken {
-                    presented: run.token,
-                    highest: record.token,
+            if admit(record, run).is_err() {
+                return Ok(Admission::Standby {
+                    active: record.site.clone(),
+                    token: record.token,
                 });
-            }
-            if record.site.as_ref() != Some(&run.site) {
-                return Err(Error::Refused(format!(
-                    "{} is not the active site (token {}): the run is not admitted",
-                    run.site, record.token
-                )));
             }
             let now = self.clock.now();
             let rec = RunRecord {
@@ -493,7 +487,10 @@ impl EtcdStore {
                 Ok(Some(!resp.kvs().is_empty()))
             };
             if self.guarded_txn("register the run", deadline, txn, settle)? {
-                return Ok(id);
+                return Ok(Admission::Admitted {
+                    id,
+                    token: run.token,
+                });
             }
             if Instant::now() >= deadline {
                 return Err(Error::Busy(format!(
@@ -505,105 +502,69 @@ impl EtcdStore {
     }
 }
 
-impl Store for EtcdStore {
+impl Backend for EtcdStore {
     fn url(&self) -> &str {
         &self.url
     }
 
-    fn load(&self) -> Result<ActiveSite> {
-        Ok(self.snapshot(self.deadline())?.record.record)
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
-    fn commit(&self, commit: &Commit) -> Result<Committed> {
+    fn load_record(&self) -> Result<ActiveSite> {
+        Ok(self.read(self.deadline())?.record.record)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        Ok(self.read(self.deadline())?.snapshot())
+    }
+
+    fn transact(&self, decide: &mut dyn FnMut(&Snapshot) -> Result<Writes>) -> Result<Writes> {
         let deadline = self.deadline();
         let id = commit_id();
         let mut attempt = 0u32;
+        let mut sent: Option<Writes> = None;
         loop {
             attempt += 1;
-            let snap = self.snapshot(deadline)?;
-            if attempt > 1 && snap.record.commit_id == id {
-                // An earlier attempt whose answer was lost (and read back as not applied) landed
-                // after all: it is this commit.
-                return Ok(Committed {
-                    record: snap.record.record,
-                    plan_revision: commit
-                        .plan
-                        .as_ref()
-                        .and(snap.plan.as_ref().map(|p| p.revision)),
-                });
-            }
-            let old = snap.record.record.clone();
-            let at = self.clock.now();
-            if commit.site.is_some()
-                && commit.plan.is_none()
-                && let Some(plan) = &snap.plan
-                && plan.doc.get("running").and_then(|v| v.as_bool()) == Some(true)
+            let read = self.read(deadline)?;
+            if let Some(writes) = sent.take()
+                && read.record.commit_id == id
             {
-                let state = plan
-                    .doc
-                    .get("state")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?");
-                return Err(Error::Refused(format!(
-                    "a failover/failback plan is running (state {state}): the active site changes only through `pra plan`, or abort the plan first"
-                )));
+                // An earlier attempt whose answer was lost (and read back as not applied)
+                // landed after all: it is this commit.
+                return Ok(writes);
             }
-            let mut events = Vec::with_capacity(commit.events.len() + 1);
-            let mut record = old.clone();
-            if let Some(change) = &commit.site {
-                record = next_record(&old, change, at, &commit.actor)?;
-                events.push(JournalEvent::SiteChanged {
-                    old,
-                    new: record.clone(),
-                });
+            let writes = decide(&read.snapshot())?;
+            if writes.is_empty() {
+                return Ok(writes);
             }
             let mut ops = Vec::new();
-            let mut plan_revision = None;
-            if let Some(plan) = &commit.plan {
-                let current = snap.plan.as_ref().map_or(0, |p| p.revision);
-                if current != plan.expect_revision {
-                    return Err(Error::PlanChanged {
-                        expected: plan.expect_revision,
-                        found: current,
-                    });
-                }
-                let stored = StoredPlan {
-                    revision: current + 1,
-                    doc: plan.doc.clone(),
-                };
-                ops.push(TxnOp::put(self.key("plan"), Self::json(&stored)?, None));
-                plan_revision = Some(current + 1);
+            if let Some(plan) = &writes.plan {
+                ops.push(TxnOp::put(self.key("plan"), Self::json(plan)?, None));
             }
-            events.extend(commit.events.iter().cloned());
-            let mut head = snap.record.journal_head.clone();
-            let mut seq = snap.record.journal_len;
-            for event in events {
-                seq += 1;
-                let entry = JournalEntry::seal(seq, at, &commit.actor, event, &head);
+            for entry in &writes.entries {
                 ops.push(TxnOp::put(
-                    self.key(&format!("journal/{seq:020}")),
-                    Self::json(&entry)?,
+                    self.key(&format!("journal/{:020}", entry.seq)),
+                    Self::json(entry)?,
                     None,
                 ));
-                head = entry.hash;
             }
             let stored = StoredRecord {
-                record: record.clone(),
-                journal_head: head,
-                journal_len: seq,
+                record: writes.record.clone(),
+                journal_head: writes.head.hash.clone(),
+                journal_len: writes.head.len,
                 commit_id: id.clone(),
             };
             ops.push(TxnOp::put(self.key("record"), Self::json(&stored)?, None));
             let txn = Txn::new()
                 .when([
-                    Compare::mod_revision(self.key("record"), CompareOp::Equal, snap.record_rev),
-                    Compare::mod_revision(self.key("plan"), CompareOp::Equal, snap.plan_rev),
+                    Compare::mod_revision(self.key("record"), CompareOp::Equal, read.record_rev),
+                    Compare::mod_revision(self.key("plan"), CompareOp::Equal, read.plan_rev),
                 ])
                 .and_then(ops);
-            let record_rev = snap.record_rev;
+            let record_rev = read.record_rev;
             let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
-                let now = s.snapshot(d)?;
+                let now = s.read(d)?;
                 Ok(if now.record.commit_id == id {
                     Some(true)
                 } else if now.record_rev == record_rev {
@@ -613,13 +574,10 @@ impl Store for EtcdStore {
                 })
             };
             if self.guarded_txn("commit", deadline, txn, settle)? {
-                tracing::info!(store = %self.url, site = ?record.site, token = %record.token, "committed");
-                return Ok(Committed {
-                    record,
-                    plan_revision,
-                });
+                return Ok(writes);
             }
-            // Someone else committed in between: validate again against what they wrote.
+            sent = Some(writes);
+            // Someone else committed in between: decide again against what they wrote.
             if Instant::now() >= deadline {
                 return Err(Error::Busy(format!(
                     "{}: {attempt} attempts to commit lost to other writers within {:?}",
@@ -629,8 +587,13 @@ impl Store for EtcdStore {
         }
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>> {
-        self.range("journal", self.deadline())?
+    fn read_journal(&self) -> Result<(Vec<JournalEntry>, JournalHead)> {
+        let deadline = self.deadline();
+        // The record first: entries are only ever appended together with a newer record, so
+        // every entry the record's anchor covers is there when the journal is read after it.
+        let read = self.read(deadline)?;
+        let mut entries: Vec<JournalEntry> = self
+            .range("journal", deadline)?
             .iter()
             .map(|kv| {
                 serde_json::from_slice::<JournalEntry>(kv.value()).map_err(|e| {
@@ -640,24 +603,35 @@ impl Store for EtcdStore {
                     )
                 })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        entries.truncate(read.record.journal_len as usize);
+        Ok((entries, read.snapshot().head))
     }
 
-    fn verify_journal(&self) -> Result<JournalCheck> {
-        let deadline = self.deadline();
-        // The record first: entries are only ever appended together with a newer record, so
-        // every entry the record's anchor covers is there when the journal is read after it.
-        let snap = self.snapshot(deadline)?;
-        let mut entries = self.journal()?;
-        entries.truncate(snap.record.journal_len as usize);
-        verify_chain(&entries, &snap.record.journal_head)
+    fn keeps_plans(&self) -> bool {
+        true
     }
 
-    fn load_plan(&self) -> Result<Option<StoredPlan>> {
-        Ok(self.snapshot(self.deadline())?.plan)
+    fn run_registry(&self) -> Option<&dyn RunRegistry> {
+        Some(self)
     }
+}
 
-    fn run_start(&self, run: &RunStart) -> Result<RunId> {
+impl Read {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            record: self.record.record.clone(),
+            head: JournalHead {
+                len: self.record.journal_len,
+                hash: self.record.journal_head.clone(),
+            },
+            plan: self.plan.clone(),
+        }
+    }
+}
+
+impl RunRegistry for EtcdStore {
+    fn run_start(&self, run: &RunStart) -> Result<Admission> {
         let deadline = self.deadline();
         let ttl = self.opts.run_ttl.as_secs_f64().ceil() as i64;
         let lease = self.once("grant the run's lease", deadline, {
@@ -665,28 +639,30 @@ impl Store for EtcdStore {
             async move { c.lease_grant(ttl, None).await }
         })?;
         let id = RunId(lease.id());
-        self.register(run, id, deadline).inspect_err(|_| {
+        let admission = self.register(run, id, deadline);
+        if !matches!(admission, Ok(Admission::Admitted { .. })) {
             // Not admitted (or unknown): the lease goes, and its key with it if it was written.
             let mut c = self.client.clone();
             let _ = self.once("revoke the lease", self.deadline(), async move {
                 c.lease_revoke(id.0).await
             });
-        })
+        }
+        admission
     }
 
-    fn run_heartbeat(&self, id: RunId) -> Result<()> {
+    fn run_heartbeat(&self, id: RunId) -> Result<Heartbeat> {
         let deadline = self.deadline();
-        let (mut run, rev) = self.unfinished_run(id, deadline)?;
+        let Some((mut run, rev)) = self.unfinished_run(id, deadline)? else {
+            return Ok(Heartbeat::Expired);
+        };
         let ttl = self.retrying("keep the run's lease alive", deadline, |mut c| async move {
             let (mut keeper, mut stream) = c.lease_keep_alive(id.0).await?;
             keeper.keep_alive().await?;
             Ok(stream.message().await?.map_or(0, |r| r.ttl()))
         })?;
         if ttl <= 0 {
-            return Err(Error::NotFound(format!(
-                "run {} in {}: its lease expired (no heartbeat within {:?})",
-                id.0, self.url, self.opts.run_ttl
-            )));
+            tracing::warn!(store = %self.url, run = id.0, ttl = ?self.opts.run_ttl, "the run's lease expired");
+            return Ok(Heartbeat::Expired);
         }
         run.heartbeat_at = self.clock.now();
         run.beats += 1;
@@ -700,12 +676,14 @@ impl Store for EtcdStore {
         // A heartbeat lost to a concurrent finish is not an error worth reporting: the lease
         // is what the drain reads.
         self.guarded_txn("heartbeat", deadline, txn, |_, _| Ok(Some(true)))?;
-        Ok(())
+        Ok(Heartbeat::Alive)
     }
 
-    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<()> {
+    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool> {
         let deadline = self.deadline();
-        let (mut run, rev) = self.unfinished_run(id, deadline)?;
+        let Some((mut run, rev)) = self.unfinished_run(id, deadline)? else {
+            return Ok(false);
+        };
         let now = self.clock.now();
         run.finished_at = Some(now);
         run.heartbeat_at = now;
@@ -722,16 +700,10 @@ impl Store for EtcdStore {
                 TxnOp::delete(self.alive_key(id), None),
             ]);
         let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
-            Ok(Some(matches!(
-                s.unfinished_run(id, d),
-                Err(Error::NotFound(_))
-            )))
+            Ok(Some(s.unfinished_run(id, d)?.is_none()))
         };
         if !self.guarded_txn("finish the run", deadline, txn, settle)? {
-            return Err(Error::NotFound(format!(
-                "no unfinished run {} in {}",
-                id.0, self.url
-            )));
+            return Ok(false);
         }
         let mut c = self.client.clone();
         if let Err(e) = self.once("revoke the run's lease", deadline, async move {
@@ -739,7 +711,7 @@ impl Store for EtcdStore {
         }) {
             tracing::debug!(store = %self.url, error = %e, "lease not revoked (it expires by itself)");
         }
-        Ok(())
+        Ok(true)
     }
 
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
@@ -784,10 +756,8 @@ impl Store for EtcdStore {
             return Ok(false);
         }
         let deadline = self.deadline();
-        let (mut run, rev) = match self.unfinished_run(id, deadline) {
-            Ok(r) => r,
-            Err(Error::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
+        let Some((mut run, rev)) = self.unfinished_run(id, deadline)? else {
+            return Ok(false);
         };
         run.finished_at = Some(self.clock.now());
         run.outcome = Some(outcome.to_string());
@@ -837,30 +807,9 @@ impl Store for EtcdStore {
 
     fn run_stats(&self) -> Result<Vec<RunStats>> {
         let deadline = self.deadline();
-        let mut stats: BTreeMap<(String, String), RunStats> = BTreeMap::new();
-        fn bump<'a>(
-            stats: &'a mut BTreeMap<(String, String), RunStats>,
-            job: &str,
-            site: &SiteId,
-        ) -> &'a mut RunStats {
-            stats
-                .entry((job.to_string(), site.to_string()))
-                .or_insert_with(|| RunStats {
-                    job: job.to_string(),
-                    site: site.clone(),
-                    started: 0,
-                    skipped: 0,
-                    revoked: 0,
-                    unfinished: 0,
-                })
-        }
-        for run in self.runs_all(deadline)? {
-            let s = bump(&mut stats, &run.start.job, &run.start.site);
-            s.started += 1;
-            s.revoked += u64::from(run.outcome.as_deref() == Some("revoked"));
-            s.unfinished += u64::from(run.finished_at.is_none());
-        }
+        let runs = self.runs_all(deadline)?;
         let skips_dir = self.key("skips/");
+        let mut skips = Vec::new();
         for kv in self.range("skips", deadline)? {
             let key = String::from_utf8_lossy(kv.key());
             let rest = key.strip_prefix(&skips_dir).unwrap_or(&key);
@@ -870,15 +819,16 @@ impl Store for EtcdStore {
             let site = SiteId::new(site).map_err(|e| self.corrupt("a skip counter", e))?;
             let count: SkipCount = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("a skip counter", e))?;
-            bump(&mut stats, job, &site).skipped += count.count;
+            skips.push((job.to_string(), site, count.count));
         }
-        Ok(stats.into_values().collect())
+        Ok(tally(&runs, &skips))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn prefix_end_is_the_first_key_after_the_prefix() {

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Store, display,
-    verify_chain,
+    Backend, GENESIS_HASH, JournalEntry, JournalHead, Snapshot, Writes, display, verify_chain,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::fencing::{ActiveSite, FencingToken};
 use crate::fsutil::{parent_dir, with_suffix, write_atomic};
 use crate::site::SiteId;
 
@@ -286,7 +285,7 @@ impl FileStore {
 
     /// Reads the journal: committed entries, plus the byte offset and content of a trailing entry
     /// that was appended by a change interrupted before its lock-file rename (never committed).
-    fn read_journal(&self, head: &str) -> Result<(Vec<JournalEntry>, Option<u64>)> {
+    fn read_journal_file(&self, head: &str) -> Result<(Vec<JournalEntry>, Option<u64>)> {
         let mut text = String::new();
         match File::open(&self.journal_path) {
             Ok(mut f) => {
@@ -370,41 +369,49 @@ impl FileStore {
     }
 }
 
-impl Store for FileStore {
+impl Backend for FileStore {
     fn url(&self) -> &str {
         &self.url
     }
 
-    fn load(&self) -> Result<ActiveSite> {
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    fn load_record(&self) -> Result<ActiveSite> {
         // The file is only ever replaced by rename: a reader sees the old or the new version.
         Ok(self.read_lock()?.record)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
-    fn commit(&self, commit: &Commit) -> Result<Committed> {
-        if commit.plan.is_some() {
-            return Err(self.no_plans());
-        }
+    fn snapshot(&self) -> Result<Snapshot> {
+        let _guard = self.lock(false)?;
+        let current = self.read_lock()?;
+        let (committed, _) = self.read_journal_file(&current.journal_head)?;
+        Ok(Snapshot {
+            head: JournalHead {
+                len: committed.len() as u64,
+                hash: current.journal_head,
+            },
+            record: current.record,
+            plan: None,
+        })
+    }
+
+    fn transact(&self, decide: &mut dyn FnMut(&Snapshot) -> Result<Writes>) -> Result<Writes> {
         let _guard = self.lock(true)?;
         let current = self.read_lock()?;
-        let (committed, pending_at) = self.read_journal(&current.journal_head)?;
+        let (committed, pending_at) = self.read_journal_file(&current.journal_head)?;
         verify_chain(&committed, &current.journal_head)?;
-        let at = self.clock.now();
-        let mut events = Vec::new();
-        let mut record = current.record.clone();
-        if let Some(change) = &commit.site {
-            record = next_record(&current.record, change, at, &commit.actor)?;
-            events.push(JournalEvent::SiteChanged {
-                old: current.record.clone(),
-                new: record.clone(),
-            });
-        }
-        events.extend(commit.events.iter().cloned());
-        if events.is_empty() {
-            return Ok(Committed {
-                record,
-                plan_revision: None,
-            });
+        let writes = decide(&Snapshot {
+            record: current.record,
+            head: JournalHead {
+                len: committed.len() as u64,
+                hash: current.journal_head,
+            },
+            plan: None,
+        })?;
+        if writes.is_empty() {
+            return Ok(writes);
         }
         // Write-ahead: journal first (fsync), then the lock file, whose rename is the commit point.
         let mut journal = OpenOptions::new()
@@ -419,17 +426,12 @@ impl Store for FileStore {
                 .set_len(offset)
                 .map_err(|e| Error::io("truncate", &self.journal_path, e))?;
         }
-        let mut head = current.journal_head.clone();
-        let mut seq = committed.len() as u64;
         let mut lines = String::new();
-        for event in events {
-            seq += 1;
-            let entry = JournalEntry::seal(seq, at, &commit.actor, event, &head);
+        for entry in &writes.entries {
             lines.push_str(
-                &serde_json::to_string(&entry).map_err(|e| Error::Internal(e.to_string()))?,
+                &serde_json::to_string(entry).map_err(|e| Error::Internal(e.to_string()))?,
             );
             lines.push('\n');
-            head = entry.hash;
         }
         journal
             .write_all(lines.as_bytes())
@@ -438,31 +440,29 @@ impl Store for FileStore {
             .sync_all()
             .map_err(|e| Error::io("fsync", &self.journal_path, e))?;
         let next = LockFile {
-            record: record.clone(),
-            journal_head: head,
+            record: writes.record.clone(),
+            journal_head: writes.head.hash.clone(),
         };
         write_atomic(&self.path, next.render().as_bytes())?;
-        tracing::info!(store = %self.url, site = ?record.site, token = %record.token, "committed");
-        Ok(Committed {
-            record,
-            plan_revision: None,
-        })
+        Ok(writes)
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>> {
+    fn read_journal(&self) -> Result<(Vec<JournalEntry>, JournalHead)> {
         let _guard = self.lock(false)?;
         let current = self.read_lock()?;
-        Ok(self.read_journal(&current.journal_head)?.0)
-    }
-
-    fn verify_journal(&self) -> Result<JournalCheck> {
-        let _guard = self.lock(false)?;
-        let current = self.read_lock()?;
-        let (committed, pending) = self.read_journal(&current.journal_head)?;
+        let (committed, pending) = self.read_journal_file(&current.journal_head)?;
         if pending.is_some() {
             tracing::warn!(store = %self.url, "the journal ends with an interrupted change that was never committed; the next change rolls it back");
         }
-        verify_chain(&committed, &current.journal_head)
+        let head = JournalHead {
+            len: committed.len() as u64,
+            hash: current.journal_head,
+        };
+        Ok((committed, head))
+    }
+
+    fn keeps_plans(&self) -> bool {
+        false
     }
 }
 

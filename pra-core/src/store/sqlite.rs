@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::commit::admit;
 use super::{
-    Commit, Committed, GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, Pulse, RunId,
-    RunRecord, RunStart, RunStats, Store, StoredPlan, UnfinishedRun, display, time_to_us,
-    us_to_time, verify_chain,
+    Admission, Backend, Heartbeat, JournalEntry, JournalHead, Pulse, RunId, RunRecord, RunRegistry,
+    RunStart, RunStats, Snapshot, StoredPlan, UnfinishedRun, Writes, display, time_to_us,
+    us_to_time,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fencing::{ActiveSite, FencingToken, next_record};
+use crate::fencing::{ActiveSite, FencingToken};
 use crate::site::SiteId;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
@@ -249,7 +250,41 @@ impl SqliteStore {
         Ok((record, head))
     }
 
-    fn read_journal(&self, conn: &Connection) -> Result<Vec<JournalEntry>> {
+    fn read_snapshot(&self, conn: &Connection) -> Result<Snapshot> {
+        let (record, hash) = self.read_record(conn)?;
+        let len: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| {
+                r.get(0)
+            })
+            .map_err(self.err("read journal"))?;
+        let plan: Option<(i64, String)> = conn
+            .query_row("SELECT revision, doc FROM plan WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(self.err("read plan"))?;
+        let plan = plan
+            .map(|(revision, doc)| {
+                Ok::<_, Error>(StoredPlan {
+                    revision: revision as u64,
+                    doc: serde_json::from_str(&doc).map_err(|e| Error::Corrupt {
+                        what: format!("plan in {}", self.url),
+                        detail: e.to_string(),
+                    })?,
+                })
+            })
+            .transpose()?;
+        Ok(Snapshot {
+            record,
+            head: JournalHead {
+                len: len as u64,
+                hash,
+            },
+            plan,
+        })
+    }
+
+    fn read_entries(&self, conn: &Connection) -> Result<Vec<JournalEntry>> {
         let mut stmt = conn
             .prepare_cached("SELECT seq, body FROM journal ORDER BY seq")
             .map_err(self.err("read journal"))?;
@@ -348,172 +383,116 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     }
 }
 
-impl Store for SqliteStore {
+impl Backend for SqliteStore {
     fn url(&self) -> &str {
         &self.url
     }
 
-    fn load(&self) -> Result<ActiveSite> {
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    fn load_record(&self) -> Result<ActiveSite> {
         let conn = self.conn()?;
         Ok(self.read_record(&conn)?.0)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(store = %self.url, by = %commit.actor.by))]
-    fn commit(&self, commit: &Commit) -> Result<Committed> {
+    fn snapshot(&self) -> Result<Snapshot> {
         let mut conn = self.conn()?;
+        // One read transaction: the record, the head and the plan are one view.
+        let tx = conn.transaction().map_err(self.err("begin"))?;
+        self.read_snapshot(&tx)
+    }
+
+    fn transact(&self, decide: &mut dyn FnMut(&Snapshot) -> Result<Writes>) -> Result<Writes> {
+        let mut conn = self.conn()?;
+        // IMMEDIATE: the write lock is taken before the read, so no other writer can commit
+        // between the snapshot and the writes and `decide` runs once.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("begin"))?;
-        let (old, mut head) = self.read_record(&tx)?;
-        let at = self.now();
-        let mut events = Vec::with_capacity(commit.events.len() + 1);
-        let mut record = old.clone();
-        if commit.site.is_some() && commit.plan.is_none() {
-            let running: Option<String> = tx
-                .query_row(
-                    "SELECT json_extract(doc, '$.state') FROM plan WHERE id = 1 AND json_extract(doc, '$.running')",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(self.err("read plan"))?;
-            if let Some(state) = running {
-                return Err(Error::Refused(format!(
-                    "a failover/failback plan is running (state {state}): the active site changes only through `pra plan`, or abort the plan first"
-                )));
-            }
+        let snap = self.read_snapshot(&tx)?;
+        let writes = decide(&snap)?;
+        if writes.is_empty() {
+            return Ok(writes);
         }
-        if let Some(change) = &commit.site {
-            record = next_record(&old, change, at, &commit.actor)?;
+        if writes.record_changed {
+            let r = &writes.record;
             tx.execute(
                 "UPDATE active_site SET site = ?1, token = ?2, changed_at = ?3, changed_by = ?4, reason = ?5 WHERE id = 1",
                 params![
-                    record.site.as_ref().map(SiteId::as_str),
-                    record.token.0 as i64,
-                    time_to_us(record.changed_at),
-                    record.changed_by,
-                    record.reason
+                    r.site.as_ref().map(SiteId::as_str),
+                    r.token.0 as i64,
+                    time_to_us(r.changed_at),
+                    r.changed_by,
+                    r.reason
                 ],
             )
             .map_err(self.err("write the active-site record"))?;
-            events.push(JournalEvent::SiteChanged {
-                old,
-                new: record.clone(),
-            });
         }
-        let mut plan_revision = None;
-        if let Some(plan) = &commit.plan {
-            let current: u64 = tx
-                .query_row("SELECT revision FROM plan WHERE id = 1", [], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .optional()
-                .map_err(self.err("read plan"))?
-                .map_or(0, |r| r as u64);
-            if current != plan.expect_revision {
-                return Err(Error::PlanChanged {
-                    expected: plan.expect_revision,
-                    found: current,
-                });
-            }
-            let next = current + 1;
+        if let Some(plan) = &writes.plan {
             tx.execute(
                 "INSERT INTO plan (id, revision, doc) VALUES (1, ?1, ?2)
                  ON CONFLICT(id) DO UPDATE SET revision = excluded.revision, doc = excluded.doc",
-                params![next as i64, plan.doc.to_string()],
+                params![plan.revision as i64, plan.doc.to_string()],
             )
             .map_err(self.err("write plan"))?;
-            plan_revision = Some(next);
         }
-        events.extend(commit.events.iter().cloned());
-        if !events.is_empty() {
-            let last: i64 = tx
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| {
-                    r.get(0)
-                })
-                .map_err(self.err("read journal"))?;
-            let mut seq = last as u64;
-            for event in events {
-                seq += 1;
-                let entry = JournalEntry::seal(seq, at, &commit.actor, event, &head);
-                let body =
-                    serde_json::to_string(&entry).map_err(|e| Error::Internal(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO journal (seq, at, body, hash) VALUES (?1, ?2, ?3, ?4)",
-                    params![seq as i64, time_to_us(at), body, entry.hash],
-                )
-                .map_err(self.err("append journal"))?;
-                head = entry.hash;
-            }
+        for entry in &writes.entries {
+            let body = serde_json::to_string(entry).map_err(|e| Error::Internal(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO journal (seq, at, body, hash) VALUES (?1, ?2, ?3, ?4)",
+                params![entry.seq as i64, time_to_us(entry.at), body, entry.hash],
+            )
+            .map_err(self.err("append journal"))?;
+        }
+        if !writes.entries.is_empty() {
             tx.execute(
                 "UPDATE active_site SET journal_head = ?1 WHERE id = 1",
-                [&head],
+                [&writes.head.hash],
             )
             .map_err(self.err("anchor journal"))?;
         }
         tx.commit().map_err(self.err("commit"))?;
-        tracing::info!(store = %self.url, site = ?record.site, token = %record.token, "committed");
-        Ok(Committed {
-            record,
-            plan_revision,
-        })
+        Ok(writes)
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>> {
-        let conn = self.conn()?;
-        self.read_journal(&conn)
-    }
-
-    fn verify_journal(&self) -> Result<JournalCheck> {
+    fn read_journal(&self) -> Result<(Vec<JournalEntry>, JournalHead)> {
         let mut conn = self.conn()?;
         // One read transaction, so the record's anchor and the entries are one snapshot.
         let tx = conn.transaction().map_err(self.err("begin"))?;
-        let (_, head) = self.read_record(&tx)?;
-        let entries = self.read_journal(&tx)?;
-        let check = verify_chain(&entries, &head)?;
-        debug_assert!(check.entries > 0 || head == GENESIS_HASH);
-        Ok(check)
+        let (_, hash) = self.read_record(&tx)?;
+        let entries = self.read_entries(&tx)?;
+        let head = JournalHead {
+            len: entries.len() as u64,
+            hash,
+        };
+        Ok((entries, head))
     }
 
-    fn load_plan(&self) -> Result<Option<StoredPlan>> {
-        let conn = self.conn()?;
-        let row: Option<(i64, String)> = conn
-            .query_row("SELECT revision, doc FROM plan WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(self.err("read plan"))?;
-        row.map(|(revision, doc)| {
-            Ok(StoredPlan {
-                revision: revision as u64,
-                doc: serde_json::from_str(&doc).map_err(|e| Error::Corrupt {
-                    what: format!("plan in {}", self.url),
-                    detail: e.to_string(),
-                })?,
-            })
-        })
-        .transpose()
+    fn keeps_plans(&self) -> bool {
+        true
     }
 
-    fn run_start(&self, run: &RunStart) -> Result<RunId> {
+    fn run_registry(&self) -> Option<&dyn RunRegistry> {
+        Some(self)
+    }
+}
+
+impl RunRegistry for SqliteStore {
+    fn run_start(&self, run: &RunStart) -> Result<Admission> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err("begin"))?;
         // Admission, atomic with the registration: a run whose guard check is no longer the
-        // truth (the record moved since) is refused, so a drain can never miss it.
+        // truth (the record moved since) is not registered, so a drain can never miss it.
         let (record, _) = self.read_record(&tx)?;
-        if record.token != run.token {
-            return Err(Error::StaleToken {
-                presented: run.token,
-                highest: record.token,
+        if admit(&record, run).is_err() {
+            return Ok(Admission::Standby {
+                active: record.site,
+                token: record.token,
             });
-        }
-        if record.site.as_ref() != Some(&run.site) {
-            return Err(Error::Refused(format!(
-                "{} is not the active site (token {}): the run is not admitted",
-                run.site, record.token
-            )));
         }
         let now = time_to_us(self.now());
         tx.prepare_cached(
@@ -533,10 +512,13 @@ impl Store for SqliteStore {
         .map_err(self.err("register run"))?;
         let id = RunId(tx.last_insert_rowid());
         tx.commit().map_err(self.err("register run"))?;
-        Ok(id)
+        Ok(Admission::Admitted {
+            id,
+            token: run.token,
+        })
     }
 
-    fn run_heartbeat(&self, id: RunId) -> Result<()> {
+    fn run_heartbeat(&self, id: RunId) -> Result<Heartbeat> {
         let conn = self.conn()?;
         let n = conn
             .prepare_cached(
@@ -544,16 +526,14 @@ impl Store for SqliteStore {
             )
             .and_then(|mut s| s.execute(params![id.0, time_to_us(self.now())]))
             .map_err(self.err("heartbeat"))?;
-        if n == 0 {
-            return Err(Error::NotFound(format!(
-                "no unfinished run {} in {}",
-                id.0, self.url
-            )));
-        }
-        Ok(())
+        Ok(if n == 0 {
+            Heartbeat::Expired
+        } else {
+            Heartbeat::Alive
+        })
     }
 
-    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<()> {
+    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool> {
         let conn = self.conn()?;
         let now = time_to_us(self.now());
         let n = conn
@@ -563,13 +543,7 @@ impl Store for SqliteStore {
                 params![id.0, now, exit_code, outcome],
             )
             .map_err(self.err("finish run"))?;
-        if n == 0 {
-            return Err(Error::NotFound(format!(
-                "no unfinished run {} in {}",
-                id.0, self.url
-            )));
-        }
-        Ok(())
+        Ok(n == 1)
     }
 
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {

@@ -1,0 +1,26 @@
+//! The defaults, once: every front end (the CLI's configuration, the Python module, the C
+//! library) and every `Default` impl reads them from here.
+
+use std::time::Duration;
+
+/// The deadline of one call to a network store (etcd).
+pub const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a run may stay silent before a drain counts it lost (on etcd, the TTL of each
+/// run's lease).
+pub const LOST_AFTER: Duration = Duration::from_secs(60);
+/// How often `pra run` heartbeats and re-checks the active site.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Between SIGTERM and SIGKILL when a run must stop.
+pub const REVOKE_GRACE: Duration = Duration::from_secs(30);
+/// How long a flip waits for the old site's runs to end.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// The seed's backup cadence.
+pub const BACKUP_INTERVAL: Duration = Duration::from_secs(60);
+/// The application's table that `status` counts.
+pub const TABLE: &str = "events";
+/// The two sites, primary first.
+pub const SITES: &str = "rbx,sbg";
+/// The application's database.
+pub const DB: &str = "/data/app.db";
+/// Where backups go.
+pub const BACKUP_DIR: &str = "/backup";

@@ -1,0 +1,262 @@
+//! The journal: what happened, as hash-chained entries, and the check that the chain is whole
+//! and ends where the store's record says it does.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::fencing::{ActiveSite, Actor};
+
+/// The hash that the first journal entry chains to.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Something that happened, as the journal records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JournalEvent {
+    /// The active-site record changed from `old` to `new`.
+    SiteChanged {
+        /// The record before.
+        old: ActiveSite,
+        /// The record after.
+        new: ActiveSite,
+    },
+    /// A plan moved from one state to another on an event.
+    PlanStep {
+        /// The plan's id.
+        plan: String,
+        /// Its state before.
+        from: String,
+        /// The event applied.
+        event: String,
+        /// Its state after.
+        to: String,
+        /// The operator who passed a manual gate, if the event is one.
+        operator: Option<String>,
+    },
+    /// A drain was forced past runs still registered as alive.
+    DrainForced {
+        /// The plan's id.
+        plan: String,
+        /// How many runs were still alive.
+        alive_runs: u64,
+    },
+}
+
+/// One journal entry. `hash` is the SHA-256 of the entry's other fields (canonical JSON), and
+/// `prev_hash` the previous entry's `hash`, so that an edited, deleted or reordered entry breaks
+/// the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Position in the journal, from 1, without gaps.
+    pub seq: u64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// Who made the change.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// What happened.
+    pub event: JournalEvent,
+    /// The previous entry's hash ([`GENESIS_HASH`] for the first).
+    pub prev_hash: String,
+    /// This entry's hash.
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct HashedPart<'a> {
+    seq: u64,
+    at: &'a DateTime<Utc>,
+    by: &'a str,
+    reason: &'a str,
+    event: &'a JournalEvent,
+    prev_hash: &'a str,
+}
+
+impl JournalEntry {
+    /// Builds and seals the entry that follows `prev_hash` at position `seq`.
+    pub fn seal(
+        seq: u64,
+        at: DateTime<Utc>,
+        actor: &Actor,
+        event: JournalEvent,
+        prev_hash: &str,
+    ) -> Self {
+        let mut e = JournalEntry {
+            seq,
+            at,
+            by: actor.by.clone(),
+            reason: actor.reason.clone(),
+            event,
+            prev_hash: prev_hash.to_string(),
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+
+    /// The hash this entry should carry, computed from its other fields.
+    pub fn compute_hash(&self) -> String {
+        let part = HashedPart {
+            seq: self.seq,
+            at: &self.at,
+            by: &self.by,
+            reason: &self.reason,
+            event: &self.event,
+            prev_hash: &self.prev_hash,
+        };
+        let json = serde_json::to_vec(&part).expect("journal entries always serialize");
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+/// What [`verify_chain`] found when the journal is intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalCheck {
+    /// Number of entries checked.
+    pub entries: u64,
+    /// The hash of the last entry ([`GENESIS_HASH`] for an empty journal).
+    pub head: String,
+}
+
+/// Checks that `entries` form one unbroken chain from the genesis hash and that the chain ends
+/// at `anchor`, the head hash the store recorded beside the active-site record (so that removing
+/// the newest entries is detected too). Any break is an [`Error::Corrupt`] naming the entry.
+pub fn verify_chain(entries: &[JournalEntry], anchor: &str) -> Result<JournalCheck> {
+    let mut prev = GENESIS_HASH.to_string();
+    for (i, e) in entries.iter().enumerate() {
+        let want_seq = i as u64 + 1;
+        let corrupt = |detail: String| Error::Corrupt {
+            what: format!("journal entry {}", e.seq),
+            detail,
+        };
+        if e.seq != want_seq {
+            return Err(corrupt(format!(
+                "expected entry {want_seq} here: an entry was deleted or reordered"
+            )));
+        }
+        if e.prev_hash != prev {
+            return Err(corrupt(
+                "its prev_hash does not match the previous entry: the chain is broken".into(),
+            ));
+        }
+        if e.compute_hash() != e.hash {
+            return Err(corrupt(
+                "its content does not match its hash: the entry was edited".into(),
+            ));
+        }
+        prev = e.hash.clone();
+    }
+    if prev != anchor {
+        return Err(Error::Corrupt {
+            what: "journal".into(),
+            detail: format!(
+                "the journal ends at {} but the store's record points to head {anchor}: entries were removed",
+                short(&prev)
+            ),
+        });
+    }
+    Ok(JournalCheck {
+        entries: entries.len() as u64,
+        head: prev,
+    })
+}
+
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// Where a journal ends: how many entries it has and the last one's hash. Stores keep it beside
+/// the record, written in the same atomic step, so that removing the newest entries shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalHead {
+    /// Number of entries.
+    pub len: u64,
+    /// The last entry's hash ([`GENESIS_HASH`] for an empty journal).
+    pub hash: String,
+}
+
+impl JournalHead {
+    /// The head of an empty journal.
+    pub fn genesis() -> Self {
+        JournalHead {
+            len: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn chain(n: u64) -> Vec<JournalEntry> {
+        let actor = Actor::new("t", "r").unwrap();
+        let mut prev = GENESIS_HASH.to_string();
+        (1..=n)
+            .map(|seq| {
+                let e = JournalEntry::seal(
+                    seq,
+                    Utc.timestamp_opt(seq as i64, 0).unwrap(),
+                    &actor,
+                    JournalEvent::DrainForced {
+                        plan: "p".into(),
+                        alive_runs: seq,
+                    },
+                    &prev,
+                );
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let c = chain(5);
+        let check = verify_chain(&c, &c[4].hash).unwrap();
+        assert_eq!(check.entries, 5);
+        assert_eq!(verify_chain(&[], GENESIS_HASH).unwrap().entries, 0);
+    }
+
+    #[test]
+    fn edited_deleted_or_truncated_entries_are_detected() {
+        let c = chain(5);
+        let head = c[4].hash.clone();
+
+        let mut edited = c.clone();
+        edited[2].by = "mallory".into();
+        assert!(
+            verify_chain(&edited, &head)
+                .unwrap_err()
+                .to_string()
+                .contains("entry 3")
+        );
+
+        let mut deleted = c.clone();
+        deleted.remove(1);
+        assert!(verify_chain(&deleted, &head).is_err());
+
+        let truncated = &c[..4];
+        assert!(
+            verify_chain(truncated, &head)
+                .unwrap_err()
+                .to_string()
+                .contains("removed")
+        );
+
+        // Re-sealing an edited entry does not help: the next entry still points to the old hash.
+        let mut resealed = c.clone();
+        resealed[2].reason = "nothing happened".into();
+        resealed[2].hash = resealed[2].compute_hash();
+        assert!(
+            verify_chain(&resealed, &head)
+                .unwrap_err()
+                .to_string()
+                .contains("entry 4")
+        );
+    }
+}

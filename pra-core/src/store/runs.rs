@@ -1,0 +1,200 @@
+//! The run registry: the runs each site's wrappers registered, with their liveness evidence —
+//! a capability of the stores that offer it ([`RunRegistry`]), with typed answers for the
+//! expected outcomes (admitted or not, registration alive or expired).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::fencing::FencingToken;
+use crate::site::SiteId;
+
+/// A run of a job, as registered by the wrapper that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// The job's name (the same on both sites: that is how double execution is seen).
+    pub job: String,
+    /// The site it runs on.
+    pub site: SiteId,
+    /// The token its guard check returned.
+    pub token: FencingToken,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// How its processes are held together (`None`: not a process tree pra started, e.g. a
+    /// Python guard in the job's own process).
+    #[serde(default)]
+    pub containment: Option<crate::run::Containment>,
+}
+
+/// The id of a registered run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub i64);
+
+/// A registered run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Its id.
+    pub id: RunId,
+    /// What it was started as.
+    #[serde(flatten)]
+    pub start: RunStart,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat (the start counts as one), on the clock of the host that wrote it: for
+    /// reading only, never compared to decide liveness.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Heartbeats recorded so far: a drain judges liveness by whether this counter moves
+    /// within `lost_after` on its own monotonic clock.
+    #[serde(default)]
+    pub beats: u64,
+    /// When it finished, if it did.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its exit code, if it exited normally.
+    pub exit_code: Option<i32>,
+    /// A note on how it ended ("exited", "killed by signal 9", "revoked"...).
+    pub outcome: Option<String>,
+}
+
+/// Counters of one job on one site, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// The job.
+    pub job: String,
+    /// The site.
+    pub site: SiteId,
+    /// Runs started.
+    pub started: u64,
+    /// Runs skipped because the site was standby.
+    pub skipped: u64,
+    /// Runs stopped because the site lost the active role while they ran.
+    pub revoked: u64,
+    /// Runs not finished yet.
+    pub unfinished: u64,
+}
+
+/// How a store vouches that an unfinished run is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pulse {
+    /// The run's heartbeat counter: alive while it moves (judged by the observer, see
+    /// [`crate::run::Liveness`]).
+    Counter {
+        /// The counter's value now.
+        beats: u64,
+    },
+    /// A server-side lease (etcd): the server's own clock decides.
+    Lease {
+        /// Whether the lease is still alive.
+        alive: bool,
+    },
+}
+
+/// An unfinished run and how the store vouches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfinishedRun {
+    /// The run.
+    pub run: RunRecord,
+    /// Its liveness evidence.
+    pub pulse: Pulse,
+}
+
+/// The guard's answer and, when it is "run", the run registered under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Registered: the run may start.
+    Admitted {
+        /// The registration.
+        id: RunId,
+        /// The token the run holds.
+        token: FencingToken,
+    },
+    /// This site is standby (or lost the race with a flip): do not run.
+    Standby {
+        /// The active site, if any.
+        active: Option<SiteId>,
+        /// The record's token.
+        token: FencingToken,
+    },
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Recorded: the run is registered and unfinished.
+    Alive,
+    /// The registration has ended (an observer counted the run lost, or its lease expired): a
+    /// drain may already have let the other site start.
+    Expired,
+}
+
+/// The run registry, offered by the stores that keep one ([`super::Store::runs`]). Every
+/// method is safe to call from several threads and processes at once.
+pub trait RunRegistry: Send + Sync {
+    /// Registers the start of a run, atomically with its admission
+    /// ([`super::commit::admit`]): [`Admission::Standby`], with the record found, when the
+    /// record is no longer at `run.token` or `run.site` is not active. The start counts as the
+    /// run's first heartbeat.
+    fn run_start(&self, run: &RunStart) -> Result<Admission>;
+
+    /// Records a heartbeat of a run.
+    fn run_heartbeat(&self, id: RunId) -> Result<Heartbeat>;
+
+    /// Records the end of a run: `Ok(false)` when its registration had already ended (counted
+    /// lost, lease expired).
+    fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool>;
+
+    /// All runs started at or after `since`, oldest first.
+    fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>>;
+
+    /// Runs not finished and started under a token lower than `below`, each with its liveness
+    /// evidence: what a drain judges.
+    fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>>;
+
+    /// Records that an observer judged run `id` lost, if its pulse is still `pulse` (a run
+    /// that beat meanwhile is left alone): `Ok(true)` when the run was marked finished with
+    /// `outcome`. Lets later drains skip it without waiting for it again.
+    fn run_mark_lost(&self, id: RunId, pulse: Pulse, outcome: &str) -> Result<bool>;
+
+    /// Counts a run skipped because its site was standby (for metrics).
+    fn note_skip(&self, job: &str, site: &SiteId) -> Result<()>;
+
+    /// Per job and site: runs started, skipped, revoked, and still unfinished.
+    fn run_stats(&self) -> Result<Vec<RunStats>>;
+}
+
+/// Counts, per job and site (ordered by job, then site name), the runs started, revoked and
+/// unfinished among `runs`, and the skips of `skips` (job, site, count): the one tally of the
+/// stores that cannot ask a database to do it.
+pub(crate) fn tally(runs: &[RunRecord], skips: &[(String, SiteId, u64)]) -> Vec<RunStats> {
+    use std::collections::BTreeMap;
+    fn of<'a>(
+        stats: &'a mut BTreeMap<(String, String), RunStats>,
+        job: &str,
+        site: &SiteId,
+    ) -> &'a mut RunStats {
+        stats
+            .entry((job.to_string(), site.to_string()))
+            .or_insert_with(|| RunStats {
+                job: job.to_string(),
+                site: site.clone(),
+                started: 0,
+                skipped: 0,
+                revoked: 0,
+                unfinished: 0,
+            })
+    }
+    let mut stats = BTreeMap::new();
+    for r in runs {
+        let s = of(&mut stats, &r.start.job, &r.start.site);
+        s.started += 1;
+        s.revoked += u64::from(r.outcome.as_deref() == Some("revoked"));
+        s.unfinished += u64::from(r.finished_at.is_none());
+    }
+    for (job, site, n) in skips {
+        of(&mut stats, job, site).skipped += n;
+    }
+    stats.into_values().collect()
+}
