@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use chrono::Duration;
-use pra_core::{Error, Result, SiteId, Topology};
+use pra_core::{Error, Result, SiteId, Topology, defaults};
 use serde::Deserialize;
 
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/pra/pra.toml";
 /// The default store when neither the file nor the environment names one.
-pub const DEFAULT_STORE: &str = "sqlite:///var/lib/pra/state.db";
+pub const DEFAULT_STORE: &str = defaults::STORE;
 
 /// The file's keys. Unknown keys are an error: a typo must not silently fall back to a default.
 #[derive(Debug, Default, Deserialize)]
@@ -87,28 +87,36 @@ impl Config {
             None if Path::new(DEFAULT_CONFIG).exists() => read(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        let secs = |v: Option<u32>, default: i64, what: &str| -> Result<Duration> {
+        let secs = |v: Option<u32>, default: std::time::Duration, what: &str| -> Result<Duration> {
             match v {
                 Some(0) => Err(Error::InvalidArgument(format!(
                     "{what} must be at least 1 second"
                 ))),
                 Some(n) => Ok(Duration::seconds(i64::from(n))),
-                None => Ok(Duration::seconds(default)),
+                None => Ok(Duration::from_std(default).unwrap_or(Duration::MAX)),
             }
         };
         let sites = o
             .sites
             .clone()
             .or(file.sites)
-            .unwrap_or_else(|| "rbx,sbg".into());
+            .unwrap_or_else(|| defaults::SITES.into());
         let table = o
             .table
             .clone()
             .or(file.table)
-            .unwrap_or_else(|| "events".into());
+            .unwrap_or_else(|| defaults::TABLE.into());
         pra_core::status::validate_table(&table)?;
-        let heartbeat = secs(file.heartbeat_seconds, 10, "heartbeat_seconds")?;
-        let lost_after = secs(file.lost_after_seconds, 60, "lost_after_seconds")?;
+        let heartbeat = secs(
+            file.heartbeat_seconds,
+            defaults::HEARTBEAT,
+            "heartbeat_seconds",
+        )?;
+        let lost_after = secs(
+            file.lost_after_seconds,
+            defaults::LOST_AFTER,
+            "lost_after_seconds",
+        )?;
         let cfg = Config {
             store: o
                 .store
@@ -121,19 +129,35 @@ impl Config {
                 .db
                 .clone()
                 .or(file.db)
-                .unwrap_or_else(|| "/data/app.db".into()),
+                .unwrap_or_else(|| defaults::DB.into()),
             backup_dir: o
                 .backup_dir
                 .clone()
                 .or(file.backup_dir)
-                .unwrap_or_else(|| "/backup".into()),
+                .unwrap_or_else(|| defaults::BACKUP_DIR.into()),
             table,
-            backup_interval: secs(file.backup_interval_seconds, 60, "backup_interval_seconds")?,
+            backup_interval: secs(
+                file.backup_interval_seconds,
+                defaults::BACKUP_INTERVAL,
+                "backup_interval_seconds",
+            )?,
             heartbeat,
             lost_after,
-            revoke_grace: secs(file.revoke_grace_seconds, 30, "revoke_grace_seconds")?,
-            drain_timeout: secs(file.drain_timeout_seconds, 600, "drain_timeout_seconds")?,
-            store_timeout: secs(file.store_timeout_seconds, 5, "store_timeout_seconds")?,
+            revoke_grace: secs(
+                file.revoke_grace_seconds,
+                defaults::REVOKE_GRACE,
+                "revoke_grace_seconds",
+            )?,
+            drain_timeout: secs(
+                file.drain_timeout_seconds,
+                defaults::DRAIN_TIMEOUT,
+                "drain_timeout_seconds",
+            )?,
+            store_timeout: secs(
+                file.store_timeout_seconds,
+                defaults::STORE_TIMEOUT,
+                "store_timeout_seconds",
+            )?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
         };
         // Refused here, before anything runs: timings under which a run cut off from the store

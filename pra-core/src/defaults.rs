@@ -24,3 +24,5 @@ pub const SITES: &str = "rbx,sbg";
 pub const DB: &str = "/data/app.db";
 /// Where backups go.
 pub const BACKUP_DIR: &str = "/backup";
+/// The store when nothing names one.
+pub const STORE: &str = "sqlite:///var/lib/pra/state.db";

@@ -27,7 +27,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            table: "events".into(),
+            table: crate::defaults::TABLE.into(),
             backup_interval: Duration::seconds(60),
             warn_after: None,
             critical_after: None,
