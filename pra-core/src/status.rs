@@ -28,7 +28,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             table: crate::defaults::TABLE.into(),
-            backup_interval: Duration::seconds(60),
+            backup_interval: Duration::from_std(crate::defaults::BACKUP_INTERVAL)
+                .unwrap_or(Duration::MAX),
             warn_after: None,
             critical_after: None,
         }
