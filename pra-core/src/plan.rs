@@ -1032,11 +1032,7 @@ fn event_key(event: &str) -> &'static str {
 /// The registry's runs as units of work (a run still going counts up to `now`, or its last
 /// heartbeat when silent for longer than `lost_after`).
 fn run_units(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec<WorkUnit> {
-    let end = |r: &RunRecord| match r.finished_at {
-        Some(f) => f,
-        None if now - r.heartbeat_at > lost_after => r.heartbeat_at,
-        None => now,
-    };
+    let end = |r: &RunRecord| crate::run::reported_end(r, now, lost_after).unwrap_or(now);
     runs.iter()
         .map(|r| WorkUnit {
             job: r.start.job.clone(),

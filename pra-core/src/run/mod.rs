@@ -122,6 +122,21 @@ impl Default for Timings {
     }
 }
 
+/// When a run ended, for reports only: its recorded end; for an unfinished run silent for
+/// longer than `lost_after` on its writer's clock, its last heartbeat; `None` while it counts as
+/// running. Never used for safety: drains judge liveness with [`Liveness`], on their own clock.
+pub fn reported_end(
+    run: &RunRecord,
+    now: chrono::DateTime<chrono::Utc>,
+    lost_after: chrono::Duration,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    match run.finished_at {
+        Some(end) => Some(end),
+        None if now - run.heartbeat_at > lost_after => Some(run.heartbeat_at),
+        None => None,
+    }
+}
+
 /// Judges which unfinished runs are alive, on the observer's own monotonic clock: a run whose
 /// heartbeat counter has not moved for `lost_after` since this observer first saw its current
 /// value is lost. No timestamp written by another host is compared, so no clock skew can make
