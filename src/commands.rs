@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use pra_core::backup::restore::{self, RestorePoint};
 use pra_core::backup::retention::{self, Policy};
 use pra_core::backup::{self, Health, Method};
-use pra_core::plan::{self, Applied, DrainPolicy, Event, EventKind, Runner};
+use pra_core::plan::{self, Applied, DrainPolicy, Event, EventKind, Needs, Runner};
 use pra_core::store::{JournalEvent, Store};
 use pra_core::{Actor, Error, FencingToken, SiteChange, SiteId, SystemClock, Verdict};
 use serde::Serialize;
@@ -90,8 +90,9 @@ pub enum PlanCmd {
     /// Show the current state and the events it accepts.
     Next,
     /// Apply an event (e.g. failover-decided --operator alice, drained, commit-failback).
+    #[command(after_help = events_help())]
     Apply {
-        /// The event name.
+        /// The event name (listed below).
         event: String,
         /// The operator who passes a manual gate.
         #[arg(long)]
@@ -155,6 +156,30 @@ pub struct RestoreArgs {
     /// Do not keep a copy of the current database.
     #[arg(long)]
     pub no_safety_copy: bool,
+}
+
+/// How an event is written on the command line, with what it needs: `failover-decided
+/// --operator NAME`.
+fn usage(kind: EventKind) -> String {
+    let needs = match kind.needs() {
+        Needs::Nothing => "",
+        Needs::Operator => " --operator NAME",
+        Needs::Reason => " --reason WHY",
+    };
+    format!("{}{needs}", kind.name().replace('_', "-"))
+}
+
+/// The end of `pra plan apply`'s help: every event of the plan's vocabulary, with what it needs
+/// and what it means.
+fn events_help() -> String {
+    let mut s =
+        String::from("Events (each state accepts only some: `pra plan next` lists those):\n");
+    let width = EventKind::ALL.map(|k| usage(k).len()).into_iter().max();
+    for k in EventKind::ALL {
+        let width = width.unwrap_or_default();
+        s.push_str(&format!("  {:<width$}  {}\n", usage(k), k.doc()));
+    }
+    s
 }
 
 fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
@@ -407,17 +432,7 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
                     }
                     s.push_str("next:\n");
                     for k in next {
-                        let extra = if k.is_gate() {
-                            " --operator NAME"
-                        } else if matches!(k, EventKind::ForceDrain | EventKind::Abort) {
-                            " --reason WHY"
-                        } else {
-                            ""
-                        };
-                        s.push_str(&format!(
-                            "  pra plan apply {}{extra}\n",
-                            k.name().replace('_', "-")
-                        ));
+                        s.push_str(&format!("  pra plan apply {}\n", usage(k)));
                     }
                     s
                 },
