@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use pra_core::backup::restore::{self, RestorePoint};
 use pra_core::backup::retention::{self, Policy};
 use pra_core::backup::{self, Health, Method};
-use pra_core::plan::{self, Applied, DrainPolicy, Event, EventKind, Needs, Runner};
+use pra_core::plan::{self, Applied, Event, EventKind, Needs, Runner};
 use pra_core::store::{JournalEvent, Store};
 use pra_core::{Actor, Error, FencingToken, SiteChange, SiteId, SystemClock, Verdict};
 use serde::Serialize;
@@ -370,19 +370,10 @@ pub fn describe(event: &JournalEvent) -> String {
     }
 }
 
-/// The drain policy of the configuration (`pra plan` polls every 500 ms).
-pub(crate) fn runner_policy(cfg: &Config) -> DrainPolicy {
-    DrainPolicy {
-        lost_after: cfg.lost_after,
-        timeout: cfg.drain_timeout,
-        poll: chrono::Duration::milliseconds(500),
-    }
-}
-
 pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
     let store = cfg.open_store()?;
     let clock = SystemClock;
-    let runner = Runner::new(&*store, &cfg.topology, &clock, runner_policy(cfg));
+    let runner = Runner::new(&*store, &cfg.topology, &clock, cfg.drain_policy());
     let (event, who, wait) = match cmd {
         PlanCmd::StartFailover { who } => (Event::IncidentDetected, who, false),
         PlanCmd::StartFailback { who } => (Event::PrimaryRestored, who, false),
@@ -481,37 +472,8 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
-/// The report of the last plan, from the journal, the run registry and the backup catalog.
-pub fn build_report(cfg: &Config, store: &dyn Store) -> Result<plan::Report, Error> {
-    let journal = store.journal()?;
-    let incident = journal.iter().rev().find_map(|e| match &e.event {
-        JournalEvent::PlanStep { event, .. } if event == "incident_detected" => Some(e.at),
-        _ => None,
-    });
-    let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let runs = match store.runs(since) {
-        Ok(r) => r,
-        Err(e) if e.kind() == pra_core::ErrorKind::Unsupported => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let last_backup = incident.and_then(|i| {
-        backup::scan(&cfg.backup_dir)
-            .ok()?
-            .into_iter()
-            .map(|(id, _)| id.time)
-            .find(|t| *t <= i)
-    });
-    Ok(plan::report(
-        &journal,
-        &runs,
-        last_backup,
-        Utc::now(),
-        cfg.lost_after,
-    ))
-}
-
 fn plan_report(cfg: &Config, out: &Out, store: &dyn Store) -> Result<u8, Error> {
-    let r = build_report(cfg, store)?;
+    let r = plan::report::build(store, &cfg.backup_dir, cfg.lost_after, &SystemClock)?;
     out.print(&r, || r.table());
     Ok(exit::OK)
 }

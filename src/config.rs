@@ -79,6 +79,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The drain policy of the configuration, as `pra plan` uses it (it polls every 500 ms; the
+    /// drill, which keeps its own clock tight, polls faster).
+    pub fn drain_policy(&self) -> pra_core::plan::DrainPolicy {
+        pra_core::plan::DrainPolicy {
+            lost_after: self.lost_after,
+            timeout: self.drain_timeout,
+            poll: Duration::milliseconds(500),
+        }
+    }
+
     /// Reads the file (an explicitly named file must exist; the default one may be absent) and
     /// applies the overrides.
     pub fn load(o: &Overrides) -> Result<Config> {

@@ -496,7 +496,7 @@ pub fn run(
     let clock = SystemClock;
     let policy = DrainPolicy {
         poll: chrono::Duration::milliseconds(100),
-        ..crate::commands::runner_policy(&cfg)
+        ..cfg.drain_policy()
     };
     let runner = Runner::new(&*store, &topology, &clock, policy);
     let ops = Actor::new("drill", "disaster-recovery drill")?;
@@ -623,7 +623,7 @@ pub fn run(
         pra_core::backup::BackupName::parse(&report.backup).map_or(lost_at, |n| n.time);
 
     d.phase("report");
-    let plan_report = crate::commands::build_report(&cfg, &*store)?;
+    let plan_report = plan::report::build(&*store, &cfg.backup_dir, cfg.lost_after, &clock)?;
     let stats = store.run_stats()?;
     let conn = rusqlite::Connection::open(&db).map_err(|e| Error::sqlite("open", "app", e))?;
     let jobs: Vec<JobFigures> = ["rbx", "sbg"]

@@ -416,3 +416,63 @@ pub fn human(secs: f64) -> String {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::backup::BackupName;
+    use crate::clock::ManualClock;
+    use crate::fencing::{Actor, FencingToken, SiteChange};
+    use crate::plan::{DrainPolicy, Event, Runner};
+    use crate::site::Topology;
+    use crate::store::SqliteStore;
+
+    #[test]
+    fn build_reads_the_journal_and_the_last_backup_before_the_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let store = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+        let ops = Actor::new("ops", "test").unwrap();
+        let rbx = SiteId::new("rbx").unwrap();
+        let change = SiteChange::Activate {
+            site: rbx,
+            expect: FencingToken(0),
+        };
+        store.change(change, &ops).unwrap();
+        // Backups 90 s and 30 s before the incident, and one after it (not the RPO's).
+        let backups = dir.path().join("backup");
+        std::fs::create_dir_all(&backups).unwrap();
+        for offset in [-90, -30, 10] {
+            let name = BackupName {
+                time: t0 + Duration::seconds(120 + offset),
+                seq: 0,
+            };
+            std::fs::write(backups.join(name.file_name()), b"").unwrap();
+        }
+        clock.advance(Duration::seconds(120));
+        let topology = Topology::parse("rbx,sbg").unwrap();
+        let runner = Runner::new(&store, &topology, &*clock, DrainPolicy::default());
+        runner.apply(Event::IncidentDetected, &ops).unwrap();
+        clock.advance(Duration::seconds(5));
+
+        let r = build(&store, &backups, Duration::seconds(60), &*clock).unwrap();
+        assert_eq!(r.incident_at, Some(t0 + Duration::seconds(120)));
+        assert_eq!(r.rpo_seconds, Some(30.0));
+        assert_eq!(r.steps.len(), 1);
+        assert_eq!(
+            r,
+            report(
+                &store.journal().unwrap(),
+                &[],
+                Some(t0 + Duration::seconds(90)),
+                clock.now(),
+                Duration::seconds(60)
+            )
+        );
+    }
+}
