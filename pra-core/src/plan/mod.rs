@@ -1,6 +1,6 @@
 //! The failover/failback plan: the seed's 13 steps and its checklist as a state machine
 //! ([`machine`]), the runner that performs its steps against a store ([`runner`]), and the KPI
-//! report computed from what the steps left in the journal ([`report`]).
+//! report computed from what the steps left in the journal ([`report`](mod@report)).
 //!
 //! # Advice for hackers
 //!
