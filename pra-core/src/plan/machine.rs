@@ -97,9 +97,27 @@ vocabulary! {
 }
 
 impl State {
-    /// Whether a plan is running in this state (every state but the two steady ones).
+    /// Whether a plan is running in this state (every state but the two steady ones). The
+    /// stores read it from the plan document to refuse manual flips while a plan runs.
     pub fn running(self) -> bool {
-        !matches!(self, State::Normal | State::RunningOnSecondary)
+        // Every state is named, so that a new one is a decision, not a default.
+        match self {
+            State::Normal | State::RunningOnSecondary => false,
+            State::IncidentDetected
+            | State::FailoverDecided
+            | State::FailoverDraining
+            | State::FailedOver
+            | State::SecondaryVerified
+            | State::PrimaryRestored
+            | State::ReplicationSynced
+            | State::PrimaryStartedFenced
+            | State::PrimaryValidated
+            | State::FailbackDraining
+            | State::FailedBack
+            | State::TrafficOnPrimary
+            | State::SecondaryStopped
+            | State::ReplicationReversed => true,
+        }
     }
 }
 

@@ -12,15 +12,15 @@
 //! What must still change together:
 //!
 //! * **A new state**: a variant in [`State`] (name and doc), the rows that enter and leave it,
-//!   and [`State::running`] if it is a steady state. Stored plan documents name states, so a
-//!   state is never renamed, only added.
+//!   and its arm in [`State::running`] (is it a steady state?). Stored plan documents and the
+//!   journal name states, so a state is never renamed, only added.
 //! * **A new event**: a variant in [`EventKind`], its data in [`Event`] (an `operator` for a
 //!   gate, a `reason` for a forced step) with the arms of [`Event::kind`], [`Event::new`],
 //!   [`Event::operator`] and [`Event::reason`], and [`EventKind::needs`]. The compiler finds
 //!   every arm (no match has a `_` arm); a unit test holds `needs` and the data together.
 //! * **A new kind of effect**: a variant in [`machine::Act`] (as the table writes it) and in
-//!   [`Effect`] (as the runner receives it), its translation in [`transition`], and its
-//!   handling in [`Runner::apply`], which does it inside the one store commit. Effects that
+//!   [`Effect`] (as the runner receives it), its translation in [`transition`] and its label
+//!   in [`mermaid`], and its handling in [`Runner::apply`], which does it inside the one store commit. Effects that
 //!   flip the active site must stay break before make: no row both deactivates and activates.
 //! * **Any change to the table**: the README's diagram is [`mermaid`]'s output; run
 //!   `make readme` (`PRA_BLESS_README=1 cargo test -p pra-core --test readme`) and commit the
