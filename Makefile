@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header apt-tools clean
+.PHONY: demo build test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -79,6 +79,10 @@ cargo-fuzz:
 ## Regenerate include/pra.h with the pinned cbindgen (then commit it).
 header: apt-tools
 	PRA_BLESS_HEADER=1 $(CARGO) test -p pra-ffi --test header
+
+## Redraw README.md's plan diagram from the plan's table (then commit it).
+readme:
+	PRA_BLESS_README=1 $(CARGO) test -p pra-core --test readme
 
 ## Debian packages the build and the tests need, installed only when missing: protoc builds the
 ## etcd client's gRPC code; etcd-server is the real etcd the tests start; faketime skews a

@@ -79,6 +79,18 @@ pub struct Config {
 }
 
 impl Config {
+    /// The drain policy of the configuration, as `pra plan` uses it (it polls every 500 ms; the
+    /// drill, which keeps its own clock tight, polls faster).
+    pub fn drain_policy(&self) -> pra_core::plan::DrainPolicy {
+        pra_core::plan::DrainPolicy {
+            poll: Duration::milliseconds(500),
+            ..pra_core::plan::DrainPolicy::for_timings(
+                &self.timings(),
+                self.drain_timeout.to_std().unwrap_or_default(),
+            )
+        }
+    }
+
     /// Reads the file (an explicitly named file must exist; the default one may be absent) and
     /// applies the overrides.
     pub fn load(o: &Overrides) -> Result<Config> {

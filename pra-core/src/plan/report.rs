@@ -1,0 +1,473 @@
+//! The plan's KPI report: the seed's §7 (RTO, RPO, failback duration, fenced time, the
+//! double-execution window) computed from the journal and the run registry ([`report`], pure),
+//! gathered from a store and the backup directory ([`build`]), and printed ([`Report::table`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::site::SiteId;
+use crate::store::{JournalEntry, JournalEvent, RunRecord, Store};
+
+use super::machine::EventKind;
+
+/// A period during which no site was active (the flip's fenced time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FencedPeriod {
+    /// The site that lost the role.
+    pub from_site: Option<SiteId>,
+    /// The site that got it (`None`: still nobody).
+    pub to_site: Option<SiteId>,
+    /// Start.
+    pub start: DateTime<Utc>,
+    /// End (`None`: still fenced).
+    pub end: Option<DateTime<Utc>>,
+    /// Length in seconds (up to now if still fenced).
+    pub seconds: f64,
+}
+
+/// Runs of the same job on two different sites at the same time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overlap {
+    /// The job.
+    pub job: String,
+    /// The two sites.
+    pub sites: (SiteId, SiteId),
+    /// Start of the overlap.
+    pub start: DateTime<Utc>,
+    /// End of the overlap.
+    pub end: DateTime<Utc>,
+}
+
+/// A KPI against its target, as a DR test report states it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// What is measured.
+    pub name: String,
+    /// Measured value, in seconds (`None`: not measured in this plan).
+    pub value_seconds: Option<f64>,
+    /// Target, in words.
+    pub target: String,
+    /// Pass, fail, or `None` when not measured.
+    pub pass: Option<bool>,
+}
+
+/// A plan step as the report lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportStep {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The plan's id.
+    pub plan: String,
+    /// State before.
+    pub from: String,
+    /// The event.
+    pub event: String,
+    /// State after.
+    pub to: String,
+    /// The operator of a manual gate.
+    pub operator: Option<String>,
+}
+
+impl Check {
+    /// "PASS", "FAIL", or "not measured".
+    pub fn verdict(&self) -> &'static str {
+        match self.pass {
+            Some(true) => "PASS",
+            Some(false) => "FAIL",
+            None => "not measured",
+        }
+    }
+}
+
+/// The KPIs of the seed's §7, computed from the journal and the run registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// When the incident was detected (the last `incident_detected`).
+    pub incident_at: Option<DateTime<Utc>>,
+    /// Incident detected -> traffic on the secondary.
+    pub rto_seconds: Option<f64>,
+    /// Incident detected -> the last backup before it (when a backup time is known).
+    pub rpo_seconds: Option<f64>,
+    /// Primary restored -> traffic on the primary.
+    pub failback_seconds: Option<f64>,
+    /// Every period with no site active.
+    pub fenced: Vec<FencedPeriod>,
+    /// Total time during which runs of one job overlapped on two sites.
+    pub double_execution_seconds: f64,
+    /// The overlaps themselves.
+    pub overlaps: Vec<Overlap>,
+    /// How many drains were forced.
+    pub forced_drains: u64,
+    /// The plan steps, in order.
+    pub steps: Vec<ReportStep>,
+    /// Each KPI against its target.
+    pub checks: Vec<Check>,
+}
+
+/// Computes the report from `journal` (whole), `runs` and, when known, the time of the last
+/// backup before the incident. Runs still going count up to `now` (or their last heartbeat when
+/// silent for longer than `lost_after`).
+pub fn report(
+    journal: &[JournalEntry],
+    runs: &[RunRecord],
+    last_backup: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    lost_after: Duration,
+) -> Report {
+    let secs = |d: Duration| {
+        d.num_microseconds()
+            .map_or(d.num_seconds() as f64, |us| us as f64 / 1e6)
+    };
+    let mut steps = Vec::new();
+    let mut at_event: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    let mut incident_at = None;
+    let mut fenced: Vec<FencedPeriod> = Vec::new();
+    let mut forced_drains = 0;
+    for e in journal {
+        match &e.event {
+            JournalEvent::PlanStep {
+                plan,
+                from,
+                event,
+                to,
+                operator,
+            } => {
+                if event == EventKind::IncidentDetected.name() {
+                    incident_at = Some(e.at);
+                    at_event.clear();
+                }
+                at_event.insert(event_key(event), e.at);
+                steps.push(ReportStep {
+                    at: e.at,
+                    plan: plan.clone(),
+                    from: from.clone(),
+                    event: event.clone(),
+                    to: to.clone(),
+                    operator: operator.clone(),
+                });
+            }
+            JournalEvent::SiteChanged { old, new } => match (&old.site, &new.site) {
+                (Some(_), None) => fenced.push(FencedPeriod {
+                    from_site: old.site.clone(),
+                    to_site: None,
+                    start: e.at,
+                    end: None,
+                    seconds: 0.0,
+                }),
+                (None, Some(to)) => {
+                    if let Some(p) = fenced.last_mut().filter(|p| p.end.is_none()) {
+                        p.end = Some(e.at);
+                        p.to_site = Some(to.clone());
+                    }
+                }
+                (None, None) | (Some(_), Some(_)) => {}
+            },
+            JournalEvent::DrainForced { .. } => forced_drains += 1,
+        }
+    }
+    for p in &mut fenced {
+        p.seconds = secs(p.end.unwrap_or(now) - p.start);
+    }
+    let span = |a: EventKind, b: EventKind| {
+        Some(secs(*at_event.get(b.name())? - *at_event.get(a.name())?))
+    };
+    let rto = span(EventKind::IncidentDetected, EventKind::TrafficOnSecondary);
+    let failback = span(EventKind::PrimaryRestored, EventKind::TrafficOnPrimary);
+    let rpo = match (incident_at, last_backup) {
+        (Some(i), Some(b)) if b <= i => Some(secs(i - b)),
+        _ => None,
+    };
+    let (double, overlaps) = ground_truth(&run_units(runs, now, lost_after));
+    let check = |name: &str, v: Option<f64>, target: &str, limit: f64| Check {
+        name: name.into(),
+        value_seconds: v,
+        target: target.into(),
+        pass: v.map(|v| v <= limit),
+    };
+    let checks = vec![
+        check("double-execution window", Some(double), "0 s", 0.0),
+        check("failback duration", failback, "< 30 min", 30.0 * 60.0),
+        check(
+            "RTO (incident -> traffic on secondary)",
+            rto,
+            "<= 60 min (seed's phase 1)",
+            60.0 * 60.0,
+        ),
+        check(
+            "RPO (last backup before the incident)",
+            rpo,
+            "<= 60 s (backup every minute)",
+            60.0,
+        ),
+    ];
+    Report {
+        incident_at,
+        rto_seconds: rto,
+        rpo_seconds: rpo,
+        failback_seconds: failback,
+        fenced,
+        double_execution_seconds: double,
+        overlaps,
+        forced_drains,
+        steps,
+        checks,
+    }
+}
+
+fn event_key(event: &str) -> &'static str {
+    EventKind::ALL
+        .into_iter()
+        .map(EventKind::name)
+        .find(|n| *n == event)
+        .unwrap_or("unknown")
+}
+
+/// The registry's runs as units of work (a run still going counts up to `now`, or its last
+/// heartbeat when silent for longer than `lost_after`).
+fn run_units(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec<WorkUnit> {
+    let end = |r: &RunRecord| crate::run::reported_end(r, now, lost_after).unwrap_or(now);
+    runs.iter()
+        .map(|r| WorkUnit {
+            job: r.start.job.clone(),
+            site: r.start.site.clone(),
+            start: r.started_at,
+            end: end(r),
+        })
+        .collect()
+}
+
+/// A stretch of work as the job itself recorded it in the application's database: the ground
+/// truth of what ran where, independent of pra's run registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// The job.
+    pub job: String,
+    /// The site it ran on.
+    pub site: SiteId,
+    /// When the work started.
+    pub start: DateTime<Utc>,
+    /// When it was last seen working.
+    pub end: DateTime<Utc>,
+}
+
+/// The double-execution window measured from the jobs' own writes: the total time during which
+/// the same job was working on two sites, and the overlaps themselves.
+pub fn ground_truth(units: &[WorkUnit]) -> (f64, Vec<Overlap>) {
+    let overlaps = unit_overlaps(units);
+    let total = union_seconds(overlaps.iter().map(|o| (o.start, o.end)).collect());
+    (total, overlaps)
+}
+
+fn unit_overlaps(units: &[WorkUnit]) -> Vec<Overlap> {
+    let mut by_job: BTreeMap<&str, Vec<&WorkUnit>> = BTreeMap::new();
+    for u in units {
+        by_job.entry(u.job.as_str()).or_default().push(u);
+    }
+    let mut out = Vec::new();
+    for (job, mut us) in by_job {
+        us.sort_by_key(|u| u.start);
+        for (i, a) in us.iter().enumerate() {
+            // Sorted by start: once b starts after a ends, no later one overlaps a.
+            for b in us[i + 1..].iter().take_while(|b| b.start < a.end) {
+                if a.site == b.site {
+                    continue;
+                }
+                let start = a.start.max(b.start);
+                let stop = a.end.min(b.end);
+                if start < stop {
+                    out.push(Overlap {
+                        job: job.to_string(),
+                        sites: (a.site.clone(), b.site.clone()),
+                        start,
+                        end: stop,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The total length of the union of `intervals`, in seconds.
+fn union_seconds(mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> f64 {
+    intervals.sort();
+    let mut total = Duration::zero();
+    let mut current: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    for (s, e) in intervals {
+        current = match current {
+            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
+            Some((cs, ce)) => {
+                total += ce - cs;
+                Some((s, e))
+            }
+            None => Some((s, e)),
+        };
+    }
+    if let Some((cs, ce)) = current {
+        total += ce - cs;
+    }
+    total
+        .num_microseconds()
+        .map_or(total.num_seconds() as f64, |us| us as f64 / 1e6)
+}
+
+impl Report {
+    /// The report as a plain-text table.
+    pub fn table(&self) -> String {
+        let fmt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), human);
+        let mut s = String::new();
+        s.push_str(&format!(
+            "{:<42} {:>12}  {:<30} {}\n",
+            "KPI", "measured", "target", "verdict"
+        ));
+        for c in &self.checks {
+            let verdict = c.verdict();
+            s.push_str(&format!(
+                "{:<42} {:>12}  {:<30} {}\n",
+                c.name,
+                fmt(c.value_seconds),
+                c.target,
+                verdict
+            ));
+        }
+        for p in &self.fenced {
+            s.push_str(&format!(
+                "{:<42} {:>12}  {}\n",
+                format!(
+                    "fenced (no site active) {} -> {}",
+                    p.from_site.as_ref().map_or("NONE", SiteId::as_str),
+                    p.to_site.as_ref().map_or("...", SiteId::as_str)
+                ),
+                human(p.seconds),
+                p.start.format("%H:%M:%S%.3f")
+            ));
+        }
+        s.push_str(&format!(
+            "{:<42} {:>12}\n",
+            "forced drains", self.forced_drains
+        ));
+        s
+    }
+}
+
+/// The report of the last plan, gathered from `store` (its journal and run registry) and the
+/// backups in `backup_dir` (the last one taken before the incident gives the RPO). A store that
+/// keeps no run registry gives a report without runs. Runs still going count up to the clock's
+/// now, or their last heartbeat when silent for longer than `lost_after`.
+pub fn build(
+    store: &dyn Store,
+    backup_dir: &Path,
+    lost_after: Duration,
+    clock: &dyn Clock,
+) -> Result<Report> {
+    let journal = store.journal()?;
+    let incident = journal.iter().rev().find_map(|e| match &e.event {
+        JournalEvent::PlanStep { event, .. } if event == EventKind::IncidentDetected.name() => {
+            Some(e.at)
+        }
+        JournalEvent::PlanStep { .. }
+        | JournalEvent::SiteChanged { .. }
+        | JournalEvent::DrainForced { .. } => None,
+    });
+    let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let runs = match store.registry() {
+        Some(registry) => registry.runs(since)?,
+        None => Vec::new(),
+    };
+    // An unreadable backup directory leaves the RPO unmeasured rather than failing the report.
+    let last_backup = incident.and_then(|i| {
+        crate::backup::scan(backup_dir)
+            .ok()?
+            .into_iter()
+            .map(|(id, _)| id.time)
+            .find(|t| *t <= i)
+    });
+    Ok(report(
+        &journal,
+        &runs,
+        last_backup,
+        clock.now(),
+        lost_after,
+    ))
+}
+
+/// Seconds as `1h02m03s`, `2m03s` or `1.234s`.
+pub fn human(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.3}s")
+    } else if secs < 3600.0 {
+        format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
+    } else {
+        format!(
+            "{}h{:02}m{:02}s",
+            (secs / 3600.0) as u64,
+            ((secs % 3600.0) / 60.0) as u64,
+            (secs % 60.0) as u64
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::backup::BackupName;
+    use crate::clock::ManualClock;
+    use crate::fencing::{Actor, FencingToken, SiteChange};
+    use crate::plan::{DrainPolicy, Event, Runner};
+    use crate::site::Topology;
+    use crate::store::SqliteStore;
+
+    #[test]
+    fn build_reads_the_journal_and_the_last_backup_before_the_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let store = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+        let ops = Actor::new("ops", "test").unwrap();
+        let rbx = SiteId::new("rbx").unwrap();
+        let change = SiteChange::Activate {
+            site: rbx,
+            expect: FencingToken(0),
+        };
+        store.change(change, &ops).unwrap();
+        // Backups 90 s and 30 s before the incident, and one after it (not the RPO's).
+        let backups = dir.path().join("backup");
+        std::fs::create_dir_all(&backups).unwrap();
+        for offset in [-90, -30, 10] {
+            let name = BackupName {
+                time: t0 + Duration::seconds(120 + offset),
+                seq: 0,
+            };
+            std::fs::write(backups.join(name.file_name()), b"").unwrap();
+        }
+        clock.advance(Duration::seconds(120));
+        let topology = Topology::parse("rbx,sbg").unwrap();
+        let runner = Runner::new(&store, &topology, &*clock, DrainPolicy::default());
+        runner.apply(Event::IncidentDetected, &ops).unwrap();
+        clock.advance(Duration::seconds(5));
+
+        let r = build(&store, &backups, Duration::seconds(60), &*clock).unwrap();
+        assert_eq!(r.incident_at, Some(t0 + Duration::seconds(120)));
+        assert_eq!(r.rpo_seconds, Some(30.0));
+        assert_eq!(r.steps.len(), 1);
+        assert_eq!(
+            r,
+            report(
+                &store.journal().unwrap(),
+                &[],
+                Some(t0 + Duration::seconds(90)),
+                clock.now(),
+                Duration::seconds(60)
+            )
+        );
+    }
+}
