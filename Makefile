@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: demo build libpra test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -20,6 +20,16 @@ demo: build
 
 build: apt-tools
 	$(CARGO) build --release --workspace
+	$(MAKE) --no-print-directory libpra PROFILE=release
+
+## The C library under its C name: libpra.so and libpra.a in target/$(PROFILE). The Rust crate is
+## pra_ffi (so that it does not shadow the `pra` package), so cargo writes libpra_ffi.*; the
+## copies are what C and Go link (-lpra; the soname is libpra.so, set by pra-ffi/build.rs).
+PROFILE ?= debug
+libpra:
+	$(CARGO) build -p pra-ffi $(if $(filter release,$(PROFILE)),--release)
+	cp -f target/$(PROFILE)/libpra_ffi.so target/$(PROFILE)/libpra.so
+	cp -f target/$(PROFILE)/libpra_ffi.a target/$(PROFILE)/libpra.a
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
@@ -34,14 +44,15 @@ lint: apt-tools
 test-rust: apt-tools
 	$(CARGO) test --workspace
 
-## The C ABI from C: -Wall -Werror, libpra.so and libpra.a, valgrind.
+## The C ABI from C: -Wall -Werror, libpra.so and libpra.a (built by run.sh with the test-only
+## feature test-panic), valgrind.
 test-c: apt-tools
-	$(CARGO) build --workspace
+	$(CARGO) build --bin pra
 	tests/c/run.sh
 
 ## The C ABI from Go (cgo), with Debian's Go toolchain.
-test-go: apt-tools
-	$(CARGO) build --workspace
+test-go: apt-tools libpra
+	$(CARGO) build --bin pra
 	examples/go/run.sh
 
 ## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),

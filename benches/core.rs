@@ -72,21 +72,23 @@ fn guard(c: &mut Criterion) {
         ),
     ] {
         let url = std::ffi::CString::new(url).unwrap();
-        let mut store: *mut pra::pra_store = std::ptr::null_mut();
+        let mut store: *mut pra_ffi::pra_store = std::ptr::null_mut();
         // SAFETY: a valid string and out-pointer.
         assert_eq!(
-            unsafe { pra::pra_store_open(url.as_ptr(), &mut store) },
-            pra::pra_result::Ok
+            unsafe { pra_ffi::pra_store_open(url.as_ptr(), &mut store) },
+            pra_ffi::pra_result::Ok
         );
-        let mut v = std::mem::MaybeUninit::<pra::pra_verdict>::uninit();
+        let mut v = std::mem::MaybeUninit::<pra_ffi::pra_verdict>::uninit();
         c.bench_function(&format!("guard check, {name} store, C ABI"), |b| {
             // SAFETY: a live handle, a static string, a valid out-pointer.
             b.iter(|| {
-                black_box(unsafe { pra::pra_guard_check(store, c"rbx".as_ptr(), v.as_mut_ptr()) })
+                black_box(unsafe {
+                    pra_ffi::pra_guard_check(store, c"rbx".as_ptr(), v.as_mut_ptr())
+                })
             })
         });
         // SAFETY: the handle from pra_store_open, freed once.
-        unsafe { pra::pra_store_free(store) };
+        unsafe { pra_ffi::pra_store_free(store) };
     }
 }
 

@@ -296,9 +296,6 @@ pra_result pra_backup(const char *db, const char *backup_dir, char **out);
 // `s` is NULL or a string returned by pra and not freed yet.
 void pra_string_free(char *s);
 
-// For tests of the panic boundary only: panics inside the boundary. Returns PRA_RESULT_PANIC.
-pra_result pra_test_panic(void);
-
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -3,7 +3,8 @@
 //	go run . STORE_URL SITE     (exit 0: may run, 1: standby, 2: error — fail closed)
 //
 // Links the static library (target/debug/libpra.a): build it first with
-// `cargo build -p pra-ffi`, or let `make test-go` do it.
+// `make libpra` (cargo builds libpra_ffi.a; the target copies it to libpra.a), or let
+// `make test-go` do it.
 package main
 
 /*

@@ -1,4 +1,5 @@
-//! pra-ffi: the C ABI over pra-core (`libpra.so` / `libpra.a`, header `include/pra.h`).
+//! pra-ffi (Rust crate `pra_ffi`): the C ABI over pra-core (`libpra.so` / `libpra.a`, header
+//! `include/pra.h`).
 //!
 //! Conventions (after rustls-ffi): opaque handles with `pra_<type>_new/open` and `_free` pairs
 //! (`_free(NULL)` is a no-op); every function returns a [`pra_result`] and writes its outputs to
@@ -872,9 +873,11 @@ pub unsafe extern "C" fn pra_string_free(s: *mut c_char) {
     }
 }
 
+/// TEST ONLY, in a build with the cargo feature `test-panic` (tests/c/run.sh): panics inside the
+/// boundary, returns PRA_RESULT_PANIC. Not in include/pra.h (cbindgen.toml excludes it).
+#[cfg(any(test, feature = "test-panic"))]
 #[doc(hidden)]
 #[unsafe(no_mangle)]
-/// For tests of the panic boundary only: panics inside the boundary. Returns PRA_RESULT_PANIC.
 pub extern "C" fn pra_test_panic() -> pra_result {
     ffi_boundary!({
         if ptr::null::<u8>().is_null() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds tests/c/test_pra.c with the system cc (-Wall -Wextra -Werror) against include/pra.h,
-# links it to libpra.so and to libpra.a, runs both, and the static one under valgrind
+# links it to libpra.so and to libpra.a (built here with the test-only cargo feature test-panic,
+# which adds pra_test_panic, and copied from cargo's libpra_ffi.* to the C names), runs both, and the static one under valgrind
 # (no definite leak, no invalid access), against a scratch SQLite store and a real etcd server
 # (Debian's etcd-server) started here on loopback ports. Run from the repository root by
 # `make test-c`.
@@ -28,10 +29,14 @@ done
 PRA_STORE=etcd://$endpoint/ready "$target/pra" site show >/dev/null || { cat "$etcd_dir/log"; exit 1; }
 
 out=$target/c-tests
-mkdir -p "$out"
+lib=$out/lib
+mkdir -p "$lib"
+${CARGO:-cargo} build -p pra-ffi --features test-panic
+cp -f "$target/libpra_ffi.so" "$lib/libpra.so"
+cp -f "$target/libpra_ffi.a" "$lib/libpra.a"
 cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -Itests/c)
-cc "${cflags[@]}" tests/c/test_pra.c -L"$target" -lpra -Wl,-rpath,"$PWD/$target" -lpthread -o "$out/test_pra_shared"
-cc "${cflags[@]}" tests/c/test_pra.c "$target/libpra.a" -lpthread -ldl -lm -o "$out/test_pra_static"
+cc "${cflags[@]}" tests/c/test_pra.c -L"$lib" -lpra -Wl,-rpath,"$PWD/$lib" -lpthread -o "$out/test_pra_shared"
+cc "${cflags[@]}" tests/c/test_pra.c "$lib/libpra.a" -lpthread -ldl -lm -o "$out/test_pra_static"
 ldd "$out/test_pra_shared" | grep -q libpra.so
 ! ldd "$out/test_pra_static" | grep -q libpra.so
 for bin in test_pra_shared test_pra_static; do
@@ -41,7 +46,7 @@ for bin in test_pra_shared test_pra_static; do
   rm -rf "$scratch"
 done
 # A program that owns its database through the system's libsqlite3 beside libpra.so.
-cc "${cflags[@]}" tests/c/test_app_sqlite.c -L"$target" -lpra -Wl,-rpath,"$PWD/$target" -lsqlite3 -lpthread -o "$out/test_app_sqlite"
+cc "${cflags[@]}" tests/c/test_app_sqlite.c -L"$lib" -lpra -Wl,-rpath,"$PWD/$lib" -lsqlite3 -lpthread -o "$out/test_app_sqlite"
 scratch=$(mktemp -d)
 echo "== test_app_sqlite"
 "$out/test_app_sqlite" "$scratch"

@@ -13,6 +13,10 @@
 #include <string.h>
 #include <time.h>
 
+/* Not in pra.h: exported only by a libpra built with the test-only cargo feature test-panic, as
+ * run.sh builds the library this test links. */
+pra_result pra_test_panic(void);
+
 
 
 static char url[4200], lock_url[4200], lock_path[4096], db[4096], backups[4096], etcd_url[4200];
