@@ -70,9 +70,10 @@ def create_app(db: Optional[str] = None, backup_dir: Optional[str] = None, table
     @app.get("/status")
     def status() -> Tuple[Any, int]:
         s = pra.status(db_path, backups, table_name, store=store)
-        if not s["database_ok"]:
-            return jsonify({"error": "database unavailable", **s}), 503
-        return jsonify(s), 200
+        doc = s.to_dict()
+        if not s.database_ok:
+            return jsonify({"error": "database unavailable", **doc}), 503
+        return jsonify(doc), 200
 
     @app.get("/healthz")
     def healthz() -> Tuple[Any, int]:

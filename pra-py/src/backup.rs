@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 
 use pra_core::SystemClock;
@@ -12,7 +13,7 @@ use pra_core::backup::restore::{self, RestorePoint};
 use pra_core::backup::retention::{self, Policy};
 use pra_core::backup::{self, BackupEntry, Health, Method};
 
-use crate::convert::json_of;
+use crate::convert::{json_of, serde_name};
 use crate::errors::{InvalidArgumentError, PraErr, PraResult, blocking};
 use crate::store::Store;
 
@@ -124,8 +125,8 @@ fn count_via_python(py: Python<'_>, db: &Path, table: &str) -> pra_core::Result<
         .map_err(|e| py_sqlite_err(py, "count rows of", db, e))
 }
 
-/// The status document of the app: `count`, `last_backup_file`, `backup_age_seconds` (the
-/// seed's keys) and more. A missing database is reported in it, not raised. The count goes
+/// The status of the app: `count`, `last_backup_file`, `backup_age_seconds` (the seed's keys)
+/// and more; `to_dict()` is the JSON document. A missing database is reported in it, not raised. The count goes
 /// through Python's `sqlite3` (the application's SQLite); the backup directory is listed at
 /// the same time with the GIL released.
 #[pyfunction]
@@ -137,7 +138,7 @@ fn status(
     table: &str,
     backup_interval: u32,
     store: Option<&Store>,
-) -> PyResult<Py<PyAny>> {
+) -> PyResult<Status> {
     let s = store.map(Store::inner).transpose()?;
     let opts = pra_core::status::Options {
         table: table.to_string(),
@@ -154,7 +155,7 @@ fn status(
             &SystemClock,
         )
     })?;
-    json_of(py, &st)
+    Ok(Status(st))
 }
 
 /// Takes a consistent, verified backup of `db` into `backup_dir`. The snapshot is taken with
@@ -209,7 +210,7 @@ fn list_backups(py: Python<'_>, backup_dir: PathBuf) -> PraResult<Vec<Backup>> {
 }
 
 /// Applies a retention policy to `backup_dir` (dry_run: only say what would go). Returns one
-/// dict per backup: name, keep, reasons.
+/// `PruneDecision` per backup: name, keep, reasons.
 #[pyfunction]
 #[pyo3(signature = (backup_dir, *, keep_last = None, keep_within = None, keep_hourly = None, keep_daily = None, keep_weekly = None, keep_monthly = None, dry_run = false))]
 #[allow(clippy::too_many_arguments)]
@@ -223,7 +224,7 @@ fn prune(
     keep_weekly: Option<u32>,
     keep_monthly: Option<u32>,
     dry_run: bool,
-) -> PyResult<Py<PyAny>> {
+) -> PraResult<Vec<PruneDecision>> {
     let policy = Policy {
         keep_last,
         keep_within,
@@ -233,15 +234,12 @@ fn prune(
         keep_monthly,
     };
     let decisions = blocking(py, move || retention::prune(&backup_dir, &policy, dry_run))?;
-    let out: Vec<serde_json::Value> = decisions
-        .iter()
-        .map(|d| serde_json::json!({"name": d.entry.name, "keep": d.keep, "reasons": d.reasons}))
-        .collect();
-    json_of(py, &out)
+    Ok(decisions.into_iter().map(PruneDecision).collect())
 }
 
-/// Restores a backup over `db`: the latest, the one `name`d, or the newest `before` a time. With
-/// dry_run, returns the per-table preview instead and changes nothing.
+/// Restores a backup over `db`: the latest, the one `name`d, or the newest `before` a time, and
+/// returns a `RestoreReport`. With dry_run, returns a `RestorePreview` instead and changes
+/// nothing.
 #[pyfunction]
 #[pyo3(name = "restore", signature = (db, backup_dir, *, name = None, before = None, safety_copy = true, dry_run = false))]
 fn restore_fn(
@@ -265,10 +263,7 @@ fn restore_fn(
     };
     if dry_run {
         let p = blocking(py, move || restore::preview(&db, &backup_dir, &point))?;
-        return json_of(
-            py,
-            &serde_json::json!({"backup": p.backup.name, "current_exists": p.current_exists, "tables": p.tables}),
-        );
+        return RestorePreview(p).into_py_any(py);
     }
     let r = blocking(py, move || {
         restore::restore(
@@ -279,12 +274,213 @@ fn restore_fn(
             &SystemClock,
         )
     })?;
-    json_of(py, &r)
+    RestoreReport(r).into_py_any(py)
+}
+
+/// The status of the app (`pra.status`). Its attributes are the keys of the status document,
+/// which `to_dict()` returns: the JSON of `GET /status` and of `pra status --json`.
+#[pyclass(frozen, module = "pra")]
+pub struct Status(pra_core::status::Status);
+
+#[pymethods]
+impl Status {
+    /// Rows in the counted table (None if the database is unavailable).
+    #[getter]
+    fn count(&self) -> Option<u64> {
+        self.0.count
+    }
+    /// File name of the newest verified backup.
+    #[getter]
+    fn last_backup_file(&self) -> Option<String> {
+        self.0.last_backup_file.clone()
+    }
+    /// Its age in seconds.
+    #[getter]
+    fn backup_age_seconds(&self) -> Option<i64> {
+        self.0.backup_age_seconds
+    }
+    /// Backup-named files in the backup directory (usable or not).
+    #[getter]
+    fn backup_count(&self) -> usize {
+        self.0.backup_count
+    }
+    /// Freshness of the newest verified backup: "ok", "warn", "critical" or "none".
+    #[getter]
+    fn backup_state(&self) -> PyResult<String> {
+        serde_name(&self.0.backup_state)
+    }
+    /// Whether the database could be read.
+    #[getter]
+    fn database_ok(&self) -> bool {
+        self.0.database_ok
+    }
+    /// The active site ("none" when no site is), when a store was given and could be read.
+    #[getter]
+    fn active_site(&self) -> Option<String> {
+        self.0.active_site.clone()
+    }
+    /// Its fencing token.
+    #[getter]
+    fn token(&self) -> Option<u64> {
+        self.0.token
+    }
+    /// Everything that is wrong, in words.
+    #[getter]
+    fn problems(&self) -> Vec<String> {
+        self.0.problems.clone()
+    }
+    /// The status document: the seed's keys first (`count`, `last_backup_file`,
+    /// `backup_age_seconds`), then the others, in this order.
+    fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json_of(py, &self.0)
+    }
+    fn __repr__(&self) -> PyResult<String> {
+        Ok(format!(
+            "Status(count={}, last_backup_file={}, backup_age_seconds={}, backup_state='{}', database_ok={})",
+            py_opt(self.0.count),
+            py_opt(self.0.last_backup_file.as_ref().map(|f| format!("'{f}'"))),
+            py_opt(self.0.backup_age_seconds),
+            self.backup_state()?,
+            if self.0.database_ok { "True" } else { "False" },
+        ))
+    }
+}
+
+/// What retention decided for one backup (`pra.prune`).
+#[pyclass(frozen, module = "pra")]
+pub struct PruneDecision(retention::Decision);
+
+#[pymethods]
+impl PruneDecision {
+    /// The backup's file name.
+    #[getter]
+    fn name(&self) -> String {
+        self.0.entry.name.clone()
+    }
+    /// Whether it stays.
+    #[getter]
+    fn keep(&self) -> bool {
+        self.0.keep
+    }
+    /// The rules that keep it (empty when it goes).
+    #[getter]
+    fn reasons(&self) -> Vec<String> {
+        self.0.reasons.clone()
+    }
+    /// `{"name", "keep", "reasons"}`.
+    fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let d = &self.0;
+        json_of(
+            py,
+            &serde_json::json!({"name": d.entry.name, "keep": d.keep, "reasons": d.reasons}),
+        )
+    }
+    fn __repr__(&self) -> String {
+        let keep = if self.0.keep { "True" } else { "False" };
+        format!(
+            "PruneDecision('{}', keep={keep}, reasons={:?})",
+            self.0.entry.name, self.0.reasons
+        )
+    }
+}
+
+/// What a restore did (`pra.restore`).
+#[pyclass(frozen, module = "pra")]
+pub struct RestoreReport(restore::Report);
+
+#[pymethods]
+impl RestoreReport {
+    /// The backup restored (its file name).
+    #[getter]
+    fn backup(&self) -> String {
+        self.0.backup.clone()
+    }
+    /// Where the previous database was kept, if it existed and a safety copy was asked for.
+    #[getter]
+    fn safety_copy(&self) -> Option<String> {
+        self.0
+            .safety_copy
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+    /// Whether a database was replaced (False: restored where it was lost).
+    #[getter]
+    fn replaced(&self) -> bool {
+        self.0.replaced
+    }
+    /// Rows per table in the restored database.
+    #[getter]
+    fn tables(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.tables.clone()
+    }
+    /// `{"backup", "safety_copy", "replaced", "tables"}`.
+    fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json_of(py, &self.0)
+    }
+    fn __repr__(&self) -> String {
+        let replaced = if self.0.replaced { "True" } else { "False" };
+        format!(
+            "RestoreReport('{}', replaced={replaced}, tables={:?})",
+            self.0.backup, self.0.tables
+        )
+    }
+}
+
+/// What a restore would change (`pra.restore(..., dry_run=True)`).
+#[pyclass(frozen, module = "pra")]
+pub struct RestorePreview(restore::Preview);
+
+#[pymethods]
+impl RestorePreview {
+    /// The backup that would be restored (its file name).
+    #[getter]
+    fn backup(&self) -> String {
+        self.0.backup.name.clone()
+    }
+    /// Whether a database exists now.
+    #[getter]
+    fn current_exists(&self) -> bool {
+        self.0.current_exists
+    }
+    /// Per table, side by side: `{"table", "current", "backup"}` (row counts; None where the
+    /// table or the database is missing).
+    #[getter]
+    fn tables(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        json_of(py, &self.0.tables)
+    }
+    /// `{"backup", "current_exists", "tables"}`.
+    fn to_dict(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let p = &self.0;
+        json_of(
+            py,
+            &serde_json::json!({"backup": p.backup.name, "current_exists": p.current_exists, "tables": p.tables}),
+        )
+    }
+    fn __repr__(&self) -> String {
+        let exists = if self.0.current_exists {
+            "True"
+        } else {
+            "False"
+        };
+        format!(
+            "RestorePreview('{}', current_exists={exists})",
+            self.0.backup.name
+        )
+    }
+}
+
+/// `None` or the value, as Python prints it.
+fn py_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "None".to_string(), |v| v.to_string())
 }
 
 /// Adds the classes and functions of this module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Backup>()?;
+    m.add_class::<Status>()?;
+    m.add_class::<PruneDecision>()?;
+    m.add_class::<RestoreReport>()?;
+    m.add_class::<RestorePreview>()?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
     m.add_function(wrap_pyfunction!(backup_fn, m)?)?;
     m.add_function(wrap_pyfunction!(list_backups, m)?)?;

@@ -66,3 +66,12 @@ pub fn seconds(v: f64, what: &str, rule: &str) -> pra_core::Result<Duration> {
         ))
     })
 }
+
+/// The name serde gives a unit variant (`BackupState::Ok` -> "ok"): the one spelling of JSON.
+pub fn serde_name<T: serde::Serialize>(v: &T) -> PyResult<String> {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        Ok(other) => Err(InternalError::new_err(format!("not a name: {other}"))),
+        Err(e) => Err(InternalError::new_err(e.to_string())),
+    }
+}

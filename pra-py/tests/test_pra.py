@@ -160,18 +160,35 @@ def test_guard_check_and_context_manager(store, tmp_path):
 def test_status_with_and_without_backups(tmp_path):
     db, bdir = tmp_path / "app.db", tmp_path / "backup"
     s = pra.status(db, bdir)
-    assert list(s)[:3] == ["count", "last_backup_file", "backup_age_seconds"]
-    assert (s["count"], s["last_backup_file"], s["backup_age_seconds"]) == (None, None, None)
-    assert s["database_ok"] is False and s["problems"]
+    assert list(s.to_dict())[:3] == ["count", "last_backup_file", "backup_age_seconds"]
+    assert (s.count, s.last_backup_file, s.backup_age_seconds) == (None, None, None)
+    assert s.database_ok is False and s.problems and s.backup_state == "none"
     make_db(db, 12)
     b = pra.backup(db, bdir)
     s = pra.status(str(db), str(bdir), "events")
-    assert s["count"] == 12 and s["last_backup_file"] == b.name and 0 <= s["backup_age_seconds"] < 60
-    assert s["backup_state"] == "ok"
+    assert s.count == 12 and s.last_backup_file == b.name
+    assert s.backup_age_seconds is not None and 0 <= s.backup_age_seconds < 60
+    assert s.backup_state == "ok" and s.backup_count == 1 and s.database_ok and s.problems == []
+    # The attributes are the document's keys, with the same values, in the document's order.
+    d = s.to_dict()
+    assert list(d) == [
+        "count",
+        "last_backup_file",
+        "backup_age_seconds",
+        "backup_count",
+        "backup_state",
+        "database_ok",
+        "active_site",
+        "token",
+        "problems",
+    ]
+    assert d == {k: getattr(s, k) for k in d}
+    assert repr(s).startswith("Status(count=12, ")
     with pytest.raises(pra.InvalidArgumentError):
         pra.status(db, bdir, "events; DROP TABLE events")
     store = pra.Store(f"sqlite://{tmp_path}/state.db")
-    assert pra.status(db, bdir, store=store)["active_site"] == "none"
+    s = pra.status(db, bdir, store=store)
+    assert (s.active_site, s.token) == ("none", 0)
 
 
 def test_backup_list_prune_restore(tmp_path):
@@ -194,18 +211,24 @@ def test_backup_list_prune_restore(tmp_path):
     with pytest.raises(pra.InvalidArgumentError):
         pra.prune(bdir)
     d = pra.prune(bdir, keep_last=1, dry_run=True)
-    assert [x["keep"] for x in d] == [True, False] and d[0]["reasons"]
+    assert [x.keep for x in d] == [True, False] and d[0].reasons and d[1].reasons == []
+    assert [x.name for x in d] == [second.name, first.name]
+    assert d[0].to_dict() == {"name": second.name, "keep": True, "reasons": d[0].reasons}
     assert len(pra.list_backups(bdir)) == 2
     assert len(pra.prune(bdir, keep_within=datetime.timedelta(hours=1))) == 2
     # Restore: preview, refused names, a tampered backup, then for real.
     p = pra.restore(db, bdir, dry_run=True)
-    assert p["tables"] == [{"table": "events", "current": 8, "backup": 8}]
+    assert isinstance(p, pra.RestorePreview) and p.backup == second.name and p.current_exists
+    assert p.tables == [{"table": "events", "current": 8, "backup": 8}]
+    assert p.to_dict() == {"backup": second.name, "current_exists": True, "tables": p.tables}
     with pytest.raises(pra.InvalidArgumentError):
         pra.restore(db, bdir, name="../../etc/passwd")
     with pytest.raises(pra.NotFoundError):
         pra.restore(db, bdir, before=datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
     r = pra.restore(db, bdir, name=first.name)
-    assert r["backup"] == first.name and r["tables"] == {"events": 5} and r["safety_copy"]
+    assert isinstance(r, pra.RestoreReport) and r.replaced
+    assert r.backup == first.name and r.tables == {"events": 5} and r.safety_copy and os.path.isfile(r.safety_copy)
+    assert r.to_dict() == {"backup": first.name, "safety_copy": r.safety_copy, "replaced": True, "tables": {"events": 5}}
     data = bytearray(open(second.path, "rb").read())
     data[-10] ^= 0xFF
     open(second.path, "wb").write(bytes(data))
@@ -355,12 +378,12 @@ def test_status_and_backup_keep_the_apps_locks(tmp_path):
 
     assert other_process_can_lock() == "locked"
     s = pra.status(db, tmp_path / "backup")
-    assert s["count"] == 50
+    assert s.count == 50
     assert other_process_can_lock() == "locked", "pra.status() dropped the app's lock"
     pra.backup(db, tmp_path / "backup")
     assert other_process_can_lock() == "locked", "pra.backup() dropped the app's lock"
     conn.execute("COMMIT")
-    assert pra.status(db, tmp_path / "backup")["last_backup_file"].startswith("backup-")
+    assert (pra.status(db, tmp_path / "backup").last_backup_file or "").startswith("backup-")
     assert pra.list_backups(tmp_path / "backup")[0].state == "verified"
 
 

@@ -2,12 +2,14 @@
 
 The Rust extension ``pra._pra`` does the work; this package re-exports it.
 
-- ``pra.status(db, backup_dir, table="events")``: the seed's ``/status`` document.
+- ``pra.status(db, backup_dir, table="events")``: the seed's ``/status`` document, a
+  ``pra.Status`` (``to_dict()`` is the JSON document).
 - ``pra.Store(url)``: the active-site record (``active``, ``activate``, ``deactivate``,
   ``journal``, ``verify_journal``).
 - ``pra.Guard(store, site, job=...)``: ``check()``, or ``with guard as verdict:`` to run a block
   only on the active site, registered as a run.
-- ``pra.backup``, ``pra.list_backups``, ``pra.prune``, ``pra.restore``.
+- ``pra.backup``, ``pra.list_backups`` (``pra.Backup``), ``pra.prune`` (``pra.PruneDecision``),
+  ``pra.restore`` (``pra.RestoreReport``; ``pra.RestorePreview`` with ``dry_run=True``).
 - ``pra.fence_admit(conn, token)``: storage-side fencing inside the app's own transaction.
 
 Every error is a ``pra.PraError``; each kind has its own subclass.
@@ -28,9 +30,13 @@ from ._pra import (
     NotFoundError,
     PraError,
     PraIOError,
+    PruneDecision,
+    RestorePreview,
+    RestoreReport,
     RoleLostError,
     StaleTokenError,
     StandbyError,
+    Status,
     Store,
     StoreUnavailableError,
     UnsupportedError,
@@ -64,9 +70,13 @@ __all__ = [
     "NotFoundError",
     "PraError",
     "PraIOError",
+    "PruneDecision",
+    "RestorePreview",
+    "RestoreReport",
     "RoleLostError",
     "StaleTokenError",
     "StandbyError",
+    "Status",
     "Store",
     "StoreUnavailableError",
     "UnsupportedError",

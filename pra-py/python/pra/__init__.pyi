@@ -14,9 +14,13 @@ from ._pra import JournalEntry as JournalEntry
 from ._pra import NotFoundError as NotFoundError
 from ._pra import PraError as PraError
 from ._pra import PraIOError as PraIOError
+from ._pra import PruneDecision as PruneDecision
+from ._pra import RestorePreview as RestorePreview
+from ._pra import RestoreReport as RestoreReport
 from ._pra import StaleTokenError as StaleTokenError
 from ._pra import StandbyError as StandbyError
 from ._pra import RoleLostError as RoleLostError
+from ._pra import Status as Status
 from ._pra import Store as Store
 from ._pra import StoreUnavailableError as StoreUnavailableError
 from ._pra import UnsupportedError as UnsupportedError
@@ -47,9 +51,13 @@ __all__ = [
     "NotFoundError",
     "PraError",
     "PraIOError",
+    "PruneDecision",
+    "RestorePreview",
+    "RestoreReport",
     "RoleLostError",
     "StaleTokenError",
     "StandbyError",
+    "Status",
     "Store",
     "StoreUnavailableError",
     "UnsupportedError",

@@ -4,7 +4,7 @@ import datetime
 import os
 import sqlite3
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, Union
+from typing import Any, Dict, List, Literal, Optional, Type, TypedDict, Union, overload
 
 from typing_extensions import final
 
@@ -26,9 +26,13 @@ __all__ = [
     "NotFoundError",
     "PraError",
     "PraIOError",
+    "PruneDecision",
+    "RestorePreview",
+    "RestoreReport",
     "StaleTokenError",
     "StandbyError",
     "RoleLostError",
+    "Status",
     "Store",
     "StoreUnavailableError",
     "UnsupportedError",
@@ -155,9 +159,97 @@ class Guard:
         _tb: Optional[TracebackType],
     ) -> bool: ...
 
+# The dicts that stay dicts: what the classes' to_dict() return, and a preview's tables. Stub
+# only (private names: not in the module at runtime).
+class _StatusDict(TypedDict):
+    count: Optional[int]
+    last_backup_file: Optional[str]
+    backup_age_seconds: Optional[int]
+    backup_count: int
+    backup_state: Literal["ok", "warn", "critical", "none"]
+    database_ok: bool
+    active_site: Optional[str]
+    token: Optional[int]
+    problems: List[str]
+
+class _PruneDict(TypedDict):
+    name: str
+    keep: bool
+    reasons: List[str]
+
+class _RestoreDict(TypedDict):
+    backup: str
+    safety_copy: Optional[str]
+    replaced: bool
+    tables: Dict[str, int]
+
+class _TableChange(TypedDict):
+    table: str
+    current: Optional[int]
+    backup: Optional[int]
+
+class _PreviewDict(TypedDict):
+    backup: str
+    current_exists: bool
+    tables: List[_TableChange]
+
+@final
+class Status:
+    @property
+    def count(self) -> Optional[int]: ...
+    @property
+    def last_backup_file(self) -> Optional[str]: ...
+    @property
+    def backup_age_seconds(self) -> Optional[int]: ...
+    @property
+    def backup_count(self) -> int: ...
+    @property
+    def backup_state(self) -> Literal["ok", "warn", "critical", "none"]: ...
+    @property
+    def database_ok(self) -> bool: ...
+    @property
+    def active_site(self) -> Optional[str]: ...
+    @property
+    def token(self) -> Optional[int]: ...
+    @property
+    def problems(self) -> List[str]: ...
+    def to_dict(self) -> _StatusDict: ...
+
+@final
+class PruneDecision:
+    @property
+    def name(self) -> str: ...
+    @property
+    def keep(self) -> bool: ...
+    @property
+    def reasons(self) -> List[str]: ...
+    def to_dict(self) -> _PruneDict: ...
+
+@final
+class RestoreReport:
+    @property
+    def backup(self) -> str: ...
+    @property
+    def safety_copy(self) -> Optional[str]: ...
+    @property
+    def replaced(self) -> bool: ...
+    @property
+    def tables(self) -> Dict[str, int]: ...
+    def to_dict(self) -> _RestoreDict: ...
+
+@final
+class RestorePreview:
+    @property
+    def backup(self) -> str: ...
+    @property
+    def current_exists(self) -> bool: ...
+    @property
+    def tables(self) -> List[_TableChange]: ...
+    def to_dict(self) -> _PreviewDict: ...
+
 def status(
     db: _Path, backup_dir: _Path, table: str = "events", *, backup_interval: int = 60, store: Optional[Store] = None
-) -> Dict[str, Any]: ...
+) -> Status: ...
 def backup(db: _Path, backup_dir: _Path) -> Backup: ...
 def list_backups(backup_dir: _Path) -> List[Backup]: ...
 def prune(
@@ -170,7 +262,28 @@ def prune(
     keep_weekly: Optional[int] = None,
     keep_monthly: Optional[int] = None,
     dry_run: bool = False,
-) -> List[Dict[str, Any]]: ...
+) -> List[PruneDecision]: ...
+@overload
+def restore(
+    db: _Path,
+    backup_dir: _Path,
+    *,
+    name: Optional[str] = None,
+    before: Optional[datetime.datetime] = None,
+    safety_copy: bool = True,
+    dry_run: Literal[False] = False,
+) -> RestoreReport: ...
+@overload
+def restore(
+    db: _Path,
+    backup_dir: _Path,
+    *,
+    name: Optional[str] = None,
+    before: Optional[datetime.datetime] = None,
+    safety_copy: bool = True,
+    dry_run: Literal[True],
+) -> RestorePreview: ...
+@overload
 def restore(
     db: _Path,
     backup_dir: _Path,
@@ -179,5 +292,5 @@ def restore(
     before: Optional[datetime.datetime] = None,
     safety_copy: bool = True,
     dry_run: bool = False,
-) -> Dict[str, Any]: ...
+) -> Union[RestoreReport, RestorePreview]: ...
 def fence_admit(conn: sqlite3.Connection, token: int) -> int: ...
