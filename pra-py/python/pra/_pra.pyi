@@ -4,7 +4,7 @@ import datetime
 import os
 import sqlite3
 from types import TracebackType
-from typing import Any, Dict, List, Literal, Optional, Type, TypedDict, Union, overload
+from typing import Dict, List, Literal, Optional, Type, TypedDict, Union, overload
 
 from typing_extensions import final
 
@@ -104,6 +104,31 @@ class Backup:
     @property
     def tables(self) -> Optional[Dict[str, int]]: ...
 
+# A journal entry's event, by its "type" (stub only: at runtime, plain dicts).
+class _RecordDict(TypedDict):
+    site: Optional[str]
+    token: int
+    changed_at: datetime.datetime
+    changed_by: str
+    reason: str
+
+class _SiteChanged(TypedDict):
+    type: Literal["site_changed"]
+    old: _RecordDict
+    new: _RecordDict
+
+_PlanStep = TypedDict(
+    "_PlanStep",
+    {"type": Literal["plan_step"], "plan": str, "from": str, "event": str, "to": str, "operator": Optional[str]},
+)
+
+class _DrainForced(TypedDict):
+    type: Literal["drain_forced"]
+    plan: str
+    alive_runs: int
+
+_JournalEvent = Union[_SiteChanged, _PlanStep, _DrainForced]
+
 @final
 class JournalEntry:
     @property
@@ -115,7 +140,7 @@ class JournalEntry:
     @property
     def reason(self) -> str: ...
     @property
-    def event(self) -> Dict[str, Any]: ...
+    def event(self) -> _JournalEvent: ...
     @property
     def hash(self) -> str: ...
 
