@@ -20,16 +20,17 @@ demo: build
 
 build: apt-tools
 	$(CARGO) build --release --workspace
-	$(MAKE) --no-print-directory libpra PROFILE=release
+	$(MAKE) --no-print-directory libpra LIBPRA_PROFILE=release
 
-## The C library under its C name: libpra.so and libpra.a in target/$(PROFILE). The Rust crate is
-## pra_ffi (so that it does not shadow the `pra` package), so cargo writes libpra_ffi.*; the
-## copies are what C and Go link (-lpra; the soname is libpra.so, set by pra-ffi/build.rs).
-PROFILE ?= debug
+## The C library under its C name: libpra.so and libpra.a in target/debug (LIBPRA_PROFILE=release:
+## target/release). The Rust crate is pra_ffi (so that it does not shadow the `pra` package), so
+## cargo writes libpra_ffi.*; the copies are what C and Go link (-lpra; the soname is libpra.so,
+## set by pra-ffi/build.rs).
+LIBPRA_PROFILE ?= debug
 libpra:
-	$(CARGO) build -p pra-ffi $(if $(filter release,$(PROFILE)),--release)
-	cp -f target/$(PROFILE)/libpra_ffi.so target/$(PROFILE)/libpra.so
-	cp -f target/$(PROFILE)/libpra_ffi.a target/$(PROFILE)/libpra.a
+	$(CARGO) build -p pra-ffi $(if $(filter release,$(LIBPRA_PROFILE)),--release)
+	cp -f target/$(LIBPRA_PROFILE)/libpra_ffi.so target/$(LIBPRA_PROFILE)/libpra.so
+	cp -f target/$(LIBPRA_PROFILE)/libpra_ffi.a target/$(LIBPRA_PROFILE)/libpra.a
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
