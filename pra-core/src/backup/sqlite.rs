@@ -66,23 +66,15 @@ impl std::ops::DerefMut for Guarded {
 /// Row counts of every user table (not `sqlite_*`), in name order.
 pub fn table_counts(conn: &Connection) -> Result<BTreeMap<String, u64>> {
     let err = |e| Error::sqlite("count rows", "database", e);
-    let names: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
-        .map_err(err)?
-        .query_map([], |r| r.get(0))
-        .map_err(err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(err)?;
+    let names = first_column(
+        conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )
+    .map_err(err)?;
     let mut out = BTreeMap::new();
     for name in names {
-        let n: i64 = conn
-            .query_row(
-                &format!("SELECT count(*) FROM {}", quote_ident(&name)),
-                [],
-                |r| r.get(0),
-            )
-            .map_err(err)?;
-        out.insert(name, n as u64);
+        let n = count(conn, &name).map_err(err)?;
+        out.insert(name, n);
     }
     Ok(out)
 }
@@ -90,14 +82,22 @@ pub fn table_counts(conn: &Connection) -> Result<BTreeMap<String, u64>> {
 /// `SELECT count(*)` of `table` in the database `db`, opened read-only.
 pub fn count_rows(db: &Path, table: &str) -> Result<u64> {
     let conn = open_existing(db, true)?;
-    let n: i64 = conn
-        .query_row(
-            &format!("SELECT count(*) FROM {}", quote_ident(table)),
-            [],
-            |r| r.get(0),
-        )
-        .map_err(sql_err("count rows", db))?;
+    count(&conn, table).map_err(sql_err("count rows", db))
+}
+
+/// `SELECT count(*)` of `table` on `conn`.
+fn count(conn: &Connection, table: &str) -> rusqlite::Result<u64> {
+    let n: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM {}", quote_ident(table)),
+        [],
+        |r| r.get(0),
+    )?;
     Ok(n as u64)
+}
+
+/// The first column of every row of `sql`, as strings.
+fn first_column(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare(sql)?.query_map([], |r| r.get(0))?.collect()
 }
 
 /// Quotes an SQL identifier.
@@ -107,14 +107,8 @@ fn quote_ident(name: &str) -> String {
 
 /// `PRAGMA quick_check` on `conn`: "ok" or the first problems found.
 fn quick_check(conn: &Connection) -> Result<String> {
-    let err = |e| Error::sqlite("quick_check", "database", e);
-    let rows: Vec<String> = conn
-        .prepare("PRAGMA quick_check(5)")
-        .map_err(err)?
-        .query_map([], |r| r.get(0))
-        .map_err(err)?
-        .collect::<rusqlite::Result<_>>()
-        .map_err(err)?;
+    let rows = first_column(conn, "PRAGMA quick_check(5)")
+        .map_err(|e| Error::sqlite("quick_check", "database", e))?;
     Ok(rows.join("; "))
 }
 
