@@ -112,7 +112,7 @@ fn count_via_python(py: Python<'_>, db: &Path, table: &str) -> pra_core::Result<
             db.display()
         )));
     }
-    let sql = format!("SELECT count(*) FROM \"{}\"", table.replace('"', "\"\""));
+    let sql = backup::count_sql(table);
     let conn = py_sqlite_connect(py, db, "ro").map_err(|e| py_sqlite_err(py, "open", db, e))?;
     let counted = conn
         .call_method1("execute", (sql,))

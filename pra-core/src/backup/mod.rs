@@ -28,7 +28,7 @@ pub(crate) use catalog::{open_regular, sha256_file};
 pub use create::{Method, create, create_from};
 pub use name::{BackupName, PREFIX, validate_name};
 pub(crate) use sqlite::{check_and_count, open_existing};
-pub use sqlite::{count_rows, table_counts};
+pub use sqlite::{count_rows, count_sql, table_counts};
 
 /// The result of a scoped thread; its panic, if any, goes on in the caller.
 pub(crate) fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {

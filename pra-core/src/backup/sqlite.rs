@@ -87,12 +87,14 @@ pub fn count_rows(db: &Path, table: &str) -> Result<u64> {
 
 /// `SELECT count(*)` of `table` on `conn`.
 fn count(conn: &Connection, table: &str) -> rusqlite::Result<u64> {
-    let n: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM {}", quote_ident(table)),
-        [],
-        |r| r.get(0),
-    )?;
+    let n: i64 = conn.query_row(&count_sql(table), [], |r| r.get(0))?;
     Ok(n as u64)
+}
+
+/// The query that counts the rows of `table` (its name quoted), for any SQLite connection: pra's
+/// own, or the application's (the Python module counts through Python's `sqlite3`).
+pub fn count_sql(table: &str) -> String {
+    format!("SELECT count(*) FROM {}", quote_ident(table))
 }
 
 /// The first column of every row of `sql`, as strings.
