@@ -8,82 +8,52 @@ use pyo3::prelude::*;
 
 use pra_core::{Error, ErrorKind};
 
-create_exception!(pra, PraError, PyException, "Base class of every pra error.");
-create_exception!(
-    pra,
-    InvalidArgumentError,
-    PraError,
-    "An argument pra cannot accept (unknown site, bad URL, bad name...)."
-);
-create_exception!(
-    pra,
-    NotFoundError,
-    PraError,
-    "The thing asked for does not exist (database, backup, configuration)."
-);
-create_exception!(
-    pra,
-    ConflictError,
-    PraError,
-    "The record or the plan moved since you read it (stale expected token): reload and retry."
-);
-create_exception!(
-    pra,
-    RefusedError,
-    PraError,
-    "A rule said no (break before make, a plan is running, this site is not active): retrying will not help."
-);
-create_exception!(
-    pra,
-    StaleTokenError,
-    PraError,
-    "A write carried a fencing token lower than one already admitted."
-);
-create_exception!(
-    pra,
-    InvalidTransitionError,
-    PraError,
-    "The plan does not accept that event in its current state."
-);
-create_exception!(
-    pra,
-    BusyError,
-    PraError,
-    "Something else holds the resource (database in use, drain not finished)."
-);
-create_exception!(
-    pra,
-    StoreUnavailableError,
-    PraError,
-    "The store cannot be reached: do not run jobs."
-);
-create_exception!(
-    pra,
-    CorruptError,
-    PraError,
-    "Stored data is damaged (lock file, journal, backup)."
-);
-create_exception!(
-    pra,
-    UnsupportedError,
-    PraError,
-    "Not supported on this store or build."
-);
-create_exception!(pra, PraIOError, PraError, "An operating-system I/O error.");
-create_exception!(pra, InternalError, PraError, "A bug in pra.");
-create_exception!(
-    pra,
-    StandbyError,
-    PraError,
-    "This site is standby: the guarded block must not run."
-);
+/// Declares each exception class once: `create_exception!` for it, and its line in
+/// [`register`] (in this order).
+macro_rules! exceptions {
+    ($($name:ident($base:ty): $doc:literal;)+) => {
+        $(create_exception!(pra, $name, $base, $doc);)+
 
-create_exception!(
-    pra,
-    RoleLostError,
-    StandbyError,
-    "The site lost the active role (or the store can no longer vouch for the run) while the guarded block ran: stop now."
-);
+        /// Adds the exception classes to the module.
+        pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            $(m.add(stringify!($name), m.py().get_type::<$name>())?;)+
+            Ok(())
+        }
+    };
+}
+
+exceptions! {
+    PraError(PyException):
+        "Base class of every pra error.";
+    InvalidArgumentError(PraError):
+        "An argument pra cannot accept (unknown site, bad URL, bad name...).";
+    NotFoundError(PraError):
+        "The thing asked for does not exist (database, backup, configuration).";
+    ConflictError(PraError):
+        "The record or the plan moved since you read it (stale expected token): reload and retry.";
+    RefusedError(PraError):
+        "A rule said no (break before make, a plan is running, this site is not active): retrying will not help.";
+    StaleTokenError(PraError):
+        "A write carried a fencing token lower than one already admitted.";
+    InvalidTransitionError(PraError):
+        "The plan does not accept that event in its current state.";
+    BusyError(PraError):
+        "Something else holds the resource (database in use, drain not finished).";
+    StoreUnavailableError(PraError):
+        "The store cannot be reached: do not run jobs.";
+    CorruptError(PraError):
+        "Stored data is damaged (lock file, journal, backup).";
+    UnsupportedError(PraError):
+        "Not supported on this store or build.";
+    PraIOError(PraError):
+        "An operating-system I/O error.";
+    InternalError(PraError):
+        "A bug in pra.";
+    StandbyError(PraError):
+        "This site is standby: the guarded block must not run.";
+    RoleLostError(StandbyError):
+        "The site lost the active role (or the store can no longer vouch for the run) while the guarded block ran: stop now.";
+}
 
 /// A pra-core error on its way to Python.
 pub struct PraErr(pub Error);
@@ -122,38 +92,4 @@ pub fn blocking<T: Send>(
     f: impl FnOnce() -> pra_core::Result<T> + Send,
 ) -> PraResult<T> {
     py.detach(f).map_err(PraErr)
-}
-
-/// Adds the exception classes to the module.
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    for (name, ty) in [
-        ("PraError", py.get_type::<PraError>()),
-        (
-            "InvalidArgumentError",
-            py.get_type::<InvalidArgumentError>(),
-        ),
-        ("NotFoundError", py.get_type::<NotFoundError>()),
-        ("ConflictError", py.get_type::<ConflictError>()),
-        ("RefusedError", py.get_type::<RefusedError>()),
-        ("StaleTokenError", py.get_type::<StaleTokenError>()),
-        (
-            "InvalidTransitionError",
-            py.get_type::<InvalidTransitionError>(),
-        ),
-        ("BusyError", py.get_type::<BusyError>()),
-        (
-            "StoreUnavailableError",
-            py.get_type::<StoreUnavailableError>(),
-        ),
-        ("CorruptError", py.get_type::<CorruptError>()),
-        ("UnsupportedError", py.get_type::<UnsupportedError>()),
-        ("PraIOError", py.get_type::<PraIOError>()),
-        ("InternalError", py.get_type::<InternalError>()),
-        ("StandbyError", py.get_type::<StandbyError>()),
-        ("RoleLostError", py.get_type::<RoleLostError>()),
-    ] {
-        m.add(name, ty)?;
-    }
-    Ok(())
 }
