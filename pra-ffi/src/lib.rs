@@ -720,7 +720,7 @@ unsafe fn status_to(
 ) -> Result<pra_result, Error> {
     // SAFETY: per this function's contract.
     let table = if table.is_null() {
-        "events"
+        pra_core::defaults::TABLE
     } else {
         unsafe { arg(table, "table")? }
     };

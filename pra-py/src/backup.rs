@@ -130,6 +130,8 @@ fn count_via_python(py: Python<'_>, db: &Path, table: &str) -> pra_core::Result<
 /// through Python's `sqlite3` (the application's SQLite); the backup directory is listed at
 /// the same time with the GIL released.
 #[pyfunction]
+// The defaults are literals so that Python shows them (and stubtest checks the stubs against
+// them); tests/test_pra.py checks them against pra_core::defaults.
 #[pyo3(signature = (db, backup_dir, table = "events", *, backup_interval = 60, store = None))]
 fn status(
     py: Python<'_>,

@@ -17,6 +17,16 @@ mod store;
 #[pymodule]
 fn _pra(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", pra_core::VERSION)?;
+    // pra-core's defaults, for the test that keeps the Python signatures' literals equal to them.
+    let defaults = pyo3::types::PyDict::new(m.py());
+    defaults.set_item("table", pra_core::defaults::TABLE)?;
+    defaults.set_item(
+        "backup_interval",
+        pra_core::defaults::BACKUP_INTERVAL.as_secs(),
+    )?;
+    defaults.set_item("timeout", pra_core::defaults::STORE_TIMEOUT.as_secs_f64())?;
+    defaults.set_item("lost_after", pra_core::defaults::LOST_AFTER.as_secs_f64())?;
+    m.setattr("_DEFAULTS", defaults)?;
     errors::register(m)?;
     store::register(m)?;
     backup::register(m)?;

@@ -220,6 +220,8 @@ impl Store {
 #[pymethods]
 impl Store {
     #[new]
+    // The defaults are literals so that Python shows them (and stubtest checks the stubs against
+    // them); tests/test_pra.py checks them against pra_core::defaults.
     #[pyo3(signature = (url, *, timeout = 5.0, lost_after = 60.0))]
     fn new(py: Python<'_>, url: String, timeout: f64, lost_after: f64) -> PraResult<Self> {
         let opts = pra_core::store::OpenOptions {

@@ -517,3 +517,19 @@ def test_activation_drains_the_old_sites_runs(tmp_path):
     release.set()
     t.join()
     assert store.activate("sbg", expect_token=2, by="ops").site == "sbg"
+
+
+def test_the_python_defaults_are_pra_cores():
+    """The signatures state their defaults as literals (Python shows them, stubtest checks the
+    stubs against them); they must stay pra-core's."""
+    import inspect
+
+    from pra import _pra
+
+    core = _pra._DEFAULTS
+    store = inspect.signature(pra.Store).parameters
+    status = inspect.signature(pra.status).parameters
+    assert store["timeout"].default == core["timeout"]
+    assert store["lost_after"].default == core["lost_after"]
+    assert status["table"].default == core["table"]
+    assert status["backup_interval"].default == core["backup_interval"]

@@ -398,7 +398,7 @@ const TEMP_MARK: &str = ".pra-restore-tmp-";
 ///
 /// The restore holds the database while it works: it refuses if any process of this host holds
 /// the database or its `-wal`, `-journal` or `-shm` open ([`holders`]; this process included),
-/// then takes SQLite's EXCLUSIVE lock on it ([`Claim`]; a hot journal is rolled back on the way)
+/// then takes SQLite's EXCLUSIVE lock on it (a hot journal is rolled back on the way)
 /// and keeps it across the final rename, so no writer can commit in between. A process that
 /// opens the database during the copy waits on that lock and is seen by the last look before
 /// the rename: the restore is refused and the process goes on with the old database.
