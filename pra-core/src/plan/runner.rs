@@ -318,8 +318,9 @@ impl<'a> Runner<'a> {
 mod tests {
     use super::*;
 
-    /// The stores read `running` (a bool) and `state` (a state's name) out of the stored
-    /// document to refuse manual flips while a plan runs: those names are a format.
+    /// The commit rules read `running` and `state` out of the stored document (through
+    /// [`crate::store::PlanHead`]) to refuse manual flips while a plan runs: those names are
+    /// a format.
     #[test]
     fn the_stored_plan_has_the_fields_the_stores_read() {
         for state in State::ALL {
@@ -329,8 +330,18 @@ mod tests {
                 ..Plan::default()
             };
             let doc = serde_json::to_value(&plan).unwrap();
-            assert_eq!(doc["running"], serde_json::Value::Bool(state.running()));
-            assert_eq!(doc["state"], serde_json::Value::from(state.name()));
+            // What the commit rules see of it, through their one typed view.
+            let stored = crate::store::StoredPlan {
+                revision: 1,
+                doc: doc.clone(),
+            };
+            assert_eq!(
+                stored.head().unwrap(),
+                crate::store::PlanHead {
+                    running: state.running(),
+                    state: state.name().to_string(),
+                }
+            );
             assert_eq!(serde_json::from_value::<Plan>(doc).unwrap(), plan);
         }
     }
