@@ -643,3 +643,72 @@ fn a_heartbeating_run_of_a_skewed_host_is_never_counted_lost() {
     drainer_clock.advance(Duration::seconds(60));
     assert!(drainer.alive_below(FencingToken(2)).unwrap().is_empty());
 }
+
+/// Three flips on `s`: rbx active (1), none (2), sbg active (3).
+fn three_flips(s: &dyn Store) {
+    for change in [
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+    ] {
+        s.change(change, &ops()).unwrap();
+    }
+}
+
+/// Red team (session 4): a record edited or rolled back by hand while its journal stays
+/// intact passed `pra journal --verify`, and the next change chained "token 1 → 2" after
+/// "2 → 3" — tokens handed out again. The verification now holds the record to the journal's
+/// last change, and every change to the one before it.
+#[test]
+fn verify_catches_a_record_that_disagrees_with_its_journal() {
+    // The lock file, edited in its full format.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pra-status.lock");
+    let s = FileStore::open(&path, clock()).unwrap();
+    three_flips(&s);
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(
+        &path,
+        text.replace("ACTIVE_SITE=SBG", "ACTIVE_SITE=RBX")
+            .replace("TOKEN=3", "TOKEN=1"),
+    )
+    .unwrap();
+    let e = s.verify_journal().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(
+        e.to_string().contains("token 1") && e.to_string().contains("token 3"),
+        "{e}"
+    );
+
+    // SQLite, its record row rolled back.
+    let p = dir.path().join("state.db");
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    three_flips(&s);
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    conn.execute(
+        "UPDATE active_site SET site = 'rbx', token = 1 WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    let e = s.verify_journal().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    // The next change from the rolled-back record would reuse token 2: the history check
+    // names it at the next verification.
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let e = s.verify_journal().unwrap_err();
+    assert!(e.to_string().contains("entry 4"), "{e}");
+}

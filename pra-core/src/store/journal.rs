@@ -164,6 +164,52 @@ pub fn verify_chain(entries: &[JournalEntry], anchor: &str) -> Result<JournalChe
     })
 }
 
+/// Checks that the journal's record changes follow one another (each change starts from the
+/// record the previous one left) and that `record`, the store's record now, is the one the last
+/// change left — so that a record edited or rolled back by hand (a token handed out again) is
+/// found even when the hash chain is intact. A journal without any record change accepts only a
+/// record at token 0 (a store created by hand in the seed's format, `ACTIVE_SITE=SBG`).
+pub fn verify_history(entries: &[JournalEntry], record: &ActiveSite) -> Result<()> {
+    let mut last: Option<(&JournalEntry, &ActiveSite)> = None;
+    for e in entries {
+        if let JournalEvent::SiteChanged { old, new } = &e.event {
+            if let Some((prev, left)) = last
+                && old != left
+            {
+                return Err(Error::Corrupt {
+                    what: format!("journal entry {}", e.seq),
+                    detail: format!(
+                        "it changes the record from token {} but entry {} left it at token {}: the record was rolled back or edited in between",
+                        old.token, prev.seq, left.token
+                    ),
+                });
+            }
+            last = Some((e, new));
+        }
+    }
+    match last {
+        Some((e, left)) if left != record => Err(Error::Corrupt {
+            what: "the active-site record".into(),
+            detail: format!(
+                "it says {} at token {}, but the journal's last change (entry {}) left {} at token {}: the record was edited or rolled back; restore it from the journal",
+                record.site.as_ref().map_or("NONE", |s| s.as_str()),
+                record.token,
+                e.seq,
+                left.site.as_ref().map_or("NONE", |s| s.as_str()),
+                left.token
+            ),
+        }),
+        None if record.token != crate::fencing::FencingToken::ZERO => Err(Error::Corrupt {
+            what: "the active-site record".into(),
+            detail: format!(
+                "it is at token {} but the journal holds no change of it",
+                record.token
+            ),
+        }),
+        Some(_) | None => Ok(()),
+    }
+}
+
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

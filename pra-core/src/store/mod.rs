@@ -37,7 +37,7 @@ mod url;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
@@ -49,6 +49,7 @@ pub use etcd::{EtcdOptions, EtcdStore};
 pub use file::{FileStore, LockFile};
 pub use journal::{
     GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, JournalHead, verify_chain,
+    verify_history,
 };
 pub use memory::MemoryStore;
 pub use runs::{
@@ -173,7 +174,12 @@ impl<B: Backend> Store for B {
                     Error::Internal("a store without plans offered the plan capability".into())
                 }));
         }
-        let at = commit.at.unwrap_or_else(|| self.clock().now());
+        // Every store keeps microseconds: the journal's copy of the record must equal the
+        // record as stored, or the verification of the history would see an edit.
+        let at = commit
+            .at
+            .unwrap_or_else(|| self.clock().now())
+            .trunc_subsecs(6);
         let writes = self.transact(&mut |snap| commit::decide(snap, commit, at))?;
         if !writes.is_empty() {
             tracing::info!(store = %Backend::url(self), site = ?writes.record.site, token = %writes.record.token, "committed");
@@ -186,18 +192,31 @@ impl<B: Backend> Store for B {
     }
 
     fn verify_journal(&self) -> Result<JournalCheck> {
-        let (entries, head) = self.read_journal()?;
-        let check = verify_chain(&entries, &head.hash)?;
-        if check.entries != head.len {
-            return Err(Error::Corrupt {
-                what: "journal".into(),
-                detail: format!(
-                    "the record counts {} entries but the chain has {}",
-                    head.len, check.entries
-                ),
-            });
+        // The record is read on both sides of the journal: if a commit lands in between, look
+        // again rather than compare a record with a journal of another moment.
+        for _ in 0..5 {
+            let before = self.load_record()?;
+            let (entries, head) = self.read_journal()?;
+            let check = verify_chain(&entries, &head.hash)?;
+            if check.entries != head.len {
+                return Err(Error::Corrupt {
+                    what: "journal".into(),
+                    detail: format!(
+                        "the record counts {} entries but the chain has {}",
+                        head.len, check.entries
+                    ),
+                });
+            }
+            if self.load_record()? != before {
+                continue;
+            }
+            journal::verify_history(&entries, &before)?;
+            return Ok(check);
         }
-        Ok(check)
+        Err(Error::Busy(format!(
+            "{}: the record kept changing while the journal was verified",
+            Backend::url(self)
+        )))
     }
 
     fn plans(&self) -> Option<&dyn Plans> {
