@@ -226,5 +226,39 @@ fn status_bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, guard, transitions, backup_restore, status_bench);
+/// The double-execution measure over a year-like history: 100 k short runs alternating between
+/// the sites of one job, and one run still going since the start (the case a pairwise
+/// comparison pays O(n²) for).
+fn ground_truth_bench(c: &mut Criterion) {
+    use pra_core::plan::{WorkUnit, ground_truth};
+    let t0 = chrono::Utc::now();
+    let rbx = pra_core::SiteId::new("rbx").unwrap();
+    let sbg = pra_core::SiteId::new("sbg").unwrap();
+    let mut units: Vec<WorkUnit> = (0..100_000)
+        .map(|i| WorkUnit {
+            job: "invoices".into(),
+            site: if i % 2 == 0 { rbx.clone() } else { sbg.clone() },
+            start: t0 + chrono::Duration::seconds(60 * i),
+            end: t0 + chrono::Duration::seconds(60 * i + 30),
+        })
+        .collect();
+    units.push(WorkUnit {
+        job: "invoices".into(),
+        site: rbx.clone(),
+        start: t0,
+        end: t0 + chrono::Duration::days(365),
+    });
+    c.bench_function("ground truth, 100k runs and one long run", |b| {
+        b.iter(|| ground_truth(&units))
+    });
+}
+
+criterion_group!(
+    benches,
+    guard,
+    transitions,
+    backup_restore,
+    status_bench,
+    ground_truth_bench
+);
 criterion_main!(benches);

@@ -607,7 +607,12 @@ fn kpis_from_a_scripted_plan_match_hand_computed_answers() {
     ];
     let r = plan::report(&journal, &runs, None, w.clock.now(), Duration::seconds(60));
     assert_eq!(r.double_execution_seconds, 100.0);
-    assert_eq!(r.overlaps.len(), 2);
+    // One window: rbx worked throughout [0, 260], sbg on [100, 200].
+    assert_eq!(r.overlaps.len(), 1);
+    assert_eq!(
+        (r.overlaps[0].start, r.overlaps[0].end),
+        (t0() + Duration::seconds(100), t0() + Duration::seconds(200))
+    );
     assert_eq!(r.checks[0].pass, Some(false));
     assert_eq!(r.rpo_seconds, None);
 }
@@ -744,4 +749,61 @@ fn ground_truth_measures_overlaps_from_the_jobs_writes() {
     let (secs, overlaps) = plan::ground_truth(&twice);
     assert!((secs - 0.050).abs() < 1e-9, "{secs}: {overlaps:?}");
     assert_eq!(overlaps.len(), 3);
+}
+
+proptest! {
+    /// The sweep that measures double execution agrees with the definition: the union, over
+    /// every pair of units of one job on two sites, of their intersections.
+    #[test]
+    fn the_overlap_sweep_agrees_with_every_pair(
+        raw in proptest::collection::vec((0..3usize, 0..2usize, 0..200i64, 0..60i64), 0..40)
+    ) {
+        let jobs = ["a", "b", "c"];
+        let sites = ["rbx", "sbg"];
+        let units: Vec<plan::WorkUnit> = raw
+            .iter()
+            .map(|&(j, s, start, len)| plan::WorkUnit {
+                job: jobs[j].into(),
+                site: site(sites[s]),
+                start: t0() + Duration::seconds(start),
+                end: t0() + Duration::seconds(start + len),
+            })
+            .collect();
+        let mut pairs = Vec::new();
+        for (i, a) in units.iter().enumerate() {
+            for b in &units[i + 1..] {
+                let (s, e) = (a.start.max(b.start), a.end.min(b.end));
+                if a.job == b.job && a.site != b.site && s < e {
+                    pairs.push((s, e));
+                }
+            }
+        }
+        pairs.sort();
+        let mut expected = 0i64;
+        let mut cur: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+        for (s, e) in pairs {
+            cur = match cur {
+                Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
+                Some((cs, ce)) => {
+                    expected += (ce - cs).num_seconds();
+                    Some((s, e))
+                }
+                None => Some((s, e)),
+            };
+        }
+        if let Some((cs, ce)) = cur {
+            expected += (ce - cs).num_seconds();
+        }
+        let (secs, overlaps) = plan::ground_truth(&units);
+        prop_assert_eq!(secs, expected as f64);
+        // Each job's windows are disjoint, and all of them cover what the pairs cover.
+        for job in jobs {
+            let mut mine: Vec<_> = overlaps.iter().filter(|o| o.job == job).collect();
+            mine.sort_by_key(|o| o.start);
+            prop_assert!(mine.windows(2).all(|w| w[0].end <= w[1].start), "{:?}", mine);
+            let listed: i64 = mine.iter().map(|o| (o.end - o.start).num_seconds()).sum();
+            let of_job: Vec<_> = units.iter().filter(|u| u.job == job).cloned().collect();
+            prop_assert_eq!(listed as f64, plan::ground_truth(&of_job).0);
+        }
+    }
 }

@@ -263,54 +263,81 @@ pub fn ground_truth(units: &[WorkUnit]) -> (f64, Vec<Overlap>) {
     (total, overlaps)
 }
 
+/// The windows in which one job worked on two sites at once, in O(n log n): each site's units
+/// are merged into disjoint stretches, then one sweep over the stretches' ends finds where two
+/// sites overlap. (A pairwise comparison costs O(n²) as soon as one unit is long — a run still
+/// going, or lost — which a year of history always has.)
 fn unit_overlaps(units: &[WorkUnit]) -> Vec<Overlap> {
-    let mut by_job: BTreeMap<&str, Vec<&WorkUnit>> = BTreeMap::new();
-    for u in units {
-        by_job.entry(u.job.as_str()).or_default().push(u);
+    let mut by_job: BTreeMap<&str, BTreeMap<&SiteId, Vec<(DateTime<Utc>, DateTime<Utc>)>>> =
+        BTreeMap::new();
+    for u in units.iter().filter(|u| u.start < u.end) {
+        by_job
+            .entry(u.job.as_str())
+            .or_default()
+            .entry(&u.site)
+            .or_default()
+            .push((u.start, u.end));
     }
     let mut out = Vec::new();
-    for (job, mut us) in by_job {
-        us.sort_by_key(|u| u.start);
-        for (i, a) in us.iter().enumerate() {
-            // Sorted by start: once b starts after a ends, no later one overlaps a.
-            for b in us[i + 1..].iter().take_while(|b| b.start < a.end) {
-                if a.site == b.site {
-                    continue;
+    for (job, sites) in by_job {
+        // Ends sort before starts at the same instant: touching stretches do not overlap.
+        let mut edges: Vec<(DateTime<Utc>, bool, &SiteId)> = Vec::new();
+        for (site, intervals) in sites {
+            for (start, end) in merge(intervals) {
+                edges.push((start, true, site));
+                edges.push((end, false, site));
+            }
+        }
+        edges.sort();
+        let mut busy: Vec<&SiteId> = Vec::new();
+        let mut open: Option<(DateTime<Utc>, SiteId, SiteId)> = None;
+        for (at, starts, site) in edges {
+            if starts {
+                busy.push(site);
+            } else {
+                busy.retain(|s| *s != site);
+            }
+            match (&open, busy.len() >= 2) {
+                (None, true) => open = Some((at, busy[0].clone(), busy[1].clone())),
+                (Some(_), false) => {
+                    if let Some((start, a, b)) = open.take()
+                        && start < at
+                    {
+                        out.push(Overlap {
+                            job: job.to_string(),
+                            sites: (a, b),
+                            start,
+                            end: at,
+                        });
+                    }
                 }
-                let start = a.start.max(b.start);
-                let stop = a.end.min(b.end);
-                if start < stop {
-                    out.push(Overlap {
-                        job: job.to_string(),
-                        sites: (a.site.clone(), b.site.clone()),
-                        start,
-                        end: stop,
-                    });
-                }
+                (None, false) | (Some(_), true) => {}
             }
         }
     }
     out
 }
 
-/// The total length of the union of `intervals`, in seconds.
-fn union_seconds(mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> f64 {
+/// `intervals` merged into disjoint, sorted stretches.
+fn merge(
+    mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     intervals.sort();
-    let mut total = Duration::zero();
-    let mut current: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::with_capacity(intervals.len());
     for (s, e) in intervals {
-        current = match current {
-            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
-            Some((cs, ce)) => {
-                total += ce - cs;
-                Some((s, e))
-            }
-            None => Some((s, e)),
-        };
+        match out.last_mut() {
+            Some((_, ce)) if s <= *ce => *ce = (*ce).max(e),
+            Some(_) | None => out.push((s, e)),
+        }
     }
-    if let Some((cs, ce)) = current {
-        total += ce - cs;
-    }
+    out
+}
+
+/// The total length of the union of `intervals`, in seconds.
+fn union_seconds(intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> f64 {
+    let total = merge(intervals)
+        .into_iter()
+        .fold(Duration::zero(), |t, (s, e)| t + (e - s));
     total
         .num_microseconds()
         .map_or(total.num_seconds() as f64, |us| us as f64 / 1e6)
