@@ -268,8 +268,7 @@ pub fn ground_truth(units: &[WorkUnit]) -> (f64, Vec<Overlap>) {
 /// sites overlap. (A pairwise comparison costs O(n²) as soon as one unit is long — a run still
 /// going, or lost — which a year of history always has.)
 fn unit_overlaps(units: &[WorkUnit]) -> Vec<Overlap> {
-    let mut by_job: BTreeMap<&str, BTreeMap<&SiteId, Vec<(DateTime<Utc>, DateTime<Utc>)>>> =
-        BTreeMap::new();
+    let mut by_job: BTreeMap<&str, BTreeMap<&SiteId, Vec<Stretch>>> = BTreeMap::new();
     for u in units.iter().filter(|u| u.start < u.end) {
         by_job
             .entry(u.job.as_str())
@@ -318,12 +317,13 @@ fn unit_overlaps(units: &[WorkUnit]) -> Vec<Overlap> {
     out
 }
 
+/// A stretch of time, start and end.
+type Stretch = (DateTime<Utc>, DateTime<Utc>);
+
 /// `intervals` merged into disjoint, sorted stretches.
-fn merge(
-    mut intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>,
-) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+fn merge(mut intervals: Vec<Stretch>) -> Vec<Stretch> {
     intervals.sort();
-    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::with_capacity(intervals.len());
+    let mut out: Vec<Stretch> = Vec::with_capacity(intervals.len());
     for (s, e) in intervals {
         match out.last_mut() {
             Some((_, ce)) if s <= *ce => *ce = (*ce).max(e),
@@ -334,7 +334,7 @@ fn merge(
 }
 
 /// The total length of the union of `intervals`, in seconds.
-fn union_seconds(intervals: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> f64 {
+fn union_seconds(intervals: Vec<Stretch>) -> f64 {
     let total = merge(intervals)
         .into_iter()
         .fold(Duration::zero(), |t, (s, e)| t + (e - s));
