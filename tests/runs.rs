@@ -1226,3 +1226,145 @@ fn follow_restarts_a_dying_command_with_backoff() {
         .unwrap();
     assert!(exited >= 4, "{exited} runs recorded as exited 3");
 }
+
+/// Debian's `cron -f` under `pra follow` on both sites (two followers on this host play the two
+/// sites' hosts): a `* * * * *` entry in /etc/cron.d (Debian's cron reads only its compiled-in
+/// paths: /etc/crontab, /etc/cron.d, /var/spool/cron; there is no private crontab directory)
+/// runs on the active site only, across one flip. Each cron writes its site and PID namespace
+/// when it starts; the entry writes its PID namespace and time, so every execution is traced to
+/// the cron, hence the site, that ran it. Takes one to three minutes (cron's granularity).
+/// Needs root (cron reads /etc/cron.d and locks /run/crond.pid) and /usr/sbin/cron (`make
+/// apt-tools` installs it); skipped with a message otherwise, or when another cron runs.
+#[test]
+fn cron_under_follow_runs_its_entries_on_the_active_site_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/cron").exists() {
+        eprintln!("needs root and /usr/sbin/cron (make apt-tools); skipped");
+        return;
+    }
+    let other_cron = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "cron"));
+    if other_cron {
+        eprintln!("a cron already runs on this host (it holds /run/crond.pid); skipped");
+        return;
+    }
+    let env = Env::sqlite();
+    let dir = env.dir.path().display().to_string();
+    let script = |name: &str, body: String| {
+        let p = env.path(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "cron.sh",
+        format!(
+            "echo \"$PRA_SITE $(readlink /proc/self/ns/pid) $(date +%s%N)\" >> {dir}/ns.log\nexec /usr/sbin/cron -f"
+        ),
+    );
+    script(
+        "entry.sh",
+        format!("echo \"$(readlink /proc/self/ns/pid) $(date +%s%N)\" >> {dir}/cron.log"),
+    );
+    struct CronD(PathBuf);
+    impl Drop for CronD {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    // No dot in the name: cron ignores such files in /etc/cron.d.
+    let crond = CronD(PathBuf::from(format!(
+        "/etc/cron.d/pra-follow-test-{}",
+        std::process::id()
+    )));
+    std::fs::write(&crond.0, format!("* * * * * root {dir}/entry.sh\n")).unwrap();
+    std::fs::set_permissions(&crond.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    env.activate("rbx");
+    let rbx = env.follow("rbx", &[], &["./cron.sh"]);
+    let sbg = env.follow("sbg", &[], &["./cron.sh"]);
+    // (site, time) of each execution of the entry: the site of the cron that ran it, known by
+    // its PID namespace. The kernel reuses a freed namespace's number, so an entry belongs to
+    // the latest cron started before it in that namespace (two live crons never share one).
+    let runs = || -> Vec<(String, u128)> {
+        let ns = std::fs::read_to_string(env.path("ns.log")).unwrap_or_default();
+        let crons: Vec<(&str, &str, u128)> = ns
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let [site, n, t] = f[..] else { return None };
+                Some((site, n, t.parse().ok()?))
+            })
+            .collect();
+        std::fs::read_to_string(env.path("cron.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (n, t) = l.split_once(' ')?;
+                let t: u128 = t.trim().parse().ok()?;
+                let site = crons
+                    .iter()
+                    .filter(|(_, cn, ct)| *cn == n && *ct < t)
+                    .max_by_key(|(_, _, ct)| *ct)
+                    .map_or("?", |(s, _, _)| *s);
+                Some((site.to_string(), t))
+            })
+            .collect()
+    };
+    let ran_on = |site: &str| runs().iter().any(|(s, _)| s == site);
+    wait_until("the entry runs on rbx", Duration::from_secs(75), || {
+        ran_on("rbx")
+    });
+    env.deactivate();
+    let t = env.token().to_string();
+    let o = env.ops(
+        "sbg",
+        &[
+            "site",
+            "activate",
+            "sbg",
+            "--expect-token",
+            &t,
+            "--reason",
+            "t",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let flipped = now_ns();
+    wait_until("the entry runs on sbg", Duration::from_secs(75), || {
+        ran_on("sbg")
+    });
+    stop_follower(&env, rbx);
+    stop_follower(&env, sbg);
+    let all = runs();
+    eprintln!("cron entry executions (site, ns): {all:?}");
+    assert!(all.iter().all(|(s, _)| s == "rbx" || s == "sbg"), "{all:?}");
+    for (site, t) in &all {
+        match site.as_str() {
+            "rbx" => assert!(
+                *t < flipped,
+                "rbx's cron ran the entry after the flip: {all:?}"
+            ),
+            _ => assert!(
+                *t > flipped,
+                "sbg's cron ran the entry before the flip: {all:?}"
+            ),
+        }
+    }
+    // One execution per minute: never one by each site's cron.
+    let mut minutes: Vec<u128> = all.iter().map(|(_, t)| t / 60_000_000_000).collect();
+    minutes.dedup();
+    assert_eq!(
+        minutes.len(),
+        all.len(),
+        "two executions in one minute: {all:?}"
+    );
+    let ns = std::fs::read_to_string(env.path("ns.log")).unwrap();
+    let started: Vec<&str> = ns
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(started, ["rbx", "sbg"], "cron starts: {ns}");
+}
