@@ -7,9 +7,7 @@ use pra_core::run::{self, Backoff, Control, FollowEvent, FollowOptions, RunOptio
 use pra_core::{Error, SiteId};
 
 use crate::config::Config;
-use crate::run::{
-    ContainmentArg, cannot_start, forwarded_signals, log_event, log_line, validate_job,
-};
+use crate::run::{ContainmentArg, cannot_start, forwarded_signals, log_event, log_line};
 
 /// `pra follow` arguments.
 #[derive(Debug, clap::Args)]
@@ -49,12 +47,7 @@ fn seconds(name: &str, v: f64) -> Result<Duration, Error> {
 
 /// Follows the active role until SIGTERM or SIGINT; returns the process exit code.
 pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
-    validate_job(&args.job)?;
-    let site = cfg.this_site()?;
-    let store = cfg.open_store_for(pra_core::store::Needs {
-        registry: true,
-        ..Default::default()
-    })?;
+    let (site, store) = crate::run::open_for_job(cfg, &args.job)?;
     let timings = cfg.timings();
     let opts = FollowOptions {
         run: RunOptions {

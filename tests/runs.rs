@@ -232,6 +232,22 @@ impl Env {
             .collect()
     }
 
+    /// Cuts the wrapper under test off its store: on etcd the proxy drops every connection; on
+    /// SQLite another process holds the database locked (until the returned connection drops).
+    fn store_outage(&self) -> Option<rusqlite::Connection> {
+        match &self.proxy {
+            Some(p) => {
+                p.cut();
+                None
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.path("state.db")).unwrap();
+                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                Some(c)
+            }
+        }
+    }
+
     fn assert_nothing_runs(&self, when: &str) {
         let s = self.survivors();
         assert!(
@@ -516,17 +532,7 @@ fn a_partitioned_run_stops_itself_before_it_could_be_counted_lost() {
         );
         env.wait_workers(3);
         std::thread::sleep(Duration::from_millis(1500));
-        let lock = match &env.proxy {
-            Some(p) => {
-                p.cut();
-                None
-            }
-            None => {
-                let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
-                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-                Some(c)
-            }
-        };
+        let lock = env.store_outage();
         // The last heartbeat that got through started before the cut: SIGKILL is due at most
         // KILL_AFTER later, before anyone may count the run lost (LOST_AFTER).
         let gone = wait_until("the run stops itself", LOST_AFTER, || {
@@ -1133,17 +1139,7 @@ fn follow_stops_on_a_store_outage_and_resumes_after_it() {
         env.wait_ticking("rbx", Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(1500));
         let cut_at = now_ns();
-        let lock = match &env.proxy {
-            Some(p) => {
-                p.cut();
-                None
-            }
-            None => {
-                let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
-                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-                Some(c)
-            }
-        };
+        let lock = env.store_outage();
         wait_until("the command stops itself", LOST_AFTER, || {
             env.survivors().is_empty()
         });
