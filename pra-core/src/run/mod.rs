@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use contain::{Containment, Request as ContainmentRequest};
 pub use drain::{ActivateOptions, Drained, Drainer, activate, describe_runs};
 pub use follow::{Backoff, FollowEvent, FollowOptions, follow};
-pub use inprocess::{Registered, Started};
+pub use inprocess::{Follower, Registered, Started};
 pub use supervise::{Control, EndCause, OnRevoke, RunEnd, RunEvent, RunOptions, supervise};
 
 use crate::error::{Error, Result};
