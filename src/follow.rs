@@ -47,8 +47,41 @@ fn seconds(name: &str, v: f64) -> Result<Duration, Error> {
 
 /// Follows the active role until SIGTERM or SIGINT; returns the process exit code.
 pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
-    let (site, store) = crate::run::open_for_job(cfg, &args.job)?;
     let timings = cfg.timings();
+    let signals = forwarded_signals();
+    let next_signal = || {
+        signals
+            .as_ref()
+            .and_then(|s| s.lock().ok()?.pending().next())
+    };
+    let stops = |sig: i32| sig == libc::SIGTERM || sig == libc::SIGINT;
+    // A store that cannot be opened now (etcd down, a SQLite file refused for its mode) is
+    // waited out like a store that fails later: nothing runs meanwhile.
+    let mut said = false;
+    let (site, store) = loop {
+        match crate::run::open_for_job(cfg, &args.job) {
+            Err(e @ Error::StoreUnavailable { .. }) => {
+                if !said {
+                    log_line(
+                        &format!(
+                            "job {}: waiting: the store cannot be opened ({e}); not running",
+                            args.job
+                        ),
+                        true,
+                    );
+                    said = true;
+                }
+                let until = std::time::Instant::now() + timings.heartbeat;
+                while std::time::Instant::now() < until {
+                    if next_signal().is_some_and(stops) {
+                        return Ok(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            other => break other?,
+        }
+    };
     let opts = FollowOptions {
         run: RunOptions {
             job: args.job.clone(),
@@ -68,14 +101,11 @@ pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
         },
         poll: timings.heartbeat,
     };
-    let signals = forwarded_signals();
     // SIGTERM and SIGINT stop the follower; the others go to the command.
     let control = || {
-        let sig = signals
-            .as_ref()
-            .and_then(|s| s.lock().ok()?.pending().next())?;
+        let sig = next_signal()?;
         Some(match sig {
-            libc::SIGTERM | libc::SIGINT => Control::Stop(format!(
+            sig if stops(sig) => Control::Stop(format!(
                 "pra follow received {}",
                 if sig == libc::SIGTERM {
                     "SIGTERM"

@@ -1364,3 +1364,31 @@ fn cron_under_follow_runs_its_entries_on_the_active_site_only() {
         .collect();
     assert_eq!(started, ["rbx", "sbg"], "cron starts: {ns}");
 }
+
+/// A follower started while its store cannot be opened (here a SQLite store file refused for
+/// being world-writable, as after a bad restore) waits instead of exiting, runs nothing, and
+/// starts the command once the store can be opened; SIGTERM while it waits exits 0.
+#[test]
+fn follow_waits_for_a_store_it_cannot_open_yet() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sqlite();
+    env.write_follow_script();
+    env.activate("rbx");
+    let db = env.path("state.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut f = env.follow("rbx", &[], &["./follow.sh"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(f.try_wait().unwrap().is_none(), "the follower exited");
+    assert!(
+        env.instances().is_empty(),
+        "the command ran on a refused store"
+    );
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.wait_ticking("rbx", Duration::from_secs(10));
+    stop_follower(&env, f);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let f = env.follow("rbx", &[], &["./follow.sh"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop_follower(&env, f);
+    env.assert_nothing_runs("after the follower got SIGTERM");
+}
