@@ -197,14 +197,18 @@ pub fn follow(
                     EndCause::Revoked | EndCause::SelfFenced => {}
                 }
             }
-            // The store failed between the check and the start: wait it out.
-            Err(e @ (Error::StoreUnavailable { .. } | Error::Conflict { .. })) => report(
-                &mut reported,
-                FollowEvent::StoreUnavailable {
-                    error: e.to_string(),
-                },
-                on_event,
-            ),
+            // The store failed between the check and the start: wait it out, one poll at least
+            // (a store that answers reads but refuses the registration must not be hammered).
+            Err(e @ (Error::StoreUnavailable { .. } | Error::Conflict { .. })) => {
+                not_before = boottime() + opts.poll;
+                report(
+                    &mut reported,
+                    FollowEvent::StoreUnavailable {
+                        error: e.to_string(),
+                    },
+                    on_event,
+                )
+            }
             Err(e) => return Err(e),
         }
         if stop_asked.get() {
