@@ -98,7 +98,7 @@ readme:
 
 ## Debian packages the build and the tests need, installed only when missing: protoc builds the
 ## etcd client's gRPC code; etcd-server is the real etcd the tests start; faketime skews a
-## wrapper's clock in tests/runs.rs.
+## wrapper's clock in tests/runs.rs; cron is the Debian cron tests/runs.rs runs under `pra follow`.
 apt-tools:
 	@missing=""; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
@@ -107,6 +107,7 @@ apt-tools:
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	[ -x /usr/sbin/cron ] || missing="$$missing cron"; \
 	[ -e /usr/include/sqlite3.h ] || missing="$$missing libsqlite3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

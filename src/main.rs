@@ -5,6 +5,7 @@ mod commands;
 mod config;
 mod drill;
 mod exit;
+mod follow;
 mod run;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     Check,
     /// Run a command only if this site is active (the cron wrapper).
     Run(run::RunArgs),
+    /// Run a long-running command (cron -f, a worker) whenever, and only while, this site is
+    /// active: started when it becomes active, stopped when it loses the role.
+    Follow(follow::FollowArgs),
     /// Show or change the active-site record.
     #[command(subcommand)]
     Site(commands::SiteCmd),
@@ -140,6 +144,7 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
     match &cli.command {
         Command::Check => commands::check(&cfg()?, &out),
         Command::Run(args) => run::run(&cfg()?, args),
+        Command::Follow(args) => follow::follow(&cfg()?, args),
         Command::Site(cmd) => commands::site(&cfg()?, &out, cmd),
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
         Command::Journal { verify } => commands::journal(&cfg()?, &out, *verify),

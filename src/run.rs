@@ -88,8 +88,23 @@ fn validate_job(job: &str) -> pra_core::Result<()> {
     }
 }
 
+/// Checks the job's name, finds this host's site and opens the store, which must keep a run
+/// registry: what `pra run` and `pra follow` need before anything else.
+pub(crate) fn open_for_job(
+    cfg: &Config,
+    job: &str,
+) -> Result<(SiteId, Box<dyn pra_core::Store>), Error> {
+    validate_job(job)?;
+    let site = cfg.this_site()?;
+    let store = cfg.open_store_for(pra_core::store::Needs {
+        registry: true,
+        ..Default::default()
+    })?;
+    Ok((site, store))
+}
+
 /// One line to syslog (facility cron), and to stderr when asked or when stderr is a terminal.
-fn log_line(msg: &str, to_stderr: bool) {
+pub(crate) fn log_line(msg: &str, to_stderr: bool) {
     // SAFETY: isatty only inspects the descriptor.
     if to_stderr || unsafe { libc::isatty(2) } == 1 {
         eprintln!("pra: {msg}");
@@ -105,12 +120,7 @@ fn log_line(msg: &str, to_stderr: bool) {
 
 /// Runs the wrapper; returns the process exit code.
 pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
-    validate_job(&args.job)?;
-    let site = cfg.this_site()?;
-    let store = cfg.open_store_for(pra_core::store::Needs {
-        registry: true,
-        ..Default::default()
-    })?;
+    let (site, store) = open_for_job(cfg, &args.job)?;
     let overlap_lock = if args.no_overlap {
         let (f, path) = open_overlap_lock(cfg, &args.job)?;
         match f.try_lock() {
@@ -150,74 +160,83 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
         signals
             .as_ref()
             .and_then(|s| s.lock().ok()?.pending().next())
+            .map(run::Control::Signal)
     };
-    let job = args.job.clone();
     let end = run::supervise(
         &*store,
         &site,
         &args.command,
         &opts,
         &pending,
-        &mut |event| match event {
-            RunEvent::Skipped { active, token } => log_line(
-                &format!(
-                    "job {job} skipped: {site} is standby; active site is {} (token {token})",
-                    active.as_ref().map_or("NONE", SiteId::as_str)
-                ),
-                args.verbose,
-            ),
-            RunEvent::Started {
-                containment, id, ..
-            } => {
-                tracing::debug!(run = id.0, %containment, "started");
-                if !containment.is_strong() {
-                    log_line(
-                        &format!(
-                            "job {job}: weak containment ({containment}): a process that leaves the process group survives if pra's init is SIGKILLed"
-                        ),
-                        args.verbose,
-                    );
-                }
-            }
-            RunEvent::Stopping { why } => log_line(&format!("job {job}: stopping it: {why}"), true),
-            RunEvent::Revoked { token } => log_line(
-                &format!("job {job}: {site} lost the active role (now token {token}) while it ran"),
-                true,
-            ),
-            RunEvent::HeartbeatFailed { error } => tracing::warn!(
-                %error,
-                "heartbeat failed; the command keeps running until its deadline (its writes are fenced by token)"
-            ),
-        },
+        &mut |event| log_event(&args.job, &site, args.verbose, event),
     );
     drop(overlap_lock);
     let end = match end {
         Ok(end) => end,
-        // The shells' codes for a command that cannot be run: 127 not found, 126 not executable.
-        Err(Error::Io {
-            op: "start",
-            path,
-            source,
-        }) => {
-            log_line(
-                &format!(
-                    "job {}: cannot start {}: {source}",
-                    args.job,
-                    path.display()
-                ),
-                true,
-            );
-            return Ok(match source.kind() {
-                std::io::ErrorKind::NotFound => 127,
-                _ => 126,
-            });
-        }
-        Err(e) => return Err(e),
+        Err(e) => return cannot_start(&args.job, e),
     };
     Ok(match end {
         RunEnd::Skipped { .. } if args.strict => exit::STANDBY_STRICT,
         other => other.exit_code(),
     })
+}
+
+/// Logs what a run reported: skips to syslog (and stderr when `verbose`), stops and
+/// revocations to both, a weak containment once.
+pub(crate) fn log_event(job: &str, site: &SiteId, verbose: bool, event: RunEvent) {
+    match event {
+        RunEvent::Skipped { active, token } => log_line(
+            &format!(
+                "job {job} skipped: {site} is standby; active site is {} (token {token})",
+                active.as_ref().map_or("NONE", SiteId::as_str)
+            ),
+            verbose,
+        ),
+        RunEvent::Started {
+            containment, id, ..
+        } => {
+            tracing::debug!(run = id.0, %containment, "started");
+            if !containment.is_strong() {
+                log_line(
+                    &format!(
+                        "job {job}: weak containment ({containment}): a process that leaves the process group survives if pra's init is SIGKILLed"
+                    ),
+                    verbose,
+                );
+            }
+        }
+        RunEvent::Stopping { why } => log_line(&format!("job {job}: stopping it: {why}"), true),
+        RunEvent::Revoked { token } => log_line(
+            &format!("job {job}: {site} lost the active role (now token {token}) while it ran"),
+            true,
+        ),
+        RunEvent::HeartbeatFailed { error } => tracing::warn!(
+            %error,
+            "heartbeat failed; the command keeps running until its deadline (its writes are fenced by token)"
+        ),
+    }
+}
+
+/// The shells' codes for a command that cannot be run: 127 not found, 126 not executable;
+/// other errors as they are.
+pub(crate) fn cannot_start(job: &str, e: Error) -> Result<u8, Error> {
+    match e {
+        Error::Io {
+            op: "start",
+            path,
+            source,
+        } => {
+            log_line(
+                &format!("job {job}: cannot start {}: {source}", path.display()),
+                true,
+            );
+            Ok(match source.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                _ => 126,
+            })
+        }
+        e => Err(e),
+    }
 }
 
 /// The `--no-overlap` lock of `job` for this user, in `lock_dir`. Opened without following a
@@ -248,7 +267,7 @@ fn open_overlap_lock(cfg: &Config, job: &str) -> Result<(std::fs::File, PathBuf)
 
 /// SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 to the wrapper are forwarded to the
 /// command.
-fn forwarded_signals() -> Option<std::sync::Mutex<signal_hook::iterator::Signals>> {
+pub(crate) fn forwarded_signals() -> Option<std::sync::Mutex<signal_hook::iterator::Signals>> {
     use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2])
         .ok()

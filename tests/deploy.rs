@@ -52,6 +52,8 @@ fn every_pra_command_in_the_examples_parses() {
     for file in [
         "cron/pra-jobs",
         "systemd/pra-job@.service",
+        "systemd/pra-follow@.service",
+        "systemd/cron.service.d/pra-follow.conf",
         "zerto/pre-failback.sh",
         "zerto/post-failback.sh",
         "k8s/30-cronjob-backup.yaml",

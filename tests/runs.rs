@@ -232,6 +232,22 @@ impl Env {
             .collect()
     }
 
+    /// Cuts the wrapper under test off its store: on etcd the proxy drops every connection; on
+    /// SQLite another process holds the database locked (until the returned connection drops).
+    fn store_outage(&self) -> Option<rusqlite::Connection> {
+        match &self.proxy {
+            Some(p) => {
+                p.cut();
+                None
+            }
+            None => {
+                let c = rusqlite::Connection::open(self.path("state.db")).unwrap();
+                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+                Some(c)
+            }
+        }
+    }
+
     fn assert_nothing_runs(&self, when: &str) {
         let s = self.survivors();
         assert!(
@@ -347,6 +363,11 @@ impl Proxy {
         for s in self.conns.lock().unwrap().drain(..) {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// The end of the partition: new connections go through again.
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 }
 
@@ -511,17 +532,7 @@ fn a_partitioned_run_stops_itself_before_it_could_be_counted_lost() {
         );
         env.wait_workers(3);
         std::thread::sleep(Duration::from_millis(1500));
-        let lock = match &env.proxy {
-            Some(p) => {
-                p.cut();
-                None
-            }
-            None => {
-                let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
-                c.execute_batch("BEGIN EXCLUSIVE").unwrap();
-                Some(c)
-            }
-        };
+        let lock = env.store_outage();
         // The last heartbeat that got through started before the cut: SIGKILL is due at most
         // KILL_AFTER later, before anyone may count the run lost (LOST_AFTER).
         let gone = wait_until("the run stops itself", LOST_AFTER, || {
@@ -937,4 +948,447 @@ fn an_unprivileged_run_is_contained_in_a_user_namespace() {
         .query_row("SELECT containment FROM runs", [], |r| r.get(0))
         .unwrap();
     assert_eq!(kind, "user-pid-namespace");
+}
+
+// ---- `pra follow`: a long-running command that runs only while its site is active ----------
+
+/// One instance of the followed command, from its own writes: its site and the wall-clock
+/// times (ns) of its first and last tick.
+#[derive(Debug, Clone)]
+struct Instance {
+    site: String,
+    first: u128,
+    last: u128,
+}
+
+impl Env {
+    /// `follow.sh`: a long-running command whose worker (a child that ignores SIGTERM) appends
+    /// `SITE INSTANCE NANOS` to ticks.log every 50 ms, INSTANCE unique to each start.
+    fn write_follow_script(&self) {
+        let m = &self.marker;
+        let script = format!(
+            "#!/bin/sh\n\
+             id=$(cat /proc/sys/kernel/random/uuid)\n\
+             sh -c 'trap \"\" TERM; while :; do echo \"$PRA_SITE '$id' $(date +%s%N)\" >> ticks.log; sleep 0.05; done' {m}t &\n\
+             exec sleep 100000\n"
+        );
+        let p = self.path("follow.sh");
+        std::fs::write(&p, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// `pra follow --job w [extra] -- ./follow.sh` on `site` (through the proxy, on etcd).
+    fn follow(&self, site: &str, extra: &[&str], command: &[&str]) -> Child {
+        let mut args = vec!["follow", "--job", "w"];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(command);
+        self.run(site, &args)
+    }
+
+    /// The instances of the followed command so far, by first tick.
+    fn instances(&self) -> Vec<Instance> {
+        let text = std::fs::read_to_string(self.path("ticks.log")).unwrap_or_default();
+        let mut by_id: Vec<(String, Instance)> = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [site, id, t] = f[..] else { continue };
+            let Ok(t) = t.parse::<u128>() else { continue };
+            match by_id.iter_mut().find(|(i, _)| i == id) {
+                Some((_, inst)) => inst.last = inst.last.max(t),
+                None => by_id.push((
+                    id.to_string(),
+                    Instance {
+                        site: site.to_string(),
+                        first: t,
+                        last: t,
+                    },
+                )),
+            }
+        }
+        let mut out: Vec<Instance> = by_id.into_iter().map(|(_, i)| i).collect();
+        out.sort_by_key(|i| i.first);
+        out
+    }
+
+    /// Waits until an instance of the command on `site` is ticking (a tick in the last 200 ms).
+    fn wait_ticking(&self, site: &str, limit: Duration) {
+        wait_until(&format!("{site}'s command ticks"), limit, || {
+            let now = now_ns();
+            self.instances()
+                .iter()
+                .any(|i| i.site == site && now.saturating_sub(i.last) < 200_000_000)
+        });
+    }
+
+    /// Ground truth: no two instances of different sites ever ticked at overlapping times.
+    fn assert_never_both(&self) -> Vec<Instance> {
+        let all = self.instances();
+        for (n, a) in all.iter().enumerate() {
+            for b in &all[n + 1..] {
+                if a.site != b.site {
+                    assert!(
+                        b.first > a.last,
+                        "{}: {a:?} and {b:?} ran at the same time: {all:?}",
+                        self.store
+                    );
+                }
+            }
+        }
+        all
+    }
+
+    fn metric(&self, name: &str, site: &str) -> u64 {
+        let o = self.ok(&["metrics"]);
+        let want = format!("{name}{{job=\"w\",site=\"{site}\"}} ");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(&want)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// SIGTERM to a follower: it stops its command's tree, records the end and exits 0.
+fn stop_follower(env: &Env, mut f: Child) {
+    // SAFETY: kill(2) on the follower this test started.
+    unsafe { libc::kill(f.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut f, Duration::from_secs(10));
+    let mut err = String::new();
+    if let Some(mut e) = f.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    assert_eq!(st.code(), Some(0), "{}: follower: {err}", env.store);
+}
+
+/// `pra follow` on both sites: the command runs only on the active site; on each flip
+/// (`pra site deactivate`, then `pra site activate OTHER`, which drains) the old site's tree
+/// (a worker that ignores SIGTERM) is gone before the other site's command starts — checked
+/// on the command's own writes —; every start and stop is a run (`pra metrics`); SIGTERM stops
+/// the follower cleanly.
+#[test]
+fn follow_runs_the_command_on_the_active_site_only_across_flips() {
+    both(|env| {
+        env.write_follow_script();
+        env.activate("rbx");
+        let rbx = env.follow("rbx", &[], &["./follow.sh"]);
+        let sbg = env.follow("sbg", &[], &["./follow.sh"]);
+        env.wait_ticking("rbx", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            env.instances().iter().all(|i| i.site == "rbx"),
+            "the standby site's command started"
+        );
+        for (from, to) in [("rbx", "sbg"), ("sbg", "rbx")] {
+            env.deactivate();
+            let t = env.token().to_string();
+            let o = env.ops(
+                to,
+                &[
+                    "site",
+                    "activate",
+                    to,
+                    "--expect-token",
+                    &t,
+                    "--reason",
+                    "t",
+                ],
+            );
+            assert!(o.status.success(), "{}", text(&o));
+            env.wait_ticking(to, Duration::from_secs(10));
+            std::thread::sleep(Duration::from_secs(2));
+            let last = env.instances();
+            assert!(
+                last.iter()
+                    .filter(|i| i.site == from)
+                    .all(|i| i.last < now_ns() - 1_000_000_000),
+                "{from}'s command still ticks after the flip to {to}"
+            );
+        }
+        stop_follower(env, rbx);
+        stop_follower(env, sbg);
+        env.assert_nothing_runs("after both followers got SIGTERM");
+        let all = env.assert_never_both();
+        let sites: Vec<&str> = all.iter().map(|i| i.site.as_str()).collect();
+        assert_eq!(sites, ["rbx", "sbg", "rbx"], "{all:?}");
+        assert_eq!(env.metric("pra_runs_started_total", "rbx"), 2);
+        assert_eq!(env.metric("pra_runs_started_total", "sbg"), 1);
+        assert_eq!(env.metric("pra_runs_revoked_total", "rbx"), 1);
+        assert_eq!(env.metric("pra_runs_revoked_total", "sbg"), 1);
+        assert_eq!(env.metric("pra_runs_unfinished", "rbx"), 0);
+    });
+}
+
+/// A store outage (SQLite: the database locked by another process; etcd: the follower's path
+/// cut by a proxy) stops the followed command's tree before a drain could count its run lost
+/// (fail closed); nothing starts while the store cannot be read; it starts again once the
+/// store answers and the site is still active.
+#[test]
+fn follow_stops_on_a_store_outage_and_resumes_after_it() {
+    both(|env| {
+        env.write_follow_script();
+        env.activate("rbx");
+        let f = env.follow("rbx", &[], &["./follow.sh"]);
+        env.wait_ticking("rbx", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(1500));
+        let cut_at = now_ns();
+        let lock = env.store_outage();
+        wait_until("the command stops itself", LOST_AFTER, || {
+            env.survivors().is_empty()
+        });
+        let stopped = env.instances().last().unwrap().last;
+        assert!(
+            stopped < cut_at + (KILL_AFTER + Duration::from_millis(500)).as_nanos(),
+            "stopped {:?} after the cut",
+            Duration::from_nanos((stopped - cut_at) as u64)
+        );
+        // Twice lost_after without the store: nothing starts.
+        std::thread::sleep(2 * LOST_AFTER);
+        assert_eq!(
+            env.instances().len(),
+            1,
+            "a command started during the outage"
+        );
+        drop(lock);
+        if let Some(p) = &env.proxy {
+            p.heal();
+        }
+        let healed = Instant::now();
+        env.wait_ticking("rbx", Duration::from_secs(15));
+        eprintln!(
+            "{}: stopped {:?} after the cut, restarted {:?} after the store came back",
+            env.store,
+            Duration::from_nanos((stopped - cut_at) as u64),
+            healed.elapsed()
+        );
+        assert_eq!(env.instances().len(), 2);
+        stop_follower(env, f);
+        env.assert_nothing_runs("after the follower got SIGTERM");
+    });
+}
+
+/// A command that dies while its site is active is started again after a back-off that
+/// doubles up to its maximum (0.4 s, 0.8 s, 1.6 s, 1.6 s here); each death is a run ended
+/// `exited 3`.
+#[test]
+fn follow_restarts_a_dying_command_with_backoff() {
+    let env = Env::sqlite();
+    env.activate("rbx");
+    let f = env.follow(
+        "rbx",
+        &[
+            "--backoff-initial",
+            "0.4",
+            "--backoff-max",
+            "1.6",
+            "--healthy-after",
+            "60",
+        ],
+        &["sh", "-c", "date +%s%N >> starts.log; sleep 0.2; exit 3"],
+    );
+    let starts = || -> Vec<u128> {
+        std::fs::read_to_string(env.path("starts.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    wait_until("five starts", Duration::from_secs(20), || {
+        starts().len() >= 5
+    });
+    stop_follower(&env, f);
+    let s = starts();
+    let gaps: Vec<f64> = s.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e9).collect();
+    for (gap, delay) in gaps.iter().zip([0.4, 0.8, 1.6, 1.6]) {
+        assert!(
+            *gap >= delay + 0.2 && *gap < delay + 1.0,
+            "gaps between starts {gaps:?}: expected about 0.2 s + {delay} s"
+        );
+    }
+    let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
+    let exited: i64 = c
+        .query_row(
+            "SELECT count(*) FROM runs WHERE outcome = 'exited 3'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(exited >= 4, "{exited} runs recorded as exited 3");
+}
+
+/// Debian's `cron -f` under `pra follow` on both sites (two followers on this host play the two
+/// sites' hosts): a `* * * * *` entry in /etc/cron.d (Debian's cron reads only its compiled-in
+/// paths: /etc/crontab, /etc/cron.d, /var/spool/cron; there is no private crontab directory)
+/// runs on the active site only, across one flip. Each cron writes its site and PID namespace
+/// when it starts; the entry writes its PID namespace and time, so every execution is traced to
+/// the cron, hence the site, that ran it. Takes one to three minutes (cron's granularity).
+/// Needs root (cron reads /etc/cron.d and locks /run/crond.pid) and /usr/sbin/cron (`make
+/// apt-tools` installs it); skipped with a message otherwise, or when another cron runs.
+#[test]
+fn cron_under_follow_runs_its_entries_on_the_active_site_only() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/sbin/cron").exists() {
+        eprintln!("needs root and /usr/sbin/cron (make apt-tools); skipped");
+        return;
+    }
+    let other_cron = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "cron"));
+    if other_cron {
+        eprintln!("a cron already runs on this host (it holds /run/crond.pid); skipped");
+        return;
+    }
+    let env = Env::sqlite();
+    let dir = env.dir.path().display().to_string();
+    let script = |name: &str, body: String| {
+        let p = env.path(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "cron.sh",
+        format!(
+            "echo \"$PRA_SITE $(readlink /proc/self/ns/pid) $(date +%s%N)\" >> {dir}/ns.log\nexec /usr/sbin/cron -f"
+        ),
+    );
+    script(
+        "entry.sh",
+        format!("echo \"$(readlink /proc/self/ns/pid) $(date +%s%N)\" >> {dir}/cron.log"),
+    );
+    struct CronD(PathBuf);
+    impl Drop for CronD {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    // No dot in the name: cron ignores such files in /etc/cron.d.
+    let crond = CronD(PathBuf::from(format!(
+        "/etc/cron.d/pra-follow-test-{}",
+        std::process::id()
+    )));
+    std::fs::write(&crond.0, format!("* * * * * root {dir}/entry.sh\n")).unwrap();
+    std::fs::set_permissions(&crond.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    env.activate("rbx");
+    let rbx = env.follow("rbx", &[], &["./cron.sh"]);
+    let sbg = env.follow("sbg", &[], &["./cron.sh"]);
+    // (site, time) of each execution of the entry: the site of the cron that ran it, known by
+    // its PID namespace. The kernel reuses a freed namespace's number, so an entry belongs to
+    // the latest cron started before it in that namespace (two live crons never share one).
+    let runs = || -> Vec<(String, u128)> {
+        let ns = std::fs::read_to_string(env.path("ns.log")).unwrap_or_default();
+        let crons: Vec<(&str, &str, u128)> = ns
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let [site, n, t] = f[..] else { return None };
+                Some((site, n, t.parse().ok()?))
+            })
+            .collect();
+        std::fs::read_to_string(env.path("cron.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (n, t) = l.split_once(' ')?;
+                let t: u128 = t.trim().parse().ok()?;
+                let site = crons
+                    .iter()
+                    .filter(|(_, cn, ct)| *cn == n && *ct < t)
+                    .max_by_key(|(_, _, ct)| *ct)
+                    .map_or("?", |(s, _, _)| *s);
+                Some((site.to_string(), t))
+            })
+            .collect()
+    };
+    let ran_on = |site: &str| runs().iter().any(|(s, _)| s == site);
+    wait_until("the entry runs on rbx", Duration::from_secs(75), || {
+        ran_on("rbx")
+    });
+    env.deactivate();
+    let t = env.token().to_string();
+    let o = env.ops(
+        "sbg",
+        &[
+            "site",
+            "activate",
+            "sbg",
+            "--expect-token",
+            &t,
+            "--reason",
+            "t",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let flipped = now_ns();
+    wait_until("the entry runs on sbg", Duration::from_secs(75), || {
+        ran_on("sbg")
+    });
+    stop_follower(&env, rbx);
+    stop_follower(&env, sbg);
+    let all = runs();
+    eprintln!("cron entry executions (site, ns): {all:?}");
+    assert!(all.iter().all(|(s, _)| s == "rbx" || s == "sbg"), "{all:?}");
+    for (site, t) in &all {
+        match site.as_str() {
+            "rbx" => assert!(
+                *t < flipped,
+                "rbx's cron ran the entry after the flip: {all:?}"
+            ),
+            _ => assert!(
+                *t > flipped,
+                "sbg's cron ran the entry before the flip: {all:?}"
+            ),
+        }
+    }
+    // One execution per minute: never one by each site's cron.
+    let mut minutes: Vec<u128> = all.iter().map(|(_, t)| t / 60_000_000_000).collect();
+    minutes.dedup();
+    assert_eq!(
+        minutes.len(),
+        all.len(),
+        "two executions in one minute: {all:?}"
+    );
+    let ns = std::fs::read_to_string(env.path("ns.log")).unwrap();
+    let started: Vec<&str> = ns
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(started, ["rbx", "sbg"], "cron starts: {ns}");
+}
+
+/// A follower started while its store cannot be opened (here a SQLite store file refused for
+/// being world-writable, as after a bad restore) waits instead of exiting, runs nothing, and
+/// starts the command once the store can be opened; SIGTERM while it waits exits 0.
+#[test]
+fn follow_waits_for_a_store_it_cannot_open_yet() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sqlite();
+    env.write_follow_script();
+    env.activate("rbx");
+    let db = env.path("state.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut f = env.follow("rbx", &[], &["./follow.sh"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(f.try_wait().unwrap().is_none(), "the follower exited");
+    assert!(
+        env.instances().is_empty(),
+        "the command ran on a refused store"
+    );
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.wait_ticking("rbx", Duration::from_secs(10));
+    stop_follower(&env, f);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let f = env.follow("rbx", &[], &["./follow.sh"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop_follower(&env, f);
+    env.assert_nothing_runs("after the follower got SIGTERM");
 }

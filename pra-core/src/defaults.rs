@@ -26,3 +26,9 @@ pub const DB: &str = "/data/app.db";
 pub const BACKUP_DIR: &str = "/backup";
 /// The store when nothing names one.
 pub const STORE: &str = "sqlite:///var/lib/pra/state.db";
+/// `pra follow`: the first restart delay of a command that died while its site was active.
+pub const FOLLOW_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// `pra follow`: the longest restart delay (the delay doubles at each quick death up to this).
+pub const FOLLOW_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// `pra follow`: a command that ran this long was healthy: its next restart delay is the first.
+pub const FOLLOW_HEALTHY_AFTER: Duration = Duration::from_secs(60);

@@ -472,6 +472,122 @@ impl Guard {
     }
 }
 
+/// `pra follow` inside a long-running worker: `may_work()` before each unit of work says
+/// whether this site holds the role now. While it does, the follower holds a registered run
+/// (a thread heartbeats, so a flip's drain waits for it); once the role is lost, or the store
+/// can no longer vouch for the run, it records the run's end and says False; while the site is
+/// standby or the store cannot be read it says False, reading the record at most once per
+/// `poll` seconds (the heartbeat interval by default), and registers a new run under the new
+/// token when the site is active again. `wait(timeout)` blocks until it may work. Leaving a
+/// `with` block (or `release()`) records the end of the run it holds.
+#[pyclass(module = "pra")]
+pub struct Follower {
+    store: Py<Store>,
+    inner: pra_core::run::Follower,
+}
+
+#[pymethods]
+impl Follower {
+    #[new]
+    #[pyo3(signature = (store, site, *, job, heartbeat = None, poll = None))]
+    fn new(
+        store: Bound<'_, Store>,
+        site: &str,
+        job: String,
+        heartbeat: Option<f64>,
+        poll: Option<f64>,
+    ) -> PraResult<Self> {
+        let (lost_after, timeout) = (store.get().opts.lost_after, store.get().opts.timeout);
+        let heartbeat = heartbeat
+            .map(|h| seconds(h, "heartbeat", "> 0"))
+            .transpose()?;
+        let poll = poll.map(|p| seconds(p, "poll", ">= 0")).transpose()?;
+        let timings = pra_core::run::Timings::in_process(lost_after, timeout, heartbeat);
+        let inner = pra_core::run::Follower::new(
+            store.get().inner()?,
+            SiteId::new(site)?,
+            &job,
+            timings,
+            poll,
+        )?;
+        Ok(Follower {
+            store: store.unbind(),
+            inner,
+        })
+    }
+
+    /// True if this site holds the role and a run is registered: do one unit of work (with
+    /// `token`), then ask again.
+    fn may_work(&mut self, py: Python<'_>) -> PraResult<bool> {
+        let inner = &mut self.inner;
+        blocking(py, move || inner.may_work())
+    }
+
+    /// Blocks until `may_work()` is True (returns True), or `timeout` seconds have passed
+    /// (returns False). The GIL is released while it waits; signals (Ctrl-C) are handled.
+    #[pyo3(signature = (timeout = None))]
+    fn wait(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = timeout
+            .map(|t| seconds(t, "timeout", ">= 0"))
+            .transpose()
+            .map_err(PraErr)?;
+        let start = std::time::Instant::now();
+        loop {
+            if self.may_work(py)? {
+                return Ok(true);
+            }
+            if timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Ok(false);
+            }
+            py.detach(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+            py.check_signals()?;
+        }
+    }
+
+    /// The token of the run held now (carry it into fenced writes), or None.
+    #[getter]
+    fn token(&self) -> Option<u64> {
+        self.inner.token().map(|t| t.0)
+    }
+
+    /// Why the run held now must stop (the next `may_work()` says False), or None.
+    #[getter]
+    fn lost(&self) -> Option<String> {
+        self.inner.lost()
+    }
+
+    /// Records the end of the run held now, if any ("stopped").
+    fn release(&mut self, py: Python<'_>) -> PraResult<()> {
+        let inner = &mut self.inner;
+        blocking(py, move || inner.release("stopped"))
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        py: Python<'_>,
+        _exc_type: Option<Bound<'_, PyAny>>,
+        _exc: Option<Bound<'_, PyAny>>,
+        _tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        self.release(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Follower(store={:?}, token={})",
+            self.store.get().url,
+            self.inner
+                .token()
+                .map_or("None".into(), |t| t.0.to_string())
+        )
+    }
+}
+
 /// Admits `token` at the fence of the app's own database, through the app's `sqlite3.Connection`
 /// and inside its current transaction: raises StaleTokenError if a higher token was admitted.
 #[pyfunction]
@@ -513,6 +629,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<JournalEntry>()?;
     m.add_class::<Store>()?;
     m.add_class::<Guard>()?;
+    m.add_class::<Follower>()?;
     m.add_function(wrap_pyfunction!(fence_admit, m)?)?;
     Ok(())
 }

@@ -533,3 +533,39 @@ def test_the_python_defaults_are_pra_cores():
     assert store["lost_after"].default == core["lost_after"]
     assert status["table"].default == core["table"]
     assert status["backup_interval"].default == core["backup_interval"]
+
+
+def test_follower_works_only_while_the_site_holds_the_role(tmp_path):
+    """`pra follow` in a worker: may_work() is True only while the site is active, each active
+    period is one run under its token, and leaving the block records the end."""
+    url = f"sqlite://{tmp_path}/state.db"
+    store = pra.Store(url, timeout=1.0, lost_after=3.0)
+    ops = pra.Store(url)
+    db = sqlite3.connect(tmp_path / "state.db")
+    with pra.Follower(store, "rbx", job="worker", heartbeat=0.2, poll=0.3) as f:
+        assert not f.may_work() and f.token is None
+        assert not f.wait(timeout=0.5)
+        ops.activate("rbx", expect_token=0, by="ops")
+        assert f.wait(timeout=5) and f.token == 1 and f.lost is None
+        assert f.may_work()
+        ops.deactivate(expect_token=1, by="ops", reason="failover")
+        deadline = time.monotonic() + 5
+        while f.may_work():
+            assert time.monotonic() < deadline, "the follower never saw the role lost"
+            time.sleep(0.05)
+        assert f.token is None
+        # Standby: asked in a loop, it stays False (it reads the record once per poll).
+        start = time.monotonic()
+        while time.monotonic() - start < 0.5:
+            assert not f.may_work()
+        ops.activate("rbx", expect_token=2, by="ops")
+        assert f.wait(timeout=5) and f.token == 3
+        assert "Follower(" in repr(f)
+    runs = db.execute("SELECT token, outcome FROM runs ORDER BY id").fetchall()
+    assert [t for t, _ in runs] == [1, 3], runs
+    assert runs[0][1].startswith("revoked: ") and "lost the active role" in runs[0][1]
+    assert runs[1][1] == "stopped"
+    with pytest.raises(pra.UnsupportedError, match="run registry"):
+        lock = tmp_path / "pra-status.lock"
+        lock.write_text("ACTIVE_SITE=RBX\n")
+        pra.Follower(pra.Store(f"file://{lock}"), "rbx", job="worker")

@@ -333,6 +333,19 @@ class Harness:
             self.launch(site, job, argv, env)
             time.sleep(rng.uniform(0.05, 0.4))
 
+    def follow_loop(self, site):
+        """`pra follow --job follower` on this site for the whole campaign: job.py with more
+        units than the campaign lasts, started whenever the site becomes active and stopped
+        when it loses the role. A follower killed by a fault is started again; at the end it
+        gets SIGTERM (it stops the tree and exits 0)."""
+        cmd = [sys.executable, os.path.join(HERE, "job.py"), self.history, "follower", "1000000"]
+        argv = [self.pra, "follow", "--job", "follower", "--backoff-initial", "0.2",
+                "--backoff-max", "2", "--", *cmd]
+        while not self.stop_loops.is_set():
+            self.launch(site, "follower", argv, self.env(site, self.site_config[site]),
+                        follow=True)
+            time.sleep(0.2)
+
     def preexec(self, site):
         lim = self.fsize[site]
 
@@ -362,15 +375,27 @@ class Harness:
         except subprocess.TimeoutExpired:
             return -1, ""
 
-    def launch(self, site, job, argv, env):
+    def launch(self, site, job, argv, env, follow=False):
+        """Runs one wrapper to its end (`pra run`: 120 s at most, else `hung`). A follower
+        (`pra follow`, follow=True) runs until the loops stop, then gets SIGTERM and must exit
+        within 60 s; it does not inherit the full-disk fault (it would keep it for the whole
+        campaign)."""
         p = subprocess.Popen(argv, env=self.site_env(site, env), stdin=subprocess.DEVNULL,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, preexec_fn=self.preexec(site), cwd=self.out)
+                             start_new_session=True,
+                             preexec_fn=None if follow else self.preexec(site), cwd=self.out)
         with self.lock:
             self.wrappers[p.pid] = (site, job)
         t0 = time.monotonic()
+        limit = 120
+        if follow:
+            while p.poll() is None and not self.stop_loops.is_set():
+                time.sleep(0.1)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            limit = 60
         try:
-            rc = p.wait(timeout=120)
+            rc = p.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             self.ev("hung", site=site, job=job, pid=p.pid)
             self.cont_all()
@@ -382,7 +407,7 @@ class Harness:
         with self.lock:
             self.wrappers.pop(p.pid, None)
         self.ev("run", site=site, job=job, pid=p.pid, rc=rc, seconds=time.monotonic() - t0,
-                skew=self.skew[site], fsize=self.fsize[site])
+                skew=self.skew[site], fsize=None if follow else self.fsize[site])
 
     # -- the operator ----------------------------------------------------------------------
 
@@ -708,6 +733,9 @@ class Harness:
             pass
         loops = [start(self.cron_loop, s, j, random.Random(f"{self.a.seed}/{s}/{j}"))
                  for s in SITES for j in ("invoices", "ledger")]
+        if self.a.store != "file":
+            # `pra follow` needs the run registry: not on the lock-file store.
+            loops += [start(self.follow_loop, s) for s in SITES]
         ver = start(self.verifier)
         app = start(self.app_loop)
         nem = start(self.nemesis)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::contain::boottime;
 use super::{Admission, Beat, Timings, admit, heartbeat_loop};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::site::SiteId;
 use crate::store::{RunId, Store};
@@ -188,4 +188,101 @@ fn beat(
         }
         true
     });
+}
+
+/// `pra follow` inside a long-running process (a worker, a consumer): the job asks
+/// [`Follower::may_work`] before each unit of work. While the site is active it holds a
+/// registered run ([`Registered`], heartbeating on a thread) and says yes; once that run must
+/// stop (the role was lost, or the store can no longer vouch for it) it records the run's end
+/// and says no; while the site is standby or the store cannot be read (fail closed) it says no,
+/// reading the record at most once per `poll` however often it is asked, and registers a new
+/// run under the new token as soon as the site is active again.
+#[derive(Debug)]
+pub struct Follower {
+    store: Arc<dyn Store>,
+    site: SiteId,
+    job: String,
+    timings: Timings,
+    poll: Duration,
+    run: Option<Registered>,
+    next_check: Duration,
+}
+
+impl Follower {
+    /// A follower of `site`'s role for `job`; it reads the record at most once per `poll`
+    /// (the heartbeat interval if `None`) while it holds no run.
+    pub fn new(
+        store: Arc<dyn Store>,
+        site: SiteId,
+        job: &str,
+        timings: Timings,
+        poll: Option<Duration>,
+    ) -> Result<Follower> {
+        timings.validate()?;
+        store.require_registry()?;
+        Ok(Follower {
+            store,
+            site,
+            job: job.to_string(),
+            timings,
+            poll: poll.unwrap_or(timings.heartbeat),
+            run: None,
+            next_check: Duration::ZERO,
+        })
+    }
+
+    /// Whether the job may do a unit of work now (see [`Follower`]). Errors only for what
+    /// waiting cannot fix (a store without a run registry, invalid names); an unreachable
+    /// store is `false`.
+    pub fn may_work(&mut self) -> Result<bool> {
+        if let Some(run) = &self.run {
+            match run.lost() {
+                None => return Ok(true),
+                Some(why) => {
+                    // The store may be what failed: the end is then unrecorded, and a drain
+                    // counts the run lost once its heartbeats have stopped long enough.
+                    if let Err(e) = self.release(&format!("revoked: {why}")) {
+                        tracing::warn!(error = %e, "could not record the end of the run");
+                    }
+                    self.next_check = Duration::ZERO;
+                }
+            }
+        }
+        let now = boottime();
+        if now < self.next_check {
+            return Ok(false);
+        }
+        self.next_check = now + self.poll;
+        match Registered::start(self.store.clone(), &self.site, &self.job, self.timings) {
+            Ok(Started::Admitted(run)) => {
+                self.run = Some(run);
+                Ok(true)
+            }
+            Ok(Started::Standby { .. }) => Ok(false),
+            Err(e @ (Error::StoreUnavailable { .. } | Error::Conflict { .. })) => {
+                tracing::warn!(error = %e, "the store cannot be read: not working");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The token of the run held now, if any: carry it into fenced writes.
+    pub fn token(&self) -> Option<FencingToken> {
+        self.run.as_ref().map(Registered::token)
+    }
+
+    /// Why the run held now must stop, if it must ([`Registered::lost`]).
+    pub fn lost(&self) -> Option<String> {
+        self.run.as_ref().and_then(Registered::lost)
+    }
+
+    /// Records the end of the run held now, if any, with `outcome`; the next
+    /// [`Follower::may_work`] may register a new one.
+    pub fn release(&mut self, outcome: &str) -> Result<()> {
+        match self.run.take() {
+            Some(run) => run.finish(None, outcome),
+            None => Ok(()),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Runs of jobs: admission (the guard's check and the registration, atomically), the timing
 //! rules that make self-fencing finish before a drain gives up on a run, liveness judged on the
 //! observer's own clock, drains (the plan's and every manual flip's), and the supervision of a
-//! contained process tree ([`supervise`]).
+//! contained process tree ([`supervise`]), and a command that runs whenever the site is active
+//! ([`follow`]).
 //!
 //! The promise: a job never runs on two sites at once. A run's processes are contained
 //! ([`contain`]); a run is alive for a drain while its heartbeat counter moves (or its etcd
@@ -10,6 +11,7 @@
 
 pub mod contain;
 mod drain;
+mod follow;
 mod inprocess;
 mod supervise;
 
@@ -18,8 +20,9 @@ use std::time::Duration;
 
 pub use contain::{Containment, Request as ContainmentRequest};
 pub use drain::{ActivateOptions, Drained, Drainer, activate, describe_runs};
-pub use inprocess::{Registered, Started};
-pub use supervise::{OnRevoke, RunEnd, RunEvent, RunOptions, supervise};
+pub use follow::{Backoff, FollowEvent, FollowOptions, follow};
+pub use inprocess::{Follower, Registered, Started};
+pub use supervise::{Control, EndCause, OnRevoke, RunEnd, RunEvent, RunOptions, supervise};
 
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;

@@ -78,6 +78,30 @@ pub enum RunEvent {
     },
 }
 
+/// What the caller asks of a running run, polled by [`supervise`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Forward this signal to the command (its main process).
+    Signal(i32),
+    /// Stop the run, and why: SIGTERM to every process of the run now, SIGKILL after the
+    /// grace. The run is recorded as `stopped: WHY`.
+    Stop(String),
+}
+
+/// Why a started run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// The command ended by itself (or by a signal forwarded to it).
+    Exited,
+    /// The site lost the active role.
+    Revoked,
+    /// The store could no longer vouch for the run (no heartbeat got through, or the
+    /// registration is gone): it was stopped before a drain could count it lost.
+    SelfFenced,
+    /// The caller asked ([`Control::Stop`]).
+    Stopped,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunEnd {
@@ -100,6 +124,8 @@ pub enum RunEnd {
         containment: Containment,
         /// The site lost the role while it ran.
         revoked: bool,
+        /// Why it ended.
+        cause: EndCause,
     },
 }
 
@@ -123,8 +149,8 @@ impl RunEnd {
 
 /// Runs `command` as job `opts.job` on `site` if, and only if, the site is active: admission
 /// (check + registration under the token, atomically), a contained process tree, heartbeats,
-/// self-fencing and the record of the end. `pending_signal` is polled for signals to forward to
-/// the command; `on_event` hears what happens.
+/// self-fencing and the record of the end. `control` is polled for signals to forward to the
+/// command and for a request to stop it; `on_event` hears what happens.
 ///
 /// When this returns [`RunEnd::Finished`], no process the command started is alive.
 pub fn supervise(
@@ -132,7 +158,7 @@ pub fn supervise(
     site: &SiteId,
     command: &[String],
     opts: &RunOptions,
-    pending_signal: &dyn Fn() -> Option<i32>,
+    control: &dyn Fn() -> Option<Control>,
     on_event: &mut dyn FnMut(RunEvent),
 ) -> Result<RunEnd> {
     opts.timings.validate()?;
@@ -187,7 +213,7 @@ pub fn supervise(
         token,
         containment,
     });
-    let (ended, revoked, stop_why) = watch(
+    let (ended, revoked, stop_why, asked) = watch(
         store,
         site,
         token,
@@ -195,7 +221,7 @@ pub fn supervise(
         &tree,
         opts,
         registered_from,
-        pending_signal,
+        control,
         on_event,
     );
     if let Some(errno) = ended.exec_errno {
@@ -204,15 +230,26 @@ pub fn supervise(
         return Err(Error::io("start", &command[0], e));
     }
     let status = ended.status;
-    let outcome = match (&stop_why, revoked) {
-        (Some(why), _) if ended.self_fenced || !revoked => format!("self-fenced: {why}"),
-        (_, true) => "revoked".to_string(),
-        _ if ended.self_fenced => "self-fenced: no heartbeat reached the store in time".into(),
-        _ => match status {
-            Some(st) if libc::WIFEXITED(st) => format!("exited {}", libc::WEXITSTATUS(st)),
-            Some(st) if libc::WIFSIGNALED(st) => format!("killed by signal {}", libc::WTERMSIG(st)),
-            _ => "killed".to_string(),
-        },
+    let (cause, outcome) = match (&stop_why, revoked, &asked) {
+        (Some(why), _, _) if ended.self_fenced || !revoked => {
+            (EndCause::SelfFenced, format!("self-fenced: {why}"))
+        }
+        (_, true, _) => (EndCause::Revoked, "revoked".to_string()),
+        _ if ended.self_fenced => (
+            EndCause::SelfFenced,
+            "self-fenced: no heartbeat reached the store in time".into(),
+        ),
+        (_, _, Some(why)) => (EndCause::Stopped, format!("stopped: {why}")),
+        _ => (
+            EndCause::Exited,
+            match status {
+                Some(st) if libc::WIFEXITED(st) => format!("exited {}", libc::WEXITSTATUS(st)),
+                Some(st) if libc::WIFSIGNALED(st) => {
+                    format!("killed by signal {}", libc::WTERMSIG(st))
+                }
+                _ => "killed".to_string(),
+            },
+        ),
     };
     let code = if libc::WIFEXITED(status.unwrap_or(0)) && status.is_some() {
         Some(libc::WEXITSTATUS(status.unwrap_or(0)))
@@ -228,6 +265,7 @@ pub fn supervise(
         outcome,
         containment,
         revoked,
+        cause,
     })
 }
 
@@ -259,9 +297,9 @@ fn watch(
     tree: &Tree,
     opts: &RunOptions,
     registered_from: Duration,
-    pending_signal: &dyn Fn() -> Option<i32>,
+    control: &dyn Fn() -> Option<Control>,
     on_event: &mut dyn FnMut(RunEvent),
-) -> (Ended, bool, Option<String>) {
+) -> (Ended, bool, Option<String>, Option<String>) {
     let t = opts.timings;
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<Beat>();
@@ -279,6 +317,7 @@ fn watch(
         let mut revoked = false;
         let mut stop_why: Option<String> = None;
         let mut stopping_since: Option<Duration> = None;
+        let mut asked: Option<String> = None;
         let ended = loop {
             match tree.try_wait() {
                 Ok(Some(e)) => break e,
@@ -314,8 +353,18 @@ fn watch(
                     }
                 }
             }
-            while let Some(sig) = pending_signal() {
-                tree.signal(sig);
+            while let Some(c) = control() {
+                match c {
+                    Control::Signal(sig) => tree.signal(sig),
+                    Control::Stop(why) => {
+                        if stopping_since.is_none() {
+                            on_event(RunEvent::Stopping { why: why.clone() });
+                            tree.terminate();
+                            stopping_since = Some(boottime());
+                        }
+                        asked.get_or_insert(why);
+                    }
+                }
             }
             let now = boottime();
             // The init enforces both deadlines by itself; these are for an init that cannot
@@ -347,6 +396,6 @@ fn watch(
             std::thread::sleep(Duration::from_millis(10));
         };
         stop.store(true, Ordering::SeqCst);
-        (ended, revoked, stop_why)
+        (ended, revoked, stop_why, asked)
     })
 }

@@ -8,6 +8,8 @@ The Rust extension ``pra._pra`` does the work; this package re-exports it.
   ``journal``, ``verify_journal``).
 - ``pra.Guard(store, site, job=...)``: ``check()``, or ``with guard as verdict:`` to run a block
   only on the active site, registered as a run.
+- ``pra.Follower(store, site, job=...)``: ``pra follow`` inside a long-running worker:
+  ``may_work()`` before each unit of work, ``wait()`` while standby.
 - ``pra.backup``, ``pra.list_backups`` (``pra.Backup``), ``pra.prune`` (``pra.PruneDecision``),
   ``pra.restore`` (``pra.RestoreReport``; ``pra.RestorePreview`` with ``dry_run=True``).
 - ``pra.fence_admit(conn, token)``: storage-side fencing inside the app's own transaction.
@@ -22,6 +24,7 @@ from ._pra import (
     ConflictError,
     RefusedError,
     CorruptError,
+    Follower,
     Guard,
     InternalError,
     InvalidArgumentError,
@@ -62,6 +65,7 @@ __all__ = [
     "RefusedError",
     "CorruptBackupError",
     "CorruptError",
+    "Follower",
     "Guard",
     "InternalError",
     "InvalidArgumentError",

@@ -6,6 +6,7 @@ from ._pra import BusyError as BusyError
 from ._pra import ConflictError as ConflictError
 from ._pra import RefusedError as RefusedError
 from ._pra import CorruptError as CorruptError
+from ._pra import Follower as Follower
 from ._pra import Guard as Guard
 from ._pra import InternalError as InternalError
 from ._pra import InvalidArgumentError as InvalidArgumentError
@@ -43,6 +44,7 @@ __all__ = [
     "RefusedError",
     "CorruptBackupError",
     "CorruptError",
+    "Follower",
     "Guard",
     "InternalError",
     "InvalidArgumentError",

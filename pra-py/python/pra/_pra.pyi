@@ -18,6 +18,7 @@ __all__ = [
     "ConflictError",
     "RefusedError",
     "CorruptError",
+    "Follower",
     "Guard",
     "InternalError",
     "InvalidArgumentError",
@@ -180,6 +181,32 @@ class Guard:
     def __exit__(
         self,
         exc_type: Optional[Type[BaseException]],
+        _exc: Optional[BaseException],
+        _tb: Optional[TracebackType],
+    ) -> bool: ...
+
+@final
+class Follower:
+    def __new__(
+        cls,
+        store: Store,
+        site: str,
+        *,
+        job: str,
+        heartbeat: Optional[float] = None,
+        poll: Optional[float] = None,
+    ) -> "Follower": ...
+    def may_work(self) -> bool: ...
+    def wait(self, timeout: Optional[float] = None) -> bool: ...
+    @property
+    def token(self) -> Optional[int]: ...
+    @property
+    def lost(self) -> Optional[str]: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> "Follower": ...
+    def __exit__(
+        self,
+        _exc_type: Optional[Type[BaseException]],
         _exc: Optional[BaseException],
         _tb: Optional[TracebackType],
     ) -> bool: ...
