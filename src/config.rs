@@ -214,12 +214,23 @@ impl Config {
 }
 
 fn read(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!(
-            "configuration file {} does not exist",
+    // Never a FIFO (it would hang) nor a huge file (read whole): a clear error instead.
+    let bytes =
+        pra_core::read_regular(path, pra_core::SMALL_FILE_LIMIT).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                "configuration file {} does not exist",
+                path.display()
+            )),
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::FileTooLarge => {
+                Error::InvalidArgument(format!("configuration file {}: {e}", path.display()))
+            }
+            _ => Error::io("read", path, e),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "configuration file {}: not UTF-8 text",
             path.display()
-        )),
-        _ => Error::io("read", path, e),
+        ))
     })?;
     toml::from_str(&text)
         .map_err(|e| Error::InvalidArgument(format!("configuration file {}: {e}", path.display())))

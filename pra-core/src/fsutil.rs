@@ -2,11 +2,65 @@
 //! fsync, private (0600/0700) creation. Nothing else in pra-core touches the file system.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// The largest lock file or configuration file pra reads: anything bigger is not one.
+pub const SMALL_FILE_LIMIT: u64 = 64 * 1024;
+
+/// What a file that is not a regular file is, in words.
+pub(crate) fn special_kind(t: fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        None
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else {
+        Some("not a regular file")
+    }
+}
+
+/// Reads `path`, a regular file of at most `limit` bytes, without ever blocking on a FIFO or
+/// reading a huge file whole: it is opened with `O_NONBLOCK` and checked with `fstat` first.
+/// A special file is an [`io::ErrorKind::InvalidInput`] error naming its type (`a FIFO`...), a
+/// bigger file an [`io::ErrorKind::FileTooLarge`] one naming the limit.
+pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if let Some(kind) = special_kind(meta.file_type()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{kind}, not a regular file"),
+        ));
+    }
+    let too_big = || {
+        io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("larger than the {} KiB limit", limit / 1024),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big());
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(limit.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > limit {
+        return Err(too_big()); // it grew while we read
+    }
+    Ok(data)
+}
 
 /// The directory holding `path` (`.` for a bare file name).
 pub(crate) fn parent_dir(path: &Path) -> &Path {

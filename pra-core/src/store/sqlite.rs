@@ -97,8 +97,13 @@ impl SqliteStore {
             url: url.clone(),
             reason,
         };
-        if path.is_dir() {
-            return Err(unavailable("the path is a directory".into()));
+        if let Ok(meta) = std::fs::metadata(path)
+            && let Some(kind) = crate::fsutil::special_kind(meta.file_type())
+        {
+            return Err(unavailable(format!(
+                "{} is {kind}, not a regular file",
+                path.display()
+            )));
         }
         crate::fsutil::refuse_world_writable(&url, &[path, crate::fsutil::parent_dir(path)])?;
         if !path.exists() {

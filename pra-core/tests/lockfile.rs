@@ -1,0 +1,287 @@
+//! The lock-file store cannot be fooled (issue 18): by a symlink, by the seed's tooling
+//! rewriting the file, by a reason that is shell code, by a FIFO or a huge file.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pra_core::store::{FileStore, SqliteStore, Store};
+use pra_core::{Actor, ErrorKind, FencingToken, SiteChange, SiteId, SystemClock};
+
+fn site(s: &str) -> SiteId {
+    SiteId::new(s).unwrap()
+}
+
+fn open(p: &Path) -> FileStore {
+    FileStore::open(p, Arc::new(SystemClock)).unwrap()
+}
+
+fn activate(s: &dyn Store, name: &str, expect: u64) -> pra_core::Result<FencingToken> {
+    let r = s.change(
+        SiteChange::Activate {
+            site: site(name),
+            expect: FencingToken(expect),
+        },
+        &Actor::new("ops", "test").unwrap(),
+    )?;
+    Ok(r.token)
+}
+
+fn deactivate(s: &dyn Store, expect: u64) -> pra_core::Result<FencingToken> {
+    let r = s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(expect),
+        },
+        &Actor::new("ops", "test").unwrap(),
+    )?;
+    Ok(r.token)
+}
+
+#[test]
+fn a_symlinked_lock_file_is_one_record_for_every_path_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("shared")).unwrap();
+    fs::create_dir(dir.path().join("vm1")).unwrap();
+    fs::create_dir(dir.path().join("vm2")).unwrap();
+    let target = dir.path().join("shared/pra-status.lock");
+    fs::write(&target, "ACTIVE_SITE=NONE\n").unwrap();
+    let vm1 = dir.path().join("vm1/pra-status.lock");
+    let vm2 = dir.path().join("vm2/pra-status.lock");
+    // One relative and one absolute link.
+    std::os::unix::fs::symlink("../shared/pra-status.lock", &vm1).unwrap();
+    std::os::unix::fs::symlink(&target, &vm2).unwrap();
+    let (a, b) = (open(&vm1), open(&vm2));
+    assert_eq!(activate(&a, "rbx", 0).unwrap(), FencingToken(1));
+    // The other path sees the change, and changes the same record.
+    assert_eq!(b.load().unwrap().site, Some(site("rbx")));
+    assert_eq!(deactivate(&b, 1).unwrap(), FencingToken(2));
+    assert_eq!(activate(&a, "sbg", 2).unwrap(), FencingToken(3));
+    for link in [&vm1, &vm2] {
+        assert!(
+            fs::symlink_metadata(link).unwrap().file_type().is_symlink(),
+            "{} was replaced by a host-local file",
+            link.display()
+        );
+        let s = open(link);
+        assert_eq!(s.load().unwrap().token, FencingToken(3));
+        assert_eq!(s.verify_journal().unwrap().entries, 3);
+    }
+    // The journal and the advisory lock live beside the target, not beside the links.
+    assert!(dir.path().join("shared/pra-status.lock.journal").exists());
+    assert!(dir.path().join("shared/pra-status.lock.pra-lock").exists());
+    for vm in ["vm1", "vm2"] {
+        let names: Vec<_> = fs::read_dir(dir.path().join(vm))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["pra-status.lock"], "{vm}");
+    }
+}
+
+#[test]
+fn the_seed_rewriting_the_file_is_refused_and_the_journal_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let jp = dir.path().join("pra-status.lock.journal");
+    let s = open(&p);
+    activate(&s, "rbx", 0).unwrap();
+    deactivate(&s, 1).unwrap();
+    activate(&s, "sbg", 2).unwrap();
+    let journal = fs::read(&jp).unwrap();
+    // The seed's tooling (Ansible, a hand-run script) writes its own format.
+    fs::write(&p, "ACTIVE_SITE=RBX\n").unwrap();
+    let errors = [
+        s.load().map(|_| ()).unwrap_err(),
+        pra_core::check(&s, &site("rbx")).map(|_| ()).unwrap_err(),
+        s.verify_journal().map(|_| ()).unwrap_err(),
+        s.journal().map(|_| ()).unwrap_err(),
+        activate(&s, "rbx", 0).map(|_| ()).unwrap_err(),
+        deactivate(&s, 0).map(|_| ()).unwrap_err(),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains(&jp.display().to_string()),
+            "the error must name the file and its journal: {msg}"
+        );
+        assert!(msg.contains("token 3"), "and what the journal says: {msg}");
+    }
+    assert_eq!(fs::read(&jp).unwrap(), journal, "the journal was changed");
+}
+
+#[test]
+fn a_record_edited_behind_the_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = open(&p);
+    activate(&s, "rbx", 0).unwrap();
+    let good = fs::read_to_string(&p).unwrap();
+    // `sed -i s/RBX/SBG/`: the token and the head still match, the site does not.
+    fs::write(&p, good.replace("ACTIVE_SITE=RBX", "ACTIVE_SITE=SBG")).unwrap();
+    for e in [
+        s.verify_journal().map(|_| ()).unwrap_err(),
+        deactivate(&s, 1).map(|_| ()).unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
+    // A token moved back by hand.
+    fs::write(&p, good.replace("TOKEN=1", "TOKEN=0")).unwrap();
+    assert_eq!(
+        s.verify_journal().unwrap_err().kind(),
+        ErrorKind::Corrupt,
+        "token"
+    );
+    // A head that is nowhere in the journal.
+    let head = good
+        .lines()
+        .find_map(|l| l.strip_prefix("JOURNAL_HEAD="))
+        .unwrap();
+    fs::write(&p, good.replace(head, &"ab".repeat(32))).unwrap();
+    assert_eq!(
+        s.verify_journal().unwrap_err().kind(),
+        ErrorKind::Corrupt,
+        "head"
+    );
+    fs::write(&p, &good).unwrap();
+    assert_eq!(deactivate(&s, 1).unwrap(), FencingToken(2));
+}
+
+#[test]
+fn only_the_single_entry_of_an_interrupted_change_is_ever_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let jp = dir.path().join("pra-status.lock.journal");
+    let s = open(&p);
+    let initial = fs::read_to_string(&p).unwrap();
+    activate(&s, "rbx", 0).unwrap();
+    deactivate(&s, 1).unwrap();
+    // The file put back two changes: that is no interrupted change.
+    fs::write(&p, &initial).unwrap();
+    let journal = fs::read(&jp).unwrap();
+    let e = activate(&s, "sbg", 0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(fs::read(&jp).unwrap(), journal, "entries were deleted");
+}
+
+/// Runs `script` in `sh` in `dir`.
+fn sh(dir: &Path, script: &str) -> String {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{script}: {o:?}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn sourcing_the_lock_file_is_safe_and_the_seeds_grep_finds_one_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = open(&p);
+    let reasons = [
+        "x; touch PWNED",
+        "$(touch PWNED) `touch PWNED` ACTIVE_SITE=SBG",
+        "it's done; active_site=sbg Active_Site 'quoted' \\ back\\slash",
+        "",
+    ];
+    let by = "o'brien ACTIVE_SITE=x";
+    let mut expect = 0;
+    for reason in reasons {
+        let actor = Actor::new(by, reason).unwrap();
+        let change = if expect % 2 == 0 {
+            SiteChange::Activate {
+                site: site("rbx"),
+                expect: FencingToken(expect),
+            }
+        } else {
+            SiteChange::Deactivate {
+                expect: FencingToken(expect),
+            }
+        };
+        s.change(change, &actor).unwrap();
+        expect += 1;
+        let want_site = if expect % 2 == 1 { "RBX" } else { "NONE" };
+        let out = sh(
+            dir.path(),
+            ". ./pra-status.lock; printf '%s\\n%s\\n%s\\n%s\\n' \"$ACTIVE_SITE\" \"$TOKEN\" \"$CHANGED_BY\" \"$REASON\"",
+        );
+        assert_eq!(
+            out,
+            format!("{want_site}\n{expect}\n{by}\n{reason}\n"),
+            "sourced"
+        );
+        assert!(!dir.path().join("PWNED").exists(), "sourcing ran a command");
+        // The seed's wrapper.
+        let out = sh(
+            dir.path(),
+            "grep ACTIVE_SITE pra-status.lock | cut -d= -f2; grep -ci active_site pra-status.lock",
+        );
+        assert_eq!(out, format!("{want_site}\n1\n"), "grep | cut");
+        // And pra reads back what it wrote.
+        let r = s.load().unwrap();
+        assert_eq!((r.changed_by.as_str(), r.reason.as_str()), (by, reason));
+        assert_eq!(s.verify_journal().unwrap().entries, expect);
+    }
+}
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Runs `f` in a thread; fails the test if it has not returned within 5 seconds.
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("{what} hangs"))
+}
+
+#[test]
+fn special_and_huge_lock_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.lock");
+    mkfifo(&fifo);
+    let p = fifo.clone();
+    let e = within("opening a FIFO lock file", move || {
+        FileStore::open(&p, Arc::new(SystemClock)).and_then(|s| s.load())
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+    // A FIFO as journal.
+    let p = dir.path().join("pra-status.lock");
+    let s = open(&p);
+    mkfifo(&dir.path().join("pra-status.lock.journal"));
+    let e = within("reading a FIFO journal", move || s.journal()).unwrap_err();
+    assert!(e.to_string().contains("FIFO"), "{e}");
+
+    let big = dir.path().join("big.lock");
+    let f = fs::File::create(&big).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let p = big.clone();
+    let e = within("reading a 1 GB lock file", move || {
+        FileStore::open(&p, Arc::new(SystemClock)).and_then(|s| s.load())
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("KiB"), "{e}");
+
+    let db = dir.path().join("state.db");
+    mkfifo(&db);
+    let e = within("opening a FIFO SQLite store", move || {
+        SqliteStore::open(&db, Arc::new(SystemClock)).map(|_| ())
+    })
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+}
