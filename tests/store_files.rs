@@ -99,3 +99,225 @@ fn a_fifo_or_a_huge_file_as_configuration_or_lock_file_is_refused_at_once() {
     assert_eq!(o.status.code(), Some(10), "{}", text(&o));
     assert!(text(&o).contains("KiB"), "{}", text(&o));
 }
+
+/// A system group and two users made for one test (root only), removed when dropped: `job`
+/// is a member of the group, `outsider` is not.
+struct Users {
+    group: String,
+    job: String,
+    outsider: String,
+}
+
+impl Users {
+    fn create() -> Option<Users> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: the test with real users is skipped");
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let u = Users {
+            group: format!("prag{id}"),
+            job: format!("praj{id}"),
+            outsider: format!("prax{id}"),
+        };
+        let run = |args: &[&str]| {
+            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            assert!(o.status.success(), "{args:?}: {}", text(&o));
+        };
+        run(&["groupadd", "--system", &u.group]);
+        for (user, groups) in [(&u.job, u.group.as_str()), (&u.outsider, "")] {
+            let mut args = vec!["useradd", "--system", "--no-create-home", "--user-group"];
+            if !groups.is_empty() {
+                args.extend(["--groups", groups]);
+            }
+            args.extend(["--shell", "/usr/sbin/nologin", user]);
+            run(&args);
+        }
+        Some(u)
+    }
+
+    /// `cmd` run as `user` (its own group and supplementary groups), environment kept.
+    fn as_user(user: &str, cmd: &Command) -> Command {
+        let mut c = Command::new("setpriv");
+        c.args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        if let Some(d) = cmd.get_current_dir() {
+            c.current_dir(d);
+        }
+        c
+    }
+}
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        for user in [&self.job, &self.outsider] {
+            let _ = Command::new("userdel").arg(user).output();
+        }
+        let _ = Command::new("groupdel").arg(&self.group).output();
+    }
+}
+
+fn mode_and_group(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.mode() & 0o7777, m.gid())
+}
+
+fn gid_of(group: &str) -> u32 {
+    let o = Command::new("getent")
+        .args(["group", group])
+        .output()
+        .unwrap();
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_store_root_created_with_store_group_is_usable_by_the_jobs_of_that_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(users) = Users::create() else { return };
+    let gid = gid_of(&users.group);
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = top.path().join("pra.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store_group = \"{}\"\nheartbeat_seconds = 1\nrevoke_grace_seconds = 1\nlost_after_seconds = 5\nstore_timeout_seconds = 1\n",
+            users.group
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (name, store_file, files) in [
+        (
+            "sqlite",
+            "state.db",
+            &["state.db", "state.db-wal", "state.db-shm"][..],
+        ),
+        (
+            "file",
+            "pra-status.lock",
+            &[
+                "pra-status.lock",
+                "pra-status.lock.journal",
+                "pra-status.lock.pra-lock",
+            ][..],
+        ),
+    ] {
+        // The documented layout: the directory is the group's, 2770.
+        let dir = top.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, None, Some(gid)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let url = format!("{name}://{}", dir.join(store_file).display());
+        let root = |args: &[&str]| {
+            let o = within(pra(top.path(), &url, &config, args));
+            assert_eq!(o.status.code(), Some(0), "root {args:?}: {}", text(&o));
+        };
+        let job = |user: &str, args: &[&str]| {
+            within(Users::as_user(user, &pra(top.path(), &url, &config, args)))
+        };
+        // The operator, root, creates the store and activates rbx.
+        root(&["site", "activate", "rbx", "--expect-token", "0"]);
+        // (SQLite removes its -wal and -shm when its last connection closes.)
+        assert!(dir.join(files[0]).exists());
+        for f in files.iter().filter(|f| dir.join(f).exists()) {
+            assert_eq!(
+                mode_and_group(&dir.join(f)),
+                (0o660, gid),
+                "{name}: {f} is not the group's, 0660"
+            );
+        }
+        // The job user, a member of the group, checks and runs.
+        let o = job(&users.job, &["check"]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+        if name == "sqlite" {
+            let o = job(&users.job, &["run", "--job", "invoices", "--", "true"]);
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+        }
+        // The operator flips again: the rewritten files keep their group and mode.
+        root(&["site", "deactivate", "--expect-token", "1"]);
+        root(&["site", "activate", "rbx", "--expect-token", "2"]);
+        for f in files.iter().filter(|f| dir.join(f).exists()) {
+            assert_eq!(mode_and_group(&dir.join(f)), (0o660, gid), "{name}: {f}");
+        }
+        let o = job(&users.job, &["check"]);
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+        // Someone outside the group is refused, with the file, its owner, group and mode and
+        // the fix.
+        let o = job(&users.outsider, &["check"]);
+        assert_eq!(o.status.code(), Some(9), "{name}: {}", text(&o));
+        let t = text(&o);
+        for want in [
+            dir.display().to_string(),
+            "owned by root".into(),
+            format!("group {}", users.group),
+            "usermod -aG".into(),
+            users.outsider.clone(),
+        ] {
+            assert!(t.contains(&want), "{name}: {want:?} missing from: {t}");
+        }
+    }
+}
+
+#[test]
+fn a_private_store_tells_a_job_user_how_to_share_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(users) = Users::create() else { return };
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = top.path().join("pra.toml");
+    std::fs::write(&config, "").unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (name, store_file) in [("sqlite", "state.db"), ("file", "pra-status.lock")] {
+        let dir = top.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join(store_file);
+        let url = format!("{name}://{}", path.display());
+        let o = within(pra(
+            top.path(),
+            &url,
+            &config,
+            &["site", "activate", "rbx", "--expect-token", "0"],
+        ));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        assert_eq!(mode_and_group(&path).0, 0o600, "{name}: private by default");
+        let o = within(Users::as_user(
+            &users.job,
+            &pra(top.path(), &url, &config, &["check"]),
+        ));
+        assert_eq!(o.status.code(), Some(9), "{name}: {}", text(&o));
+        let t = text(&o);
+        for want in [
+            path.display().to_string(),
+            "owned by root".into(),
+            "mode 0600".into(),
+            "store_group".into(),
+            "chmod 660".into(),
+        ] {
+            assert!(t.contains(&want), "{name}: {want:?} missing from: {t}");
+        }
+    }
+}

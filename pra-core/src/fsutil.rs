@@ -135,19 +135,27 @@ pub(crate) fn remove_dead_temps(dir: &Path, prefix: &str) {
     }
 }
 
-/// Writes `data` to `path` atomically: a temporary file in the same directory (mode 0600),
-/// fsync, rename over `path`, fsync of the directory. Readers see the old or the new content,
-/// never a mix; after a crash the temporary file may remain, never a partial `path`.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes `data` to `path` atomically: a temporary file in the same directory, fsync, rename
+/// over `path`, fsync of the directory. Readers see the old or the new content, never a mix;
+/// after a crash the temporary file may remain, never a partial `path`. The new file keeps the
+/// mode, group (and, when pra runs as root, owner) of the file it replaces, set on the
+/// temporary file before the rename; a new `path` gets `sharing`'s.
+pub(crate) fn write_atomic(path: &Path, data: &[u8], sharing: Sharing) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let tmp = with_suffix(path, &format!(".tmp.{}", std::process::id()));
+    let (mode, owner) = match fs::metadata(path) {
+        Ok(m) => (m.mode() & 0o777, Some((m.uid(), m.gid()))),
+        Err(_) => (sharing.mode(), sharing.group.map(|g| (u32::MAX, g))),
+    };
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .map_err(|e| Error::io("create", &tmp, e))?;
+        set_owner_and_mode(&f, &tmp, mode, owner)?;
         f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
@@ -157,6 +165,216 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Gives the file `f` (at `path`) `mode` whatever the umask, and the group of `owner` (and its
+/// user, when this process is root and may give files away; `u32::MAX` keeps the user).
+fn set_owner_and_mode(f: &File, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))?;
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    let now = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let uid = Some(uid).filter(|&u| root && u != u32::MAX && u != now.uid());
+    let gid = Some(gid).filter(|&g| g != now.gid());
+    if uid.is_none() && gid.is_none() {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(f, uid, gid).map_err(|e| {
+        Error::io(
+            "keep the group of",
+            path,
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}: this process ({}) is not a member of group {}; add the user to it (`usermod -aG {} USER`)",
+                    whoami(),
+                    group_name(gid.unwrap_or(now.gid())),
+                    group_name(gid.unwrap_or(now.gid()))
+                ),
+            ),
+        )
+    })?;
+    // chown clears the set-id bits: give the mode again.
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+/// Who may use a store's files: their owner alone (mode 0600, the default), or also the
+/// members of one group (`store_group`: 0660, that group; the directory is expected 2770, so
+/// that files created beside the store, such as SQLite's `-wal` and `-shm`, get the group too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// The group, if the store is shared with one.
+    pub group: Option<u32>,
+}
+
+impl Sharing {
+    /// The owner alone.
+    pub const PRIVATE: Sharing = Sharing { group: None };
+
+    /// Shared with the group `name` (a name or a number).
+    pub fn group(name: &str) -> Result<Sharing> {
+        let gid = match name.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_id(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "store_group {name:?}: no such group (create it with `groupadd {name}`)"
+                ))
+            })?,
+        };
+        Ok(Sharing { group: Some(gid) })
+    }
+
+    /// The mode of the files it creates.
+    pub fn mode(self) -> u32 {
+        if self.group.is_some() { 0o660 } else { 0o600 }
+    }
+
+    /// Opens `path` with `opts`, first creating it with this sharing's mode and group if it
+    /// does not exist (an existing file keeps its own).
+    pub(crate) fn open_or_create(self, opts: &OpenOptions, path: &Path) -> Result<File> {
+        match opts.clone().create_new(true).mode(self.mode()).open(path) {
+            Ok(f) => {
+                set_owner_and_mode(&f, path, self.mode(), self.group.map(|g| (u32::MAX, g)))?;
+                Ok(f)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                opts.open(path).map_err(|e| Error::io("open", path, e))
+            }
+            Err(e) => Err(Error::io("create", path, e)),
+        }
+    }
+
+    /// Warns when the directory `dir` of a shared store is not its group's, 2770: files created
+    /// in it would not all get the group.
+    pub(crate) fn check_dir(self, dir: &Path) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let (Some(gid), Ok(m)) = (self.group, fs::metadata(dir)) else {
+            return;
+        };
+        let mode = m.permissions().mode();
+        if m.gid() != gid || mode & 0o2070 != 0o2070 {
+            let g = group_name(gid);
+            tracing::warn!(
+                dir = %dir.display(),
+                "the store is shared with group {g}, but its directory is group {} with mode {:04o}; run `chgrp {g} {} && chmod 2770 {}`",
+                group_name(m.gid()),
+                mode & 0o7777,
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+}
+
+/// Why this process may not use `path` (or, if it does not exist, its directory): the file's
+/// owner, group and mode, who this process is, and how to share a store.
+pub(crate) fn explain_denied(path: &Path) -> String {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (what, meta) = match fs::metadata(path) {
+        Ok(m) => (path, m),
+        Err(_) => match fs::metadata(parent_dir(path)) {
+            Ok(m) => (parent_dir(path), m),
+            Err(e) => return format!("{}: {e}", path.display()),
+        },
+    };
+    let group = group_name(meta.gid());
+    format!(
+        "permission denied: {} is owned by {} and group {group} with mode {:04o}, and this process runs as {}. \
+         To share the store between its operators and the jobs, give its files one group: \
+         store_group = \"{group}\" in pra.toml (or PRA_STORE_GROUP), `chgrp {group} DIR && chmod 2770 DIR` \
+         for its directory, `chgrp {group} FILE && chmod 660 FILE` for the files already there, \
+         and add the job's user to the group (`usermod -aG {group} USER`); see README, File permissions",
+        what.display(),
+        user_name(meta.uid()),
+        meta.permissions().mode() & 0o7777,
+        whoami()
+    )
+}
+
+/// Whether this process may access `path` as `mode` (`libc::R_OK | libc::W_OK`...).
+pub(crate) fn may(path: &Path, mode: i32) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), mode) == 0 }
+}
+
+/// This process's user and groups, for messages: `app (uid 1001; groups app, pra)`.
+fn whoami() -> String {
+    // SAFETY: geteuid and getgroups have no preconditions; the buffer holds `n` groups.
+    let uid = unsafe { libc::geteuid() };
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let n = unsafe { libc::getgroups(groups.len() as i32, groups.as_mut_ptr()) };
+    let mut names: Vec<String> = vec![group_name(unsafe { libc::getegid() })];
+    for g in groups.iter().take(n.max(0) as usize) {
+        let name = group_name(*g);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    format!(
+        "{} (uid {uid}; groups {})",
+        user_name(uid),
+        names.join(", ")
+    )
+}
+
+/// The name of user `uid`, or its number.
+fn user_name(uid: u32) -> String {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: getpwuid_r writes into `pw` and `buf` (its length given) and sets `out`.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0
+            && !out.is_null()
+        {
+            return std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    uid.to_string()
+}
+
+/// The name of group `gid`, or its number.
+fn group_name(gid: u32) -> String {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: getgrgid_r writes into `gr` and `buf` (its length given) and sets `out`.
+    unsafe {
+        let mut gr: libc::group = std::mem::zeroed();
+        let mut out = std::ptr::null_mut();
+        if libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) == 0
+            && !out.is_null()
+        {
+            return std::ffi::CStr::from_ptr(gr.gr_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    gid.to_string()
+}
+
+/// The number of group `name`.
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: getgrnam_r writes into `gr` and `buf` (its length given) and sets `out`.
+    unsafe {
+        let mut gr: libc::group = std::mem::zeroed();
+        let mut out = std::ptr::null_mut();
+        (libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) == 0
+            && !out.is_null())
+        .then_some(gr.gr_gid)
+    }
 }
 
 /// Refuses a store file (or its directory) that any user may write: anyone could then change

@@ -285,3 +285,25 @@ fn special_and_huge_lock_files_are_refused_at_once() {
     assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
     assert!(e.to_string().contains("FIFO"), "{e}");
 }
+
+#[test]
+fn a_rewritten_lock_file_keeps_its_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    fs::write(&p, "ACTIVE_SITE=NONE\n").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    // As root, another group (nogroup); otherwise this process's own.
+    // SAFETY: geteuid and getegid have no preconditions.
+    let gid = if unsafe { libc::geteuid() } == 0 {
+        65534
+    } else {
+        unsafe { libc::getegid() }
+    };
+    std::os::unix::fs::chown(&p, None, Some(gid)).unwrap();
+    let s = open(&p);
+    activate(&s, "rbx", 0).unwrap();
+    deactivate(&s, 1).unwrap();
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, gid));
+}

@@ -4,7 +4,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use super::{
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, FencingToken};
-use crate::fsutil::{parent_dir, with_suffix, write_atomic};
+use crate::fsutil::{Sharing, explain_denied, parent_dir, with_suffix, write_atomic};
 use crate::site::SiteId;
 
 /// The lock-file store. Keeps the active-site record and its journal only: plans and the run
@@ -29,6 +28,7 @@ pub struct FileStore {
     journal_path: PathBuf,
     mutex_path: PathBuf,
     clock: Arc<dyn Clock>,
+    sharing: Sharing,
 }
 
 /// What a lock file says, with the journal head it was written after.
@@ -261,6 +261,15 @@ impl FileStore {
     /// store: the journal and the advisory lock live beside the target, and changes replace the
     /// target, so that every link to it (one per VM, say) sees one record.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_shared(path, clock, Sharing::PRIVATE)
+    }
+
+    /// [`FileStore::open`], creating missing files as `sharing` says.
+    pub(crate) fn open_shared(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        sharing: Sharing,
+    ) -> Result<Self> {
         let url = format!("file://{}", display(path));
         let unavailable = |reason: String| Error::StoreUnavailable {
             url: url.clone(),
@@ -283,12 +292,14 @@ impl FileStore {
             )));
         }
         crate::fsutil::refuse_world_writable(&url, &[&target, dir, parent_dir(path)])?;
+        sharing.check_dir(dir);
         let store = FileStore {
             url,
             journal_path: with_suffix(&target, ".journal"),
             mutex_path: with_suffix(&target, ".pra-lock"),
             path: target,
             clock,
+            sharing,
         };
         store.create_if_missing()?;
         Ok(store)
@@ -312,7 +323,7 @@ impl FileStore {
             record: ActiveSite::initial(),
             journal_head: GENESIS_HASH.into(),
         };
-        match write_atomic(&self.path, initial.render().as_bytes()) {
+        match write_atomic(&self.path, initial.render().as_bytes(), self.sharing) {
             Ok(()) => Ok(()),
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
                 Ok(())
@@ -327,9 +338,30 @@ impl FileStore {
     }
 
     fn unavailable(&self, what: &str, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return self.denied(&self.path);
+        }
         Error::StoreUnavailable {
             url: self.url.clone(),
             reason: format!("{what} {}: {e}", self.path.display()),
+        }
+    }
+
+    /// The store is unavailable to this process: `path`'s owner, group and mode, and the fix.
+    fn denied(&self, path: &Path) -> Error {
+        Error::StoreUnavailable {
+            url: self.url.clone(),
+            reason: explain_denied(path),
+        }
+    }
+
+    /// `e`, or, for a permission denied on one of the store's files, [`FileStore::denied`].
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Io { path, source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                self.denied(&path)
+            }
+            e => e,
         }
     }
 
@@ -390,7 +422,7 @@ impl FileStore {
                 })?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("read", &self.journal_path, e)),
+            Err(e) => return Err(self.explain(Error::io("read", &self.journal_path, e))),
         }
         let mut entries = Vec::new();
         let mut offsets = Vec::new();
@@ -539,14 +571,15 @@ impl FileStore {
     }
 
     fn lock(&self, exclusive: bool) -> Result<File> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.mutex_path)
-            .map_err(|e| self.unavailable("cannot open the advisory lock beside", e))?;
+        let f = self
+            .sharing
+            .open_or_create(OpenOptions::new().read(true).write(true), &self.mutex_path)
+            .map_err(|e| match self.explain(e) {
+                Error::Io { source, .. } => {
+                    self.unavailable("cannot open the advisory lock beside", source)
+                }
+                e => e,
+            })?;
         if exclusive { f.lock() } else { f.lock_shared() }
             .map_err(|e| self.unavailable("cannot take the advisory lock beside", e))?;
         Ok(f)
@@ -625,15 +658,14 @@ impl Backend for FileStore {
         if current.seed {
             // The first change on a seed file: the file is rewritten in pra's format first, so
             // that from now on a seed-format file with a journal is always a foreign rewrite.
-            write_atomic(&self.path, current.lock.render().as_bytes())?;
+            write_atomic(&self.path, current.lock.render().as_bytes(), self.sharing)
+                .map_err(|e| self.explain(e))?;
         }
         // Write-ahead: journal first (fsync), then the lock file, whose rename is the commit point.
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.journal_path)
-            .map_err(|e| Error::io("open", &self.journal_path, e))?;
+        let mut file = self
+            .sharing
+            .open_or_create(OpenOptions::new().append(true), &self.journal_path)
+            .map_err(|e| self.explain(e))?;
         if let Some(offset) = journal.pending_at {
             tracing::warn!(journal = %self.journal_path.display(), "rolling back the journal entry of an interrupted change");
             file.set_len(offset)
@@ -654,7 +686,8 @@ impl Backend for FileStore {
             record: writes.record.clone(),
             journal_head: writes.head.hash.clone(),
         };
-        write_atomic(&self.path, next.render().as_bytes())?;
+        write_atomic(&self.path, next.render().as_bytes(), self.sharing)
+            .map_err(|e| self.explain(e))?;
         Ok(writes)
     }
 
