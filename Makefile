@@ -107,6 +107,7 @@ apt-tools:
 	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
+	command -v bindfs >/dev/null || missing="$$missing bindfs"; \
 	[ -e /usr/include/sqlite3.h ] || missing="$$missing libsqlite3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

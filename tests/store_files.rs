@@ -321,3 +321,69 @@ fn a_private_store_tells_a_job_user_how_to_share_it() {
         }
     }
 }
+
+/// A FUSE mount (bindfs) of a scratch directory, unmounted when dropped; `None` (the test
+/// then says it is skipped) where bindfs or FUSE is not available.
+struct Fuse {
+    mount: tempfile::TempDir,
+    _source: tempfile::TempDir,
+}
+
+impl Fuse {
+    fn mount() -> Option<Fuse> {
+        let source = tempfile::tempdir().unwrap();
+        let mount = tempfile::tempdir().unwrap();
+        let ok = Command::new("bindfs")
+            .arg(source.path())
+            .arg(mount.path())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("bindfs or FUSE is not available: the end-to-end FUSE test is skipped");
+            return None;
+        }
+        Some(Fuse {
+            mount,
+            _source: source,
+        })
+    }
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount")
+            .arg("-u")
+            .arg(self.mount.path())
+            .output();
+    }
+}
+
+#[test]
+fn an_sqlite_store_on_a_network_file_system_is_refused_and_a_lock_file_warned_about() {
+    let Some(fuse) = Fuse::mount() else { return };
+    let d = fuse.mount.path();
+    let config = d.join("pra.toml");
+    std::fs::write(&config, "").unwrap();
+    let sqlite = format!("sqlite://{}/state.db", d.display());
+    let o = within(pra(d, &sqlite, &config, &["check"]));
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(
+        text(&o).contains("FUSE") && text(&o).contains("etcd://"),
+        "{}",
+        text(&o)
+    );
+    assert!(!d.join("state.db").exists(), "nothing is created");
+    let lock = format!("file://{}/pra-status.lock", d.display());
+    let o = within(pra(
+        d,
+        &lock,
+        &config,
+        &["site", "activate", "rbx", "--expect-token", "0"],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("FUSE") && text(&o).contains("advisory lock is not guaranteed"),
+        "{}",
+        text(&o)
+    );
+}

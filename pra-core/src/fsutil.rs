@@ -62,6 +62,44 @@ pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The name of the file system whose `statfs` magic number is `f_type`, if it is one whose
+/// files several hosts may reach (network and cluster file systems, and FUSE, behind which
+/// any of them can hide): there, SQLite's WAL (shared memory on one host) does not work, and
+/// advisory locks between hosts are not guaranteed.
+pub(crate) fn network_fs(f_type: u32) -> Option<&'static str> {
+    Some(match f_type {
+        0x6969 => "NFS",
+        0x517B => "SMB",
+        0xFF53_4D42 => "CIFS",
+        0xFE53_4D42 => "SMB2",
+        0x6573_5546 => "FUSE",
+        0x0102_1997 => "9p",
+        0x00C3_6400 => "CephFS",
+        0x5346_414F => "AFS",
+        0x6B41_4653 => "kAFS",
+        0x7375_7245 => "Coda",
+        0x564C => "NCP",
+        0x7461_636F => "OCFS2",
+        0x0116_1970 => "GFS2",
+        0x0BD0_0BD0 => "Lustre",
+        0x4750_4653 => "GPFS",
+        0x1983_0326 => "BeeGFS",
+        _ => return None,
+    })
+}
+
+/// The network file system (see [`network_fs`]) that `dir` is on, if it is on one.
+pub(crate) fn network_fs_of(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a valid NUL-terminated path, and a statfs buffer statfs fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    network_fs(st.f_type as u32)
+}
+
 /// The directory holding `path` (`.` for a bare file name).
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     path.parent()
@@ -401,4 +439,40 @@ pub(crate) fn refuse_world_writable(url: &str, paths: &[&Path]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_file_systems_are_known_by_their_magic() {
+        for (magic, name) in [
+            (0x6969, "NFS"),
+            (0xFF53_4D42, "CIFS"),
+            (0xFE53_4D42, "SMB2"),
+            (0x6573_5546, "FUSE"),
+            (0x0102_1997, "9p"),
+            (0x00C3_6400, "CephFS"),
+        ] {
+            assert_eq!(network_fs(magic), Some(name));
+        }
+        // ext4, xfs, btrfs, tmpfs, overlayfs, zfs: one host's.
+        for local in [
+            0xEF53,
+            0x5846_5342,
+            0x9123_683E,
+            0x0102_1994,
+            0x794C_7630,
+            0x2FC1_2FC1,
+        ] {
+            assert_eq!(network_fs(local), None, "{local:#x}");
+        }
+        // The magic numbers that do not fit in 31 bits are matched whatever the sign of f_type.
+        assert_eq!(
+            network_fs(0xFF53_4D42_u32 as i32 as i64 as u32),
+            Some("CIFS")
+        );
+        assert_eq!(network_fs_of(Path::new("/proc")), None);
+    }
 }

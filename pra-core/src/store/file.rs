@@ -293,6 +293,12 @@ impl FileStore {
         }
         crate::fsutil::refuse_world_writable(&url, &[&target, dir, parent_dir(path)])?;
         sharing.check_dir(dir);
+        if let Some(fs) = crate::fsutil::network_fs_of(dir) {
+            tracing::warn!(
+                store = %url,
+                "the lock file is on {fs}, a file system other hosts reach: its advisory lock is not guaranteed between hosts, so two hosts changing it at once can lose a change or fork its journal (readers still see a whole file); for two sites that must decide independently, use an etcd:// store"
+            );
+        }
         let store = FileStore {
             url,
             journal_path: with_suffix(&target, ".journal"),

@@ -117,6 +117,12 @@ impl SqliteStore {
             )));
         }
         let dir = crate::fsutil::parent_dir(path);
+        if let Some(fs) = crate::fsutil::network_fs_of(dir) {
+            return Err(Error::Unsupported(format!(
+                "{url}: {} is on {fs}, a file system other hosts reach: SQLite's WAL mode, which pra uses, keeps its shared memory on one host, and locks between hosts are not guaranteed there, so two hosts could both change the record. Keep the SQLite store on a local disk of one machine, or share the record between sites with an etcd:// store (README, Choosing a store)",
+                dir.display()
+            )));
+        }
         crate::fsutil::refuse_world_writable(&url, &[path, dir])?;
         sharing.check_dir(dir);
         if !path.exists() {
