@@ -226,15 +226,12 @@ fn set_owner_and_mode(f: &File, path: &Path, mode: u32, owner: Option<(u32, u32)
         Error::io(
             "keep the group of",
             path,
-            io::Error::new(
-                e.kind(),
-                format!(
+            io::Error::other(format!(
                     "{e}: this process ({}) is not a member of group {}; add the user to it (`usermod -aG {} USER`)",
                     whoami(),
                     group_name(gid.unwrap_or(now.gid())),
                     group_name(gid.unwrap_or(now.gid()))
-                ),
-            ),
+            )),
         )
     })?;
     // chown clears the set-id bits: give the mode again.
