@@ -3,11 +3,13 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
+/// `pra args` in `dir` on `store` with `config`, killed after 10 s (exit 124: it hangs).
 fn pra(dir: &Path, store: &str, config: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
-    c.args(args)
+    let mut c = Command::new("timeout");
+    c.arg("10")
+        .arg(env!("CARGO_BIN_EXE_pra"))
+        .args(args)
         .current_dir(dir)
         .env("PRA_STORE", store)
         .env("PRA_SITES", "rbx,sbg")
@@ -17,23 +19,9 @@ fn pra(dir: &Path, store: &str, config: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Runs `cmd`; fails the test if it has not finished within 10 s (it is killed then).
-fn within(mut cmd: Command) -> Output {
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} hangs");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+/// Runs `cmd` to its end.
+fn run(mut cmd: Command) -> Output {
+    cmd.output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -55,49 +43,43 @@ fn mkfifo(path: &Path) {
 fn a_fifo_or_a_huge_file_as_configuration_or_lock_file_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let lock = format!("file://{}/pra-status.lock", d.display());
     let empty = d.join("empty.toml");
     std::fs::write(&empty, "").unwrap();
-    let fifo = d.join("fifo.toml");
-    mkfifo(&fifo);
-    let huge = d.join("huge.toml");
-    std::fs::File::create(&huge)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    for (config, want) in [(&fifo, "FIFO"), (&huge, "KiB")] {
-        let o = within(pra(d, &lock, config, &["check"]));
-        assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    for name in ["fifo.toml", "fifo.lock"] {
+        mkfifo(&d.join(name));
+    }
+    for name in ["huge.toml", "huge.lock"] {
+        std::fs::File::create(d.join(name))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+    }
+    let url = |name: &str| format!("file://{}", d.join(name).display());
+    // (configuration file, lock file, exit code, what the message names)
+    for (config, lock, code, want) in [
+        (
+            d.join("fifo.toml"),
+            url("pra-status.lock"),
+            3,
+            "fifo.toml: a FIFO",
+        ),
+        (
+            d.join("huge.toml"),
+            url("pra-status.lock"),
+            3,
+            "huge.toml: larger than the 64 KiB",
+        ),
+        (empty.clone(), url("fifo.lock"), 9, "fifo.lock is a FIFO"),
+        (empty.clone(), url("huge.lock"), 10, "64 KiB"),
+    ] {
+        let o = run(pra(d, &lock, &config, &["check"]));
+        assert_eq!(o.status.code(), Some(code), "{}", text(&o));
         assert!(
-            text(&o).contains(want) && text(&o).contains(&config.display().to_string()),
-            "{}",
+            text(&o).contains(want),
+            "{want:?} missing from: {}",
             text(&o)
         );
     }
-    // The lock file itself.
-    let fifo_lock = d.join("fifo.lock");
-    mkfifo(&fifo_lock);
-    let o = within(pra(
-        d,
-        &format!("file://{}", fifo_lock.display()),
-        &empty,
-        &["check"],
-    ));
-    assert_eq!(o.status.code(), Some(9), "{}", text(&o));
-    assert!(text(&o).contains("FIFO"), "{}", text(&o));
-    let huge_lock = d.join("huge.lock");
-    std::fs::File::create(&huge_lock)
-        .unwrap()
-        .set_len(1 << 30)
-        .unwrap();
-    let o = within(pra(
-        d,
-        &format!("file://{}", huge_lock.display()),
-        &empty,
-        &["check"],
-    ));
-    assert_eq!(o.status.code(), Some(10), "{}", text(&o));
-    assert!(text(&o).contains("KiB"), "{}", text(&o));
 }
 
 /// A system group and two users made for one test (root only), removed when dropped: `job`
@@ -232,11 +214,11 @@ fn a_store_root_created_with_store_group_is_usable_by_the_jobs_of_that_group() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770)).unwrap();
         let url = format!("{name}://{}", dir.join(store_file).display());
         let root = |args: &[&str]| {
-            let o = within(pra(top.path(), &url, &config, args));
+            let o = run(pra(top.path(), &url, &config, args));
             assert_eq!(o.status.code(), Some(0), "root {args:?}: {}", text(&o));
         };
         let job = |user: &str, args: &[&str]| {
-            within(Users::as_user(user, &pra(top.path(), &url, &config, args)))
+            run(Users::as_user(user, &pra(top.path(), &url, &config, args)))
         };
         // The operator, root, creates the store and activates rbx.
         root(&["site", "activate", "rbx", "--expect-token", "0"]);
@@ -296,7 +278,7 @@ fn a_private_store_tells_a_job_user_how_to_share_it() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.join(store_file);
         let url = format!("{name}://{}", path.display());
-        let o = within(pra(
+        let o = run(pra(
             top.path(),
             &url,
             &config,
@@ -304,7 +286,7 @@ fn a_private_store_tells_a_job_user_how_to_share_it() {
         ));
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         assert_eq!(mode_and_group(&path).0, 0o600, "{name}: private by default");
-        let o = within(Users::as_user(
+        let o = run(Users::as_user(
             &users.job,
             &pra(top.path(), &url, &config, &["check"]),
         ));
@@ -365,7 +347,7 @@ fn an_sqlite_store_on_a_network_file_system_is_refused_and_a_lock_file_warned_ab
     let config = d.join("pra.toml");
     std::fs::write(&config, "").unwrap();
     let sqlite = format!("sqlite://{}/state.db", d.display());
-    let o = within(pra(d, &sqlite, &config, &["check"]));
+    let o = run(pra(d, &sqlite, &config, &["check"]));
     assert_eq!(o.status.code(), Some(11), "{}", text(&o));
     assert!(
         text(&o).contains("FUSE") && text(&o).contains("etcd://"),
@@ -374,7 +356,7 @@ fn an_sqlite_store_on_a_network_file_system_is_refused_and_a_lock_file_warned_ab
     );
     assert!(!d.join("state.db").exists(), "nothing is created");
     let lock = format!("file://{}/pra-status.lock", d.display());
-    let o = within(pra(
+    let o = run(pra(
         d,
         &lock,
         &config,

@@ -362,54 +362,57 @@ fn whoami() -> String {
     )
 }
 
+/// An entry of the user or group database, looked up by the reentrant `call` (`getpwuid_r`,
+/// `getgrgid_r`, `getgrnam_r`: entry, buffer, its length, result), and what `get` takes of it.
+fn lookup<T, R>(
+    call: impl FnOnce(*mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+    get: impl FnOnce(&T) -> R,
+) -> Option<R> {
+    let mut buf = vec![0 as libc::c_char; 16384];
+    // SAFETY: the entry is plain C data, filled by `call`, which writes at most `buf.len()`
+    // bytes into `buf` and sets `out` to the entry when it found one.
+    unsafe {
+        let mut entry: T = std::mem::zeroed();
+        let mut out = std::ptr::null_mut();
+        (call(&mut entry, buf.as_mut_ptr(), buf.len(), &mut out) == 0 && !out.is_null())
+            .then(|| get(&entry))
+    }
+}
+
+/// The name field of a database entry.
+fn name_of(name: *const libc::c_char) -> String {
+    // SAFETY: `lookup` gives the name of an entry it found: a NUL-terminated string in its buffer.
+    unsafe { std::ffi::CStr::from_ptr(name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The name of user `uid`, or its number.
 fn user_name(uid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: getpwuid_r writes into `pw` and `buf` (its length given) and sets `out`.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out = std::ptr::null_mut();
-        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0
-            && !out.is_null()
-        {
-            return std::ffi::CStr::from_ptr(pw.pw_name)
-                .to_string_lossy()
-                .into_owned();
-        }
-    }
-    uid.to_string()
+    // SAFETY (of the call): per getpwuid_r's contract, with the arguments `lookup` gives.
+    lookup(
+        |e, b, n, o| unsafe { libc::getpwuid_r(uid, e, b, n, o) },
+        |pw: &libc::passwd| name_of(pw.pw_name),
+    )
+    .unwrap_or_else(|| uid.to_string())
 }
 
 /// The name of group `gid`, or its number.
 fn group_name(gid: u32) -> String {
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: getgrgid_r writes into `gr` and `buf` (its length given) and sets `out`.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut out = std::ptr::null_mut();
-        if libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) == 0
-            && !out.is_null()
-        {
-            return std::ffi::CStr::from_ptr(gr.gr_name)
-                .to_string_lossy()
-                .into_owned();
-        }
-    }
-    gid.to_string()
+    lookup(
+        |e, b, n, o| unsafe { libc::getgrgid_r(gid, e, b, n, o) },
+        |gr: &libc::group| name_of(gr.gr_name),
+    )
+    .unwrap_or_else(|| gid.to_string())
 }
 
 /// The number of group `name`.
 fn group_id(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
-    let mut buf = vec![0 as libc::c_char; 16384];
-    // SAFETY: getgrnam_r writes into `gr` and `buf` (its length given) and sets `out`.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut out = std::ptr::null_mut();
-        (libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut out) == 0
-            && !out.is_null())
-        .then_some(gr.gr_gid)
-    }
+    lookup(
+        |e, b, n, o| unsafe { libc::getgrnam_r(c.as_ptr(), e, b, n, o) },
+        |gr: &libc::group| gr.gr_gid,
+    )
 }
 
 /// Refuses a store file (or its directory) that any user may write: anyone could then change

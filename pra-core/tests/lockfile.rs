@@ -2,7 +2,7 @@
 //! rewriting the file, by a reason that is shell code, by a FIFO or a huge file.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,15 @@ fn site(s: &str) -> SiteId {
 
 fn open(p: &Path) -> FileStore {
     FileStore::open(p, Arc::new(SystemClock)).unwrap()
+}
+
+/// A new lock-file store in a scratch directory: the directory, the file, its journal, the store.
+fn fresh() -> (tempfile::TempDir, PathBuf, PathBuf, FileStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pra-status.lock");
+    let s = open(&p);
+    let jp = dir.path().join("pra-status.lock.journal");
+    (dir, p, jp, s)
 }
 
 fn activate(s: &dyn Store, name: &str, expect: u64) -> pra_core::Result<FencingToken> {
@@ -82,10 +91,7 @@ fn a_symlinked_lock_file_is_one_record_for_every_path_to_it() {
 
 #[test]
 fn the_seed_rewriting_the_file_is_refused_and_the_journal_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pra-status.lock");
-    let jp = dir.path().join("pra-status.lock.journal");
-    let s = open(&p);
+    let (_dir, p, jp, s) = fresh();
     activate(&s, "rbx", 0).unwrap();
     deactivate(&s, 1).unwrap();
     activate(&s, "sbg", 2).unwrap();
@@ -151,10 +157,7 @@ fn a_record_edited_behind_the_journal_is_refused() {
 
 #[test]
 fn only_the_single_entry_of_an_interrupted_change_is_ever_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("pra-status.lock");
-    let jp = dir.path().join("pra-status.lock.journal");
-    let s = open(&p);
+    let (_dir, p, jp, s) = fresh();
     let initial = fs::read_to_string(&p).unwrap();
     activate(&s, "rbx", 0).unwrap();
     deactivate(&s, 1).unwrap();
@@ -249,41 +252,56 @@ fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static)
 #[test]
 fn special_and_huge_lock_files_are_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("fifo.lock");
-    mkfifo(&fifo);
-    let p = fifo.clone();
-    let e = within("opening a FIFO lock file", move || {
-        FileStore::open(&p, Arc::new(SystemClock)).and_then(|s| s.load())
-    })
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
-    assert!(e.to_string().contains("FIFO"), "{e}");
-    // A FIFO as journal.
-    let p = dir.path().join("pra-status.lock");
-    let s = open(&p);
-    mkfifo(&dir.path().join("pra-status.lock.journal"));
-    let e = within("reading a FIFO journal", move || s.journal()).unwrap_err();
-    assert!(e.to_string().contains("FIFO"), "{e}");
-
-    let big = dir.path().join("big.lock");
-    let f = fs::File::create(&big).unwrap();
-    f.set_len(1 << 30).unwrap();
-    let p = big.clone();
-    let e = within("reading a 1 GB lock file", move || {
-        FileStore::open(&p, Arc::new(SystemClock)).and_then(|s| s.load())
-    })
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(e.to_string().contains("KiB"), "{e}");
-
-    let db = dir.path().join("state.db");
-    mkfifo(&db);
-    let e = within("opening a FIFO SQLite store", move || {
-        SqliteStore::open(&db, Arc::new(SystemClock)).map(|_| ())
-    })
-    .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::StoreUnavailable, "{e}");
-    assert!(e.to_string().contains("FIFO"), "{e}");
+    let d = dir.path();
+    mkfifo(&d.join("fifo.lock"));
+    fs::File::create(d.join("big.lock"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    mkfifo(&d.join("state.db"));
+    let s = open(&d.join("pra-status.lock"));
+    mkfifo(&d.join("pra-status.lock.journal"));
+    type Open = Box<dyn FnOnce() -> pra_core::Result<()> + Send>;
+    let lock = |name: &str| -> Open {
+        let p = d.join(name);
+        Box::new(move || {
+            FileStore::open(&p, Arc::new(SystemClock))?
+                .load()
+                .map(|_| ())
+        })
+    };
+    let db = d.join("state.db");
+    let cases: Vec<(&str, Open, ErrorKind, &str)> = vec![
+        (
+            "a FIFO lock file",
+            lock("fifo.lock"),
+            ErrorKind::StoreUnavailable,
+            "FIFO",
+        ),
+        (
+            "a 1 GB lock file",
+            lock("big.lock"),
+            ErrorKind::Corrupt,
+            "KiB",
+        ),
+        (
+            "a FIFO journal",
+            Box::new(move || s.journal().map(|_| ())),
+            ErrorKind::Io,
+            "FIFO",
+        ),
+        (
+            "a FIFO SQLite store",
+            Box::new(move || SqliteStore::open(&db, Arc::new(SystemClock)).map(|_| ())),
+            ErrorKind::StoreUnavailable,
+            "FIFO",
+        ),
+    ];
+    for (what, f, kind, word) in cases {
+        let e = within(what, f).unwrap_err();
+        assert_eq!(e.kind(), kind, "{what}: {e}");
+        assert!(e.to_string().contains(word), "{what}: {e}");
+    }
 }
 
 #[test]
