@@ -515,16 +515,19 @@ impl FileStore {
                 pending_at: None,
             });
         };
-        // One interrupted change: its entries chain from the head and were stamped at once,
-        // and a site change among them starts from the file's record.
+        // One interrupted change: its entries follow the head, each chained to the one before,
+        // all stamped at once, and a site change among them starts from the file's record. (A
+        // torn last line is the end of its append.)
         let one_change = pending.iter().enumerate().all(|(i, e)| match e {
             None => i + 1 == pending.len(),
             Some(e) => {
-                let chained = match (i, first) {
-                    (0, _) => e.prev_hash == head,
-                    (_, Some(f)) => e.at == f.at && e.seq == f.seq + i as u64,
-                    (_, None) => false,
+                let prev = match i {
+                    0 => Some(head),
+                    _ => pending[i - 1].as_ref().map(|p| p.hash.as_str()),
                 };
+                let chained = prev == Some(e.prev_hash.as_str())
+                    && e.seq == (committed_len + i + 1) as u64
+                    && first.as_ref().is_some_and(|f| f.at == e.at);
                 let from_record = match &e.event {
                     JournalEvent::SiteChanged { old, .. } => {
                         old.token == record.token && old.site == record.site
