@@ -369,3 +369,87 @@ fn an_sqlite_store_on_a_network_file_system_is_refused_and_a_lock_file_warned_ab
         text(&o)
     );
 }
+
+#[test]
+fn vms_sharing_one_lock_file_by_symlink_never_both_run_and_a_seed_rewrite_stops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = d.join("pra.toml");
+    std::fs::write(&config, "").unwrap();
+    let shared = d.join("shared.lock");
+    std::fs::write(&shared, "ACTIVE_SITE=NONE\n").unwrap();
+    let vm = |site: &str| {
+        std::fs::create_dir(d.join(site)).unwrap();
+        let link = d.join(site).join("pra-status.lock");
+        std::os::unix::fs::symlink(&shared, &link).unwrap();
+        format!("file://{}", link.display())
+    };
+    let (rbx, sbg) = (vm("rbx"), vm("sbg"));
+    let on = |url: &str, site: &str, args: &[&str]| {
+        let mut c = pra(d, url, &config, args);
+        c.env("PRA_SITE", site);
+        let o = run(c);
+        (o.status.code().unwrap_or(-1), text(&o))
+    };
+    assert_eq!(
+        on(
+            &rbx,
+            "rbx",
+            &["site", "activate", "rbx", "--expect-token", "0"]
+        )
+        .0,
+        0
+    );
+    assert_eq!(on(&sbg, "sbg", &["check"]).0, 1, "sbg's VM sees rbx active");
+    assert_eq!(on(&rbx, "rbx", &["check"]).0, 0);
+    // sbg's operator cannot activate sbg while rbx is (break before make), from its own path.
+    assert_eq!(
+        on(
+            &sbg,
+            "sbg",
+            &["site", "activate", "sbg", "--expect-token", "0"]
+        )
+        .0,
+        5
+    );
+    assert_eq!(
+        on(&sbg, "sbg", &["site", "deactivate", "--expect-token", "1"]).0,
+        0
+    );
+    assert_eq!(
+        on(
+            &sbg,
+            "sbg",
+            &["site", "activate", "sbg", "--expect-token", "2"]
+        )
+        .0,
+        0
+    );
+    assert_eq!(on(&rbx, "rbx", &["check"]).0, 1, "rbx's VM sees sbg active");
+    assert_eq!(on(&sbg, "sbg", &["check"]).0, 0);
+    // The seed's tooling writes its own format over the shared file: nobody runs, every
+    // command says why, and the journal is kept.
+    std::fs::write(&shared, "ACTIVE_SITE=RBX\n").unwrap();
+    let journal = d.join("shared.lock.journal");
+    let before = std::fs::read(&journal).unwrap();
+    for (url, site, args) in [
+        (&rbx, "rbx", &["check"][..]),
+        (&sbg, "sbg", &["check"][..]),
+        (&rbx, "rbx", &["journal", "--verify"][..]),
+        (
+            &rbx,
+            "rbx",
+            &["site", "deactivate", "--expect-token", "0"][..],
+        ),
+    ] {
+        let (code, t) = on(url, site, args);
+        assert_eq!(code, 10, "{args:?}: {t}");
+        assert!(
+            t.contains(&shared.display().to_string())
+                && t.contains(&journal.display().to_string())
+                && t.contains("sbg at token 3"),
+            "{args:?}: {t}"
+        );
+    }
+    assert_eq!(std::fs::read(&journal).unwrap(), before);
+}
