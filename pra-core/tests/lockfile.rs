@@ -325,3 +325,36 @@ fn a_rewritten_lock_file_keeps_its_mode_and_group() {
     let m = fs::metadata(&p).unwrap();
     assert_eq!((m.mode() & 0o7777, m.gid()), (0o640, gid));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any `by` and `reason` an actor may have: read back as written by pra and by sh, and the
+    /// seed's grep finds the site line alone.
+    #[test]
+    fn any_actor_text_is_read_back_by_pra_and_sh(
+        by in "[a-zA-Z0-9_' $`;&|<>(){}\"\\\\*?#=~é-]{1,30}",
+        reason in "[a-zA-Z_' $`;&|<>(){}\"\\\\*?#=~é-]{0,40}|.*ACTIVE_SITE=.*",
+    ) {
+        let Ok(actor) = Actor::new(&by, &reason) else { return Ok(()) };
+        let (dir, p, _, s) = fresh();
+        s.change(
+            SiteChange::Activate { site: site("sbg"), expect: FencingToken(0) },
+            &actor,
+        )
+        .unwrap();
+        let r = s.load().unwrap();
+        proptest::prop_assert_eq!((&r.changed_by, &r.reason), (&actor.by, &actor.reason));
+        let text = fs::read_to_string(&p).unwrap();
+        let site_lines: Vec<_> = text
+            .lines()
+            .filter(|l| l.to_ascii_uppercase().contains("ACTIVE_SITE"))
+            .collect();
+        proptest::prop_assert_eq!(site_lines, vec!["ACTIVE_SITE=SBG"]);
+        let out = sh(
+            dir.path(),
+            ". ./pra-status.lock; printf '%s\\n%s\\n' \"$CHANGED_BY\" \"$REASON\"",
+        );
+        proptest::prop_assert_eq!(out, format!("{}\n{}\n", actor.by, actor.reason));
+    }
+}
