@@ -191,6 +191,18 @@ fn a_store_root_created_with_store_group_is_usable_by_the_jobs_of_that_group() {
     )
     .unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // A directory that is not the group's, 2770: pra says what to run.
+    let plain = top.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let url = format!("file://{}", plain.join("pra-status.lock").display());
+    let o = run(pra(top.path(), &url, &config, &["site", "show"]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let want = format!("chgrp {} {} && chmod 2770", users.group, plain.display());
+    assert!(
+        text(&o).contains(&want),
+        "{want:?} missing from: {}",
+        text(&o)
+    );
     for (name, store_file, files) in [
         (
             "sqlite",
