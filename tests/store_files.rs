@@ -403,42 +403,25 @@ fn vms_sharing_one_lock_file_by_symlink_never_both_run_and_a_seed_rewrite_stops_
         let o = run(c);
         (o.status.code().unwrap_or(-1), text(&o))
     };
-    assert_eq!(
-        on(
-            &rbx,
-            "rbx",
-            &["site", "activate", "rbx", "--expect-token", "0"]
-        )
-        .0,
-        0
-    );
-    assert_eq!(on(&sbg, "sbg", &["check"]).0, 1, "sbg's VM sees rbx active");
-    assert_eq!(on(&rbx, "rbx", &["check"]).0, 0);
-    // sbg's operator cannot activate sbg while rbx is (break before make), from its own path.
-    assert_eq!(
-        on(
-            &sbg,
-            "sbg",
-            &["site", "activate", "sbg", "--expect-token", "0"]
-        )
-        .0,
-        5
-    );
-    assert_eq!(
-        on(&sbg, "sbg", &["site", "deactivate", "--expect-token", "1"]).0,
-        0
-    );
-    assert_eq!(
-        on(
-            &sbg,
-            "sbg",
-            &["site", "activate", "sbg", "--expect-token", "2"]
-        )
-        .0,
-        0
-    );
-    assert_eq!(on(&rbx, "rbx", &["check"]).0, 1, "rbx's VM sees sbg active");
-    assert_eq!(on(&sbg, "sbg", &["check"]).0, 0);
+    // (VM, its site, command, exit code): each VM sees the other's changes, and sbg's operator
+    // cannot activate sbg while rbx is active (break before make) from its own path.
+    for (step, (url, site, cmd, code)) in [
+        (&rbx, "rbx", "site activate rbx --expect-token 0", 0),
+        (&sbg, "sbg", "check", 1),
+        (&rbx, "rbx", "check", 0),
+        (&sbg, "sbg", "site activate sbg --expect-token 0", 5),
+        (&sbg, "sbg", "site deactivate --expect-token 1", 0),
+        (&sbg, "sbg", "site activate sbg --expect-token 2", 0),
+        (&rbx, "rbx", "check", 1),
+        (&sbg, "sbg", "check", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        let (got, t) = on(url, site, &args);
+        assert_eq!(got, code, "step {step}, {site}: pra {cmd}: {t}");
+    }
     // The seed's tooling writes its own format over the shared file: nobody runs, every
     // command says why, and the journal is kept.
     std::fs::write(&shared, "ACTIVE_SITE=RBX\n").unwrap();
