@@ -108,6 +108,7 @@ apt-tools:
 	command -v cc >/dev/null || missing="$$missing gcc libc6-dev"; \
 	command -v faketime >/dev/null || missing="$$missing faketime"; \
 	[ -x /usr/sbin/cron ] || missing="$$missing cron"; \
+	command -v bindfs >/dev/null || missing="$$missing bindfs"; \
 	[ -e /usr/include/sqlite3.h ] || missing="$$missing libsqlite3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -17,6 +17,8 @@ pub const DEFAULT_STORE: &str = defaults::STORE;
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub store: Option<String>,
+    /// The group that shares the store's files (README, File permissions).
+    pub store_group: Option<String>,
     /// "primary,secondary", e.g. "rbx,sbg".
     pub sites: Option<String>,
     pub site: Option<String>,
@@ -42,6 +44,10 @@ pub struct Overrides {
     /// etcd://host:2379,host2:2379/prefix.
     #[arg(long, env = "PRA_STORE", global = true)]
     pub store: Option<String>,
+    /// The group sharing the store's files with their owner: files pra creates are 0660 and
+    /// belong to it (directory: that group, 2770) [default: none, files are 0600].
+    #[arg(long, env = "PRA_STORE_GROUP", global = true)]
+    pub store_group: Option<String>,
     /// The two sites, primary first [default: rbx,sbg].
     #[arg(long, env = "PRA_SITES", global = true)]
     pub sites: Option<String>,
@@ -63,6 +69,7 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub store: String,
+    pub store_group: Option<String>,
     pub topology: Topology,
     pub site: Option<String>,
     pub db: PathBuf,
@@ -135,6 +142,7 @@ impl Config {
                 .clone()
                 .or(file.store)
                 .unwrap_or_else(|| DEFAULT_STORE.into()),
+            store_group: o.store_group.clone().or(file.store_group),
             topology: Topology::parse(&sites)?,
             site: o.site.clone().or(file.site),
             db: o
@@ -207,6 +215,7 @@ impl Config {
     ) -> Result<Box<dyn pra_core::Store>> {
         let opts = pra_core::store::OpenOptions {
             needs,
+            store_group: self.store_group.clone(),
             ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)
@@ -214,12 +223,23 @@ impl Config {
 }
 
 fn read(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound(format!(
-            "configuration file {} does not exist",
+    // Never a FIFO (it would hang) nor a huge file (read whole): a clear error instead.
+    let bytes =
+        pra_core::read_regular(path, pra_core::SMALL_FILE_LIMIT).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!(
+                "configuration file {} does not exist",
+                path.display()
+            )),
+            std::io::ErrorKind::InvalidInput | std::io::ErrorKind::FileTooLarge => {
+                Error::InvalidArgument(format!("configuration file {}: {e}", path.display()))
+            }
+            _ => Error::io("read", path, e),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "configuration file {}: not UTF-8 text",
             path.display()
-        )),
-        _ => Error::io("read", path, e),
+        ))
     })?;
     toml::from_str(&text)
         .map_err(|e| Error::InvalidArgument(format!("configuration file {}: {e}", path.display())))

@@ -1,6 +1,7 @@
 //! Crash tests: `pra backup` and `pra restore` killed (SIGKILL) at random moments. Afterwards the
 //! database passes integrity_check and holds either the old or the new content, and no partial
-//! backup is ever listed.
+//! backup is ever listed. `pra site` on a lock file killed likewise leaves one record that
+//! agrees with its journal.
 
 mod common;
 
@@ -151,4 +152,74 @@ fn killed_restores_leave_the_old_or_the_new_database() {
         killed > iterations() / 4,
         "only {killed} restores were killed mid-way"
     );
+}
+
+/// `pra site` on the lock file `lock`, as operator `ops`.
+fn flip(lock: &Path, token: u64, active: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+    c.arg("site");
+    if active {
+        c.arg("deactivate");
+    } else {
+        c.args(["activate", "rbx"]);
+    }
+    c.args(["--expect-token", &token.to_string(), "--by", "ops"])
+        .env("PRA_STORE", format!("file://{}", lock.display()))
+        .env("PRA_CONFIG", lock.with_file_name("none.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+#[test]
+fn killed_lock_file_changes_leave_one_record_that_agrees_with_its_journal() {
+    use pra_core::Store;
+    use pra_core::store::FileStore;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("none.toml"), "").unwrap();
+    let lock = dir.path().join("pra-status.lock");
+    let store = || FileStore::open(&lock, std::sync::Arc::new(pra_core::SystemClock)).unwrap();
+    let full = {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("none.toml"), "").unwrap();
+        timed(flip(&dir.path().join("pra-status.lock"), 0, false))
+    };
+    let mut rng = Rng::new("killed_lock_file_changes");
+    let mut killed = 0;
+    let mut token = 0;
+    for i in 0..iterations() {
+        if i % 8 == 0 {
+            // Start again from a seed file now and then: its first change rewrites it first.
+            std::fs::write(&lock, "ACTIVE_SITE=SBG\n").unwrap();
+            let _ = std::fs::remove_file(dir.path().join("pra-status.lock.journal"));
+            token = 0;
+        }
+        let before = store().load().unwrap();
+        assert_eq!(before.token.0, token, "iteration {i}");
+        if kill_after(flip(&lock, token, before.site.is_some()), rng.delay(full)) {
+            killed += 1;
+        }
+        // Whatever the moment of the kill: one record, the old or the new, that agrees with
+        // its journal (every change is one entry), and the next change can be made.
+        let s = store();
+        let after = s.load().unwrap_or_else(|e| panic!("iteration {i}: {e}"));
+        assert!(
+            after.token.0 == token || after.token.0 == token + 1,
+            "iteration {i}: token {} after {token}",
+            after.token
+        );
+        let check = s
+            .verify_journal()
+            .unwrap_or_else(|e| panic!("iteration {i}: {e}"));
+        assert_eq!(check.entries, after.token.0, "iteration {i}");
+        token = after.token.0;
+    }
+    assert!(
+        killed > iterations() / 4,
+        "only {killed} of {} changes were killed mid-way: the test did not test much",
+        iterations()
+    );
+    // The last change, unkilled, goes through (rolling back a dangling entry if there is one).
+    timed(flip(&lock, token, store().load().unwrap().site.is_some()));
+    assert_eq!(store().verify_journal().unwrap().entries, token + 1);
 }

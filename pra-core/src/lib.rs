@@ -23,6 +23,7 @@ mod token;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use fencing::{ActiveSite, Actor, Fence, FencingToken, SiteChange};
+pub use fsutil::{SMALL_FILE_LIMIT, read_regular};
 pub use guard::{Verdict, check};
 pub use site::{SiteId, Topology};
 pub use store::{Store, StoreUrl, open};

@@ -16,7 +16,9 @@ use super::name::{BackupName, TEMP_PREFIX};
 use super::sqlite::{check_and_count, open_existing, sql_err};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::fsutil::{create_private_dir, create_private_file, set_private, sync_dir, write_atomic};
+use crate::fsutil::{
+    Sharing, create_private_dir, create_private_file, set_private, sync_dir, write_atomic,
+};
 
 /// How the snapshot is taken. Each gives a consistent copy of a live database; the manifest
 /// records the one used ([`Method::FileCopy`] or [`Method::OnlineBackup`] for `Auto`).
@@ -145,7 +147,7 @@ pub fn create_from(
         };
         let json =
             serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-        write_atomic(&dir.join(format!("{name}.json")), &json)?;
+        write_atomic(&dir.join(format!("{name}.json")), &json, Sharing::PRIVATE)?;
         fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
         sync_dir(dir)?;
         tracing::info!(backup = %name, size, ms = manifest.duration_ms, "backup taken");

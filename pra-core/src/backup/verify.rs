@@ -148,7 +148,7 @@ impl Verifier {
         crate::fsutil::remove_dead_temps(&self.dir, &format!("{CACHE_FILE}.tmp."));
         let written = serde_json::to_vec(&self.doc)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))
-            .and_then(|json| write_atomic(&path, &json));
+            .and_then(|json| write_atomic(&path, &json, crate::fsutil::Sharing::PRIVATE));
         if let Err(e) = written {
             tracing::debug!(error = %e, "verification cache not written");
         }

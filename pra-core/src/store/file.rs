@@ -3,20 +3,20 @@
 //! hash-chained journal beside it (`<file>.journal`, one JSON entry a line).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 
 use super::{
-    Backend, GENESIS_HASH, JournalEntry, JournalHead, Snapshot, Writes, display, verify_chain,
+    Backend, GENESIS_HASH, JournalEntry, JournalEvent, JournalHead, Snapshot, Writes, display,
+    verify_chain,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, FencingToken};
-use crate::fsutil::{parent_dir, with_suffix, write_atomic};
+use crate::fsutil::{Sharing, explain_denied, parent_dir, with_suffix, write_atomic};
 use crate::site::SiteId;
 
 /// The lock-file store. Keeps the active-site record and its journal only: plans and the run
@@ -28,6 +28,7 @@ pub struct FileStore {
     journal_path: PathBuf,
     mutex_path: PathBuf,
     clock: Arc<dyn Clock>,
+    sharing: Sharing,
 }
 
 /// What a lock file says, with the journal head it was written after.
@@ -53,6 +54,11 @@ impl LockFile {
     /// every key must be present and the file must end with a newline (anything else is a
     /// truncated or hand-damaged file: an error naming the file and line, never a guess).
     pub fn parse(text: &str, origin: &str) -> Result<LockFile> {
+        Ok(Self::parse_format(text, origin)?.0)
+    }
+
+    /// [`LockFile::parse`], and whether the text is the seed's plain format (no pra key).
+    fn parse_format(text: &str, origin: &str) -> Result<(LockFile, bool)> {
         let corrupt = |line: usize, detail: String| Error::Corrupt {
             what: if line == 0 {
                 format!("lock file {origin}")
@@ -61,7 +67,7 @@ impl LockFile {
             },
             detail,
         };
-        let mut values: Vec<(&str, &str, usize)> = Vec::new();
+        let mut values: Vec<(&str, std::borrow::Cow<str>, usize)> = Vec::new();
         for (i, raw) in text.split('\n').enumerate() {
             let n = i + 1;
             let line = raw.strip_suffix('\r').unwrap_or(raw).trim();
@@ -75,13 +81,16 @@ impl LockFile {
             if values.iter().any(|(k, _, _)| *k == key) {
                 return Err(corrupt(n, format!("{key} is set twice")));
             }
-            values.push((key, value.trim(), n));
+            let value = value.trim();
+            // pra writes sh-quoted values; older versions (and hands) wrote them bare.
+            let value = unquote(value).map_or(value.into(), std::borrow::Cow::Owned);
+            values.push((key, value, n));
         }
         let get = |key: &str| {
             values
                 .iter()
                 .find(|(k, _, _)| *k == key)
-                .map(|(_, v, n)| (*v, *n))
+                .map(|(_, v, n)| (v.as_ref(), *n))
         };
         let (site_text, site_line) = get("ACTIVE_SITE")
             .ok_or_else(|| corrupt(0, "no ACTIVE_SITE line (empty or truncated file?)".into()))?;
@@ -107,7 +116,7 @@ impl LockFile {
         }
         if !PRA_KEYS.iter().any(|k| get(k).is_some()) {
             // The seed's own format: just the site.
-            return Ok(LockFile {
+            let seed = LockFile {
                 record: ActiveSite {
                     site,
                     token: FencingToken::ZERO,
@@ -116,7 +125,8 @@ impl LockFile {
                     reason: String::new(),
                 },
                 journal_head: GENESIS_HASH.into(),
-            });
+            };
+            return Ok((seed, true));
         }
         if !text.ends_with('\n') {
             return Err(corrupt(
@@ -150,7 +160,7 @@ impl LockFile {
                 "JOURNAL_HEAD is not a SHA-256 hex digest".into(),
             ));
         }
-        Ok(LockFile {
+        let full = LockFile {
             record: ActiveSite {
                 site,
                 token: FencingToken(token),
@@ -159,11 +169,14 @@ impl LockFile {
                 reason: reason.to_string(),
             },
             journal_head: head.to_string(),
-        })
+        };
+        Ok((full, false))
     }
 
     /// The file's text: the seed's `ACTIVE_SITE=` line first (upper case, as the seed writes it),
-    /// then pra's keys.
+    /// then pra's keys. Free-text values are single-quoted ([`quote`]) so that `. file` in sh
+    /// only sets variables, and no other line contains `ACTIVE_SITE` for the seed's
+    /// `grep ACTIVE_SITE | cut -d= -f2` to find.
     pub fn render(&self) -> String {
         let r = &self.record;
         let site = r
@@ -176,38 +189,123 @@ impl LockFile {
             r.token,
             r.changed_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            r.changed_by,
-            r.reason,
+            quote(&r.changed_by),
+            quote(&r.reason),
             self.journal_head
         )
     }
 }
 
+/// `value` as one sh word in single quotes (`'` written `'\''`), with the `_` of every
+/// `ACTIVE_SITE` in it (in any case) outside the quotes (`ACTIVE'_'SITE`): sourced, it is the
+/// same text; grepped, the line does not contain `ACTIVE_SITE`.
+fn quote(value: &str) -> String {
+    let lower = value.to_ascii_lowercase();
+    let split: Vec<usize> = lower
+        .match_indices("active_site")
+        .map(|(i, _)| i + "active".len())
+        .collect();
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for (i, c) in value.char_indices() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '_' if split.contains(&i) => out.push_str("'_'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The text of a value [`quote`] wrote: `None` if `raw` is not one sh word of quoted parts,
+/// `\`-escaped characters and plain word characters (then it is a bare value of an older file).
+fn unquote(raw: &str) -> Option<String> {
+    if !raw.starts_with('\'') {
+        return None;
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => loop {
+                match chars.next()? {
+                    '\'' => break,
+                    c => out.push(c),
+                }
+            },
+            '\\' => out.push(chars.next()?),
+            c if c.is_alphanumeric() || "_-.,:/@%+=".contains(c) => out.push(c),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The lock file as read, and whether it is in the seed's plain format.
+struct Current {
+    lock: LockFile,
+    seed: bool,
+}
+
+/// The journal beside a lock file, split at the entry the file points to.
+struct JournalFile {
+    committed: Vec<JournalEntry>,
+    /// Where the entries of an interrupted change (never committed) start, if there are any.
+    pending_at: Option<u64>,
+}
+
 impl FileStore {
     /// Opens the lock-file store at `path`. The file need not exist yet (no site active, token
-    /// 0), but its directory must.
+    /// 0), but its directory must. A symbolic link is followed to its target, which is the
+    /// store: the journal and the advisory lock live beside the target, and changes replace the
+    /// target, so that every link to it (one per VM, say) sees one record.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_shared(path, clock, Sharing::PRIVATE)
+    }
+
+    /// [`FileStore::open`], creating missing files as `sharing` says.
+    pub(crate) fn open_shared(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        sharing: Sharing,
+    ) -> Result<Self> {
         let url = format!("file://{}", display(path));
-        let dir = parent_dir(path);
+        let unavailable = |reason: String| Error::StoreUnavailable {
+            url: url.clone(),
+            reason,
+        };
+        let target = resolve_links(path).map_err(|e| unavailable(e.to_string()))?;
+        let dir = parent_dir(&target);
         if !dir.is_dir() {
-            return Err(Error::StoreUnavailable {
-                url,
-                reason: format!("directory {} does not exist", dir.display()),
-            });
+            return Err(unavailable(format!(
+                "directory {} does not exist",
+                dir.display()
+            )));
         }
-        if path.is_dir() {
-            return Err(Error::StoreUnavailable {
-                url,
-                reason: "the lock-file path is a directory".into(),
-            });
+        if let Ok(meta) = fs::metadata(&target)
+            && let Some(kind) = crate::fsutil::special_kind(meta.file_type())
+        {
+            return Err(unavailable(format!(
+                "the lock-file path {} is {kind}, not a regular file",
+                target.display()
+            )));
         }
-        crate::fsutil::refuse_world_writable(&url, &[path, dir])?;
+        crate::fsutil::refuse_world_writable(&url, &[&target, dir, parent_dir(path)])?;
+        sharing.check_dir(dir);
+        if let Some(fs) = crate::fsutil::network_fs_of(dir) {
+            tracing::warn!(
+                store = %url,
+                "the lock file is on {fs}, a file system other hosts reach: its advisory lock is not guaranteed between hosts, so two hosts changing it at once can lose a change or fork its journal (readers still see a whole file); for two sites that must decide independently, use an etcd:// store"
+            );
+        }
         let store = FileStore {
             url,
-            journal_path: with_suffix(path, ".journal"),
-            mutex_path: with_suffix(path, ".pra-lock"),
-            path: path.to_path_buf(),
+            journal_path: with_suffix(&target, ".journal"),
+            mutex_path: with_suffix(&target, ".pra-lock"),
+            path: target,
             clock,
+            sharing,
         };
         store.create_if_missing()?;
         Ok(store)
@@ -231,7 +329,7 @@ impl FileStore {
             record: ActiveSite::initial(),
             journal_head: GENESIS_HASH.into(),
         };
-        match write_atomic(&self.path, initial.render().as_bytes()) {
+        match write_atomic(&self.path, initial.render().as_bytes(), self.sharing) {
             Ok(()) => Ok(()),
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
                 Ok(())
@@ -240,60 +338,97 @@ impl FileStore {
         }
     }
 
-    /// The lock file's path.
+    /// The lock file's path (the target of the path it was opened with, if that was a link).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     fn unavailable(&self, what: &str, e: io::Error) -> Error {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return self.denied(&self.path);
+        }
         Error::StoreUnavailable {
             url: self.url.clone(),
             reason: format!("{what} {}: {e}", self.path.display()),
         }
     }
 
+    /// The store is unavailable to this process: `path`'s owner, group and mode, and the fix.
+    fn denied(&self, path: &Path) -> Error {
+        Error::StoreUnavailable {
+            url: self.url.clone(),
+            reason: explain_denied(path),
+        }
+    }
+
+    /// `e`, or, for a permission denied on one of the store's files, [`FileStore::denied`].
+    fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::Io { path, source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                self.denied(&path)
+            }
+            e => e,
+        }
+    }
+
     /// Reads the lock file. A missing file is the initial record, unless a journal exists beside
     /// it (then the file was lost, and starting over at token 0 would reuse tokens).
-    fn read_lock(&self) -> Result<LockFile> {
-        match fs::read_to_string(&self.path) {
-            Ok(text) => LockFile::parse(&text, &display(&self.path)),
+    fn read_lock(&self) -> Result<Current> {
+        let corrupt = |detail: String| Error::Corrupt {
+            what: format!("lock file {}", self.path.display()),
+            detail,
+        };
+        match crate::fsutil::read_regular(&self.path, crate::fsutil::SMALL_FILE_LIMIT) {
+            Ok(bytes) => {
+                let text =
+                    String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8 text".into()))?;
+                let (lock, seed) = LockFile::parse_format(&text, &display(&self.path))?;
+                Ok(Current { lock, seed })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let journal_len = fs::metadata(&self.journal_path)
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                if journal_len > 0 {
-                    return Err(Error::Corrupt {
-                        what: format!("lock file {}", self.path.display()),
-                        detail: format!(
-                            "it is missing but its journal {} is not empty; restore the file rather than start over at token 0",
-                            self.journal_path.display()
-                        ),
-                    });
+                if self.journal_len() > 0 {
+                    return Err(corrupt(format!(
+                        "it is missing but its journal {} is not empty; restore the file rather than start over at token 0",
+                        self.journal_path.display()
+                    )));
                 }
-                Ok(LockFile {
-                    record: ActiveSite::initial(),
-                    journal_head: GENESIS_HASH.into(),
+                Ok(Current {
+                    lock: LockFile {
+                        record: ActiveSite::initial(),
+                        journal_head: GENESIS_HASH.into(),
+                    },
+                    seed: false,
                 })
             }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Error::Corrupt {
-                what: format!("lock file {}", self.path.display()),
-                detail: "not UTF-8 text".into(),
-            }),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                Err(corrupt(format!("{e}: not a lock file")))
+            }
             Err(e) => Err(self.unavailable("cannot read", e)),
         }
     }
 
-    /// Reads the journal: committed entries, plus the byte offset and content of a trailing entry
-    /// that was appended by a change interrupted before its lock-file rename (never committed).
-    fn read_journal_file(&self, head: &str) -> Result<(Vec<JournalEntry>, Option<u64>)> {
+    fn journal_len(&self) -> u64 {
+        fs::metadata(&self.journal_path)
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Reads the journal and checks that the lock file agrees with it: the file's head is an
+    /// entry of the journal (or the genesis), the record is the one that entry wrote, and what
+    /// follows it is at most the entries of one interrupted change (appended, never committed
+    /// by the rename). A seed-format file is only read before pra's first change.
+    fn read_journal_file(&self, current: &Current) -> Result<JournalFile> {
+        let head = current.lock.journal_head.as_str();
         let mut text = String::new();
-        match File::open(&self.journal_path) {
-            Ok(mut f) => {
-                f.read_to_string(&mut text)
-                    .map_err(|e| Error::io("read", &self.journal_path, e))?;
+        match crate::fsutil::read_regular(&self.journal_path, u64::MAX) {
+            Ok(bytes) => {
+                text = String::from_utf8(bytes).map_err(|_| Error::Corrupt {
+                    what: format!("journal {}", self.journal_path.display()),
+                    detail: "not UTF-8 text".into(),
+                })?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("open", &self.journal_path, e)),
+            Err(e) => return Err(self.explain(Error::io("read", &self.journal_path, e))),
         }
         let mut entries = Vec::new();
         let mut offsets = Vec::new();
@@ -317,8 +452,22 @@ impl FileStore {
             offsets.push(start);
             entries.push(Some(entry));
         }
-        // Entries after the one the lock file points to were never committed; there can be at
-        // most the ones of a single interrupted change, and the first must chain to the head.
+        let last_record = || {
+            entries.iter().flatten().rev().find_map(|e| match &e.event {
+                JournalEvent::SiteChanged { new, .. } => Some(new),
+                _ => None,
+            })
+        };
+        if current.seed && !entries.is_empty() {
+            return Err(self.disagrees(
+                &current.lock.record,
+                format!(
+                    "it is in the seed's plain format (token 0), but pra has journaled {} change(s) beside it",
+                    entries.len()
+                ),
+                last_record(),
+            ));
+        }
         let committed_len = if head == GENESIS_HASH {
             0
         } else {
@@ -326,47 +475,143 @@ impl FileStore {
                 .iter()
                 .position(|e| e.as_ref().is_some_and(|e| e.hash == head))
                 .map(|i| i + 1)
-                .unwrap_or(entries.len())
+                .ok_or_else(|| {
+                    self.disagrees(
+                        &current.lock.record,
+                        format!("its JOURNAL_HEAD {head} is no entry of the journal"),
+                        last_record(),
+                    )
+                })?
         };
-        let pending_at = if committed_len < entries.len() {
-            let first_pending = &entries[committed_len];
-            let chains = first_pending.as_ref().is_none_or(|e| e.prev_hash == head);
-            if !chains {
-                return Err(Error::Corrupt {
-                    what: format!("journal {}", self.journal_path.display()),
-                    detail: "entries follow the lock file's head that do not chain to it".into(),
-                });
-            }
-            Some(offsets[committed_len])
-        } else {
-            None
-        };
-        let committed = entries
-            .into_iter()
-            .take(committed_len)
+        let committed = entries[..committed_len]
+            .iter()
             .map(|e| {
-                e.ok_or_else(|| Error::Corrupt {
+                e.clone().ok_or_else(|| Error::Corrupt {
                     what: format!("journal {}", self.journal_path.display()),
                     detail: "a torn entry in the middle of the journal".into(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok((committed, pending_at))
+        let record = &current.lock.record;
+        let written = committed.iter().rev().find_map(|e| match &e.event {
+            JournalEvent::SiteChanged { new, .. } => Some(new),
+            _ => None,
+        });
+        // Before pra's first change, the record is the seed's: any site, token 0.
+        let agrees = written.map_or(record.token == FencingToken::ZERO, |w| {
+            (&w.site, w.token) == (&record.site, record.token)
+        });
+        if !agrees {
+            return Err(self.disagrees(
+                record,
+                "it is not the record its JOURNAL_HEAD entry wrote".into(),
+                written,
+            ));
+        }
+        let pending = &entries[committed_len..];
+        let Some(first) = pending.first() else {
+            return Ok(JournalFile {
+                committed,
+                pending_at: None,
+            });
+        };
+        // One interrupted change: its entries follow the head, each chained to the one before,
+        // all stamped at once, and a site change among them starts from the file's record. (A
+        // torn last line is the end of its append.)
+        let one_change = pending.iter().enumerate().all(|(i, e)| match e {
+            None => i + 1 == pending.len(),
+            Some(e) => {
+                let prev = match i {
+                    0 => Some(head),
+                    _ => pending[i - 1].as_ref().map(|p| p.hash.as_str()),
+                };
+                let chained = prev == Some(e.prev_hash.as_str())
+                    && e.seq == (committed_len + i + 1) as u64
+                    && first.as_ref().is_some_and(|f| f.at == e.at);
+                let from_record = match &e.event {
+                    JournalEvent::SiteChanged { old, .. } => {
+                        old.token == record.token && old.site == record.site
+                    }
+                    _ => true,
+                };
+                chained && from_record
+            }
+        });
+        if !one_change {
+            return Err(self.disagrees(
+                record,
+                format!(
+                    "{} journal entries follow its JOURNAL_HEAD that are not the entries of one interrupted change",
+                    pending.len()
+                ),
+                last_record(),
+            ));
+        }
+        Ok(JournalFile {
+            committed,
+            pending_at: Some(offsets[committed_len]),
+        })
+    }
+
+    /// The error for a lock file that disagrees with its journal (`why`), naming both, what
+    /// each says and how to repair — never a guess, which could hand a token out twice.
+    fn disagrees(&self, record: &ActiveSite, why: String, journal: Option<&ActiveSite>) -> Error {
+        let says = |r: &ActiveSite| {
+            format!(
+                "{} at token {}",
+                r.site.as_ref().map_or("no site", |s| s.as_str()),
+                r.token
+            )
+        };
+        let journal_says = journal.map_or("no site change".to_string(), says);
+        Error::Corrupt {
+            what: format!("lock file {}", self.path.display()),
+            detail: format!(
+                "{why}: the file says {}, its journal {} says {journal_says}. The file was \
+                 written by something other than pra (the seed's tooling, an edit by hand), and \
+                 going on could hand out a fencing token twice. Repair: put back the file pra \
+                 last wrote (from a backup or another host), or write it again with the values \
+                 of the journal's last entry (`pra journal`); to start a new history on purpose, \
+                 move the journal aside (tokens restart at 0: only if nothing is fenced by them)",
+                says(record),
+                self.journal_path.display()
+            ),
+        }
     }
 
     fn lock(&self, exclusive: bool) -> Result<File> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.mutex_path)
-            .map_err(|e| self.unavailable("cannot open the advisory lock beside", e))?;
+        let f = self
+            .sharing
+            .open_or_create(OpenOptions::new().read(true).write(true), &self.mutex_path)
+            .map_err(|e| match self.explain(e) {
+                Error::Io { source, .. } => {
+                    self.unavailable("cannot open the advisory lock beside", source)
+                }
+                e => e,
+            })?;
         if exclusive { f.lock() } else { f.lock_shared() }
             .map_err(|e| self.unavailable("cannot take the advisory lock beside", e))?;
         Ok(f)
     }
+}
+
+/// `path` with every symbolic link along its last component followed (at most 40, as the
+/// kernel does); a dangling link gives the path it points to, which the store creates.
+fn resolve_links(path: &Path) -> io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let to = fs::read_link(&p)?;
+                p = parent_dir(&p).join(to);
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(io::Error::other(format!(
+        "too many levels of symbolic links from {}",
+        path.display()
+    )))
 }
 
 impl Backend for FileStore {
@@ -380,19 +625,25 @@ impl Backend for FileStore {
 
     fn load_record(&self) -> Result<ActiveSite> {
         // The file is only ever replaced by rename: a reader sees the old or the new version.
-        Ok(self.read_lock()?.record)
+        let current = self.read_lock()?;
+        // The guard's hot path reads the journal only when a seed-format file has one beside
+        // it: pra wrote there before, so the file was rewritten by the seed's tooling.
+        if current.seed && self.journal_len() > 0 {
+            self.read_journal_file(&current)?;
+        }
+        Ok(current.lock.record)
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
         let _guard = self.lock(false)?;
         let current = self.read_lock()?;
-        let (committed, _) = self.read_journal_file(&current.journal_head)?;
+        let journal = self.read_journal_file(&current)?;
         Ok(Snapshot {
             head: JournalHead {
-                len: committed.len() as u64,
-                hash: current.journal_head,
+                len: journal.committed.len() as u64,
+                hash: current.lock.journal_head,
             },
-            record: current.record,
+            record: current.lock.record,
             plan: None,
         })
     }
@@ -400,30 +651,33 @@ impl Backend for FileStore {
     fn transact(&self, decide: &mut dyn FnMut(&Snapshot) -> Result<Writes>) -> Result<Writes> {
         let _guard = self.lock(true)?;
         let current = self.read_lock()?;
-        let (committed, pending_at) = self.read_journal_file(&current.journal_head)?;
-        verify_chain(&committed, &current.journal_head)?;
+        let journal = self.read_journal_file(&current)?;
+        verify_chain(&journal.committed, &current.lock.journal_head)?;
         let writes = decide(&Snapshot {
-            record: current.record,
+            record: current.lock.record.clone(),
             head: JournalHead {
-                len: committed.len() as u64,
-                hash: current.journal_head,
+                len: journal.committed.len() as u64,
+                hash: current.lock.journal_head.clone(),
             },
             plan: None,
         })?;
         if writes.is_empty() {
             return Ok(writes);
         }
+        if current.seed {
+            // The first change on a seed file: the file is rewritten in pra's format first, so
+            // that from now on a seed-format file with a journal is always a foreign rewrite.
+            write_atomic(&self.path, current.lock.render().as_bytes(), self.sharing)
+                .map_err(|e| self.explain(e))?;
+        }
         // Write-ahead: journal first (fsync), then the lock file, whose rename is the commit point.
-        let mut journal = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.journal_path)
-            .map_err(|e| Error::io("open", &self.journal_path, e))?;
-        if let Some(offset) = pending_at {
+        let mut file = self
+            .sharing
+            .open_or_create(OpenOptions::new().append(true), &self.journal_path)
+            .map_err(|e| self.explain(e))?;
+        if let Some(offset) = journal.pending_at {
             tracing::warn!(journal = %self.journal_path.display(), "rolling back the journal entry of an interrupted change");
-            journal
-                .set_len(offset)
+            file.set_len(offset)
                 .map_err(|e| Error::io("truncate", &self.journal_path, e))?;
         }
         let mut lines = String::new();
@@ -433,32 +687,31 @@ impl Backend for FileStore {
             );
             lines.push('\n');
         }
-        journal
-            .write_all(lines.as_bytes())
+        file.write_all(lines.as_bytes())
             .map_err(|e| Error::io("append", &self.journal_path, e))?;
-        journal
-            .sync_all()
+        file.sync_all()
             .map_err(|e| Error::io("fsync", &self.journal_path, e))?;
         let next = LockFile {
             record: writes.record.clone(),
             journal_head: writes.head.hash.clone(),
         };
-        write_atomic(&self.path, next.render().as_bytes())?;
+        write_atomic(&self.path, next.render().as_bytes(), self.sharing)
+            .map_err(|e| self.explain(e))?;
         Ok(writes)
     }
 
     fn read_journal(&self) -> Result<(Vec<JournalEntry>, JournalHead)> {
         let _guard = self.lock(false)?;
         let current = self.read_lock()?;
-        let (committed, pending) = self.read_journal_file(&current.journal_head)?;
-        if pending.is_some() {
+        let journal = self.read_journal_file(&current)?;
+        if journal.pending_at.is_some() {
             tracing::warn!(store = %self.url, "the journal ends with an interrupted change that was never committed; the next change rolls it back");
         }
         let head = JournalHead {
-            len: committed.len() as u64,
-            hash: current.journal_head,
+            len: journal.committed.len() as u64,
+            hash: current.lock.journal_head,
         };
-        Ok((committed, head))
+        Ok((journal.committed, head))
     }
 
     fn keeps_plans(&self) -> bool {
@@ -498,6 +751,31 @@ mod tests {
         let text = l.render();
         assert!(text.contains("\nACTIVE_SITE=RBX\n"), "{text}");
         assert_eq!(LockFile::parse(&text, "x").unwrap(), l);
+    }
+
+    #[test]
+    fn values_are_sh_quoted_and_old_bare_values_still_read() {
+        for v in [
+            "",
+            "x; cmd",
+            "it's",
+            "a ACTIVE_SITE=b active_site",
+            "'a' b",
+            "\\'",
+        ] {
+            let q = quote(v);
+            assert!(!q.to_ascii_uppercase().contains("ACTIVE_SITE"), "{q}");
+            assert_eq!(unquote(&q).as_deref(), Some(v), "{q}");
+        }
+        assert_eq!(quote("o'brien"), "'o'\\''brien'");
+        // Bare values of older files are read as they are.
+        for bare in ["failback done", "'a' b", "'open", "x'y'"] {
+            let text = format!(
+                "ACTIVE_SITE=RBX\nTOKEN=3\nCHANGED_AT=2026-01-01T00:00:00Z\nCHANGED_BY=ops\nREASON={bare}\nJOURNAL_HEAD={}\n",
+                "0".repeat(64)
+            );
+            assert_eq!(LockFile::parse(&text, "x").unwrap().record.reason, bare);
+        }
     }
 
     #[test]

@@ -257,6 +257,11 @@ pub struct OpenOptions {
     /// How long a run may stay silent before it counts as lost; on etcd, the TTL of each run's
     /// lease.
     pub lost_after: std::time::Duration,
+    /// The group (name or number) that shares the store's files with their owner (SQLite and
+    /// lock-file stores): files pra creates are mode 0660 and belong to it, and the directory
+    /// is expected to be that group's with mode 2770. `None`: files are created 0600. Either
+    /// way, a file pra rewrites keeps its owner, group and mode.
+    pub store_group: Option<String>,
 }
 
 impl Default for OpenOptions {
@@ -266,6 +271,7 @@ impl Default for OpenOptions {
             clock: Arc::new(SystemClock),
             timeout: crate::defaults::STORE_TIMEOUT,
             lost_after: crate::defaults::LOST_AFTER,
+            store_group: None,
         }
     }
 }
@@ -309,9 +315,13 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
 
 fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
     let clock = opts.clock.clone();
+    let sharing = match &opts.store_group {
+        Some(group) => crate::fsutil::Sharing::group(group)?,
+        None => crate::fsutil::Sharing::PRIVATE,
+    };
     match StoreUrl::parse(url)? {
-        StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open(&path, clock)?)),
-        StoreUrl::File(path) => Ok(Box::new(FileStore::open(&path, clock)?)),
+        StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open_shared(&path, clock, sharing)?)),
+        StoreUrl::File(path) => Ok(Box::new(FileStore::open_shared(&path, clock, sharing)?)),
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd { endpoints, prefix } => Ok(Box::new(EtcdStore::open(
             &endpoints,

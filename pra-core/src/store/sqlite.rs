@@ -16,6 +16,7 @@ use super::{
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::fencing::{ActiveSite, FencingToken};
+use crate::fsutil::Sharing;
 use crate::site::SiteId;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number applied so far.
@@ -91,23 +92,68 @@ impl SqliteStore {
     /// Opens (creating it, mode 0600, if missing) the store database at `path` and brings its
     /// schema up to date. The parent directory must exist.
     pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_shared(path, clock, Sharing::PRIVATE)
+    }
+
+    /// [`SqliteStore::open`], creating a missing database as `sharing` says (SQLite gives its
+    /// `-wal` and `-shm` the database's mode).
+    pub(crate) fn open_shared(
+        path: &Path,
+        clock: Arc<dyn Clock>,
+        sharing: Sharing,
+    ) -> Result<Self> {
         let _fork = crate::forkguard::enter();
         let url = format!("sqlite://{}", display(path));
         let unavailable = |reason: String| Error::StoreUnavailable {
             url: url.clone(),
             reason,
         };
-        if path.is_dir() {
-            return Err(unavailable("the path is a directory".into()));
+        if let Ok(meta) = std::fs::metadata(path)
+            && let Some(kind) = crate::fsutil::special_kind(meta.file_type())
+        {
+            return Err(unavailable(format!(
+                "{} is {kind}, not a regular file",
+                path.display()
+            )));
         }
-        crate::fsutil::refuse_world_writable(&url, &[path, crate::fsutil::parent_dir(path)])?;
+        let dir = crate::fsutil::parent_dir(path);
+        if let Some(fs) = crate::fsutil::network_fs_of(dir) {
+            return Err(Error::Unsupported(format!(
+                "{url}: {} is on {fs}, a file system other hosts reach: SQLite's WAL mode, which pra uses, keeps its shared memory on one host, and locks between hosts are not guaranteed there, so two hosts could both change the record. Keep the SQLite store on a local disk of one machine, or share the record between sites with an etcd:// store (README, Choosing a store)",
+                dir.display()
+            )));
+        }
+        crate::fsutil::refuse_world_writable(&url, &[path, dir])?;
+        sharing.check_dir(dir);
         if !path.exists() {
-            match crate::fsutil::create_private_file(path) {
-                Ok(_) => {}
-                // Another process created it first: fine, SQLite opens it.
-                Err(Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(unavailable(format!("cannot create the database: {e}"))),
+            // Another process may create it first: fine, SQLite opens it.
+            sharing
+                .open_or_create(std::fs::OpenOptions::new().write(true), path)
+                .map_err(|e| match e {
+                    Error::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                    {
+                        unavailable(crate::fsutil::explain_denied(path))
+                    }
+                    e => unavailable(format!("cannot create the database: {e}")),
+                })?;
+        }
+        // SQLite reads and writes the database, its -wal and -shm (creating them in the
+        // directory): a file this process may not use is said plainly, not as "unable to open".
+        for (p, mode) in [
+            (path.to_path_buf(), libc::R_OK | libc::W_OK),
+            (
+                crate::fsutil::with_suffix(path, "-wal"),
+                libc::R_OK | libc::W_OK,
+            ),
+            (
+                crate::fsutil::with_suffix(path, "-shm"),
+                libc::R_OK | libc::W_OK,
+            ),
+            (dir.to_path_buf(), libc::W_OK | libc::X_OK),
+        ] {
+            if p.exists() && !crate::fsutil::may(&p, mode) {
+                return Err(unavailable(crate::fsutil::explain_denied(&p)));
             }
         }
         let conn = Connection::open(path).map_err(|e| Error::sqlite("open", &url, e))?;
