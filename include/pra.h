@@ -113,15 +113,19 @@ const char *pra_last_error_message(void);
 const char *pra_result_name(uint32_t result);
 
 // Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`,
-// `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
+// `etcd://host:2379,host2:2379/prefix`, `etcds://...`). On success `*out` receives a new handle, to be released
 // with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
 // contact the cluster: an unreachable one shows at the first call, as
 // `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies). As
-// `pra_store_open_with(url, 5000, 60, out)`.
+// `pra_store_open_with(url, 5000, 60, out)`. `etcds://` (TLS) and etcd users take the CA,
+// client certificate, user and password from `PRA_ETCD_CA_FILE`, `PRA_ETCD_CERT_FILE`,
+// `PRA_ETCD_KEY_FILE`, `PRA_ETCD_USER`, `PRA_ETCD_PASSWORD_FILE` (or `PRA_ETCD_PASSWORD`);
+// with a user, opening authenticates (refused credentials fail here).
 //
 // # Safety
 // `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.
-pra_result pra_store_open(const char *url, pra_store **out);
+pra_result pra_store_open(const char *url,
+                          pra_store **out);
 
 // Opens the store at `url` like `pra_store_open`, with the deadline of each call to a network
 // store (`timeout_ms`, at least 1) and the time after which a silent run counts as lost

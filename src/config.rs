@@ -32,6 +32,15 @@ pub struct FileConfig {
     pub drain_timeout_seconds: Option<u32>,
     pub store_timeout_seconds: Option<u32>,
     pub lock_dir: Option<PathBuf>,
+    /// etcds:// stores: the CA that signed the members' certificates (PEM).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// The client certificate and its key (PEM), for members with `--client-cert-auth`.
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
+    /// The etcd user; its password is read from `etcd_password_file` (or `PRA_ETCD_PASSWORD`),
+    /// never from this file or a command line.
+    pub etcd_user: Option<String>,
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// What flags and the environment gave (all optional: the file and defaults fill the rest).
@@ -41,7 +50,7 @@ pub struct Overrides {
     #[arg(long, env = "PRA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Store URL: sqlite:///var/lib/pra/state.db (default), file:///etc/app/pra-status.lock,
-    /// etcd://host:2379,host2:2379/prefix.
+    /// etcd://host:2379,host2:2379/prefix, etcds://... (TLS: see the etcd_* keys).
     #[arg(long, env = "PRA_STORE", global = true)]
     pub store: Option<String>,
     /// The group sharing the store's files with their owner: files pra creates are 0660 and
@@ -83,6 +92,9 @@ pub struct Config {
     /// The deadline of each call to a network store (etcd).
     pub store_timeout: Duration,
     pub lock_dir: PathBuf,
+    /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
+    /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
+    pub etcd: pra_core::store::EtcdSecurity,
 }
 
 impl Config {
@@ -136,6 +148,21 @@ impl Config {
             defaults::LOST_AFTER,
             "lost_after_seconds",
         )?;
+        // The password file is read here, once: a missing one is an error naming it, before
+        // any store is opened. `PRA_ETCD_PASSWORD` / `PRA_ETCD_PASSWORD_FILE` take its place.
+        let etcd = pra_core::store::EtcdSecurity {
+            ca_file: file.etcd_ca_file,
+            cert_file: file.etcd_cert_file,
+            key_file: file.etcd_key_file,
+            user: file.etcd_user,
+            password: None,
+        };
+        let mut etcd = etcd.with_env()?;
+        if etcd.password.is_none()
+            && let Some(path) = &file.etcd_password_file
+        {
+            etcd.password = Some(pra_core::store::Secret::from_file(path)?);
+        }
         let cfg = Config {
             store: o
                 .store
@@ -179,6 +206,7 @@ impl Config {
                 "store_timeout_seconds",
             )?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
+            etcd,
         };
         // Refused here, before anything runs: timings under which a run cut off from the store
         // could outlive the drain's patience.
@@ -216,6 +244,7 @@ impl Config {
         let opts = pra_core::store::OpenOptions {
             needs,
             store_group: self.store_group.clone(),
+            etcd: self.etcd.clone(),
             ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)

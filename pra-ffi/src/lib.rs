@@ -237,11 +237,14 @@ pub extern "C" fn pra_result_name(result: u32) -> *const c_char {
 }
 
 /// Opens the store at `url` (`sqlite:///var/lib/pra/state.db`, `file:///etc/app/pra-status.lock`,
-/// `etcd://host:2379,host2:2379/prefix`). On success `*out` receives a new handle, to be released
+/// `etcd://host:2379,host2:2379/prefix`, `etcds://...`). On success `*out` receives a new handle, to be released
 /// with `pra_store_free`; on failure `*out` is left untouched. Opening an etcd store does not
 /// contact the cluster: an unreachable one shows at the first call, as
 /// `PRA_RESULT_STORE_UNAVAILABLE` after at most 5 seconds (and `pra_guard_check` denies). As
-/// `pra_store_open_with(url, 5000, 60, out)`.
+/// `pra_store_open_with(url, 5000, 60, out)`. `etcds://` (TLS) and etcd users take the CA,
+/// client certificate, user and password from `PRA_ETCD_CA_FILE`, `PRA_ETCD_CERT_FILE`,
+/// `PRA_ETCD_KEY_FILE`, `PRA_ETCD_USER`, `PRA_ETCD_PASSWORD_FILE` (or `PRA_ETCD_PASSWORD`);
+/// with a user, opening authenticates (refused credentials fail here).
 ///
 /// # Safety
 /// `url` is NULL or a NUL-terminated string; `out` is NULL or valid for writing a pointer.
@@ -277,6 +280,8 @@ pub unsafe extern "C" fn pra_store_open_with(
         let opts = pra_core::store::OpenOptions {
             timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
             lost_after: std::time::Duration::from_secs(u64::from(lost_after_s)),
+            // etcds:// stores: the CA, client certificate and credentials from PRA_ETCD_*.
+            etcd: pra_core::store::EtcdSecurity::default().with_env()?,
             ..Default::default()
         };
         let store = pra_core::store::open_with(url, &opts)?;

@@ -227,6 +227,8 @@ impl Store {
         let opts = pra_core::store::OpenOptions {
             timeout: seconds(timeout, "timeout", ">= 0")?,
             lost_after: seconds(lost_after, "lost_after", ">= 0")?,
+            // etcds:// stores: the CA, client certificate and credentials from PRA_ETCD_*.
+            etcd: pra_core::store::EtcdSecurity::default().with_env()?,
             ..Default::default()
         };
         let (u, o) = (url.clone(), opts.clone());

@@ -15,6 +15,12 @@
 //!
 //! The public API is synchronous: the store owns a private single-threaded tokio runtime and
 //! blocks on it, with a deadline on every call.
+//!
+//! `etcds://` URLs speak TLS (rustls; the CA is always named, see [`EtcdSecurity`]); a
+//! configured etcd user authenticates at connect and its token is refreshed when it expires.
+//! Failures that another try cannot mend — etcd's space alarm (NOSPACE), a permission denied,
+//! refused credentials, a certificate the other side rejects — end the call at once with what
+//! to do, instead of retrying until the deadline.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -32,8 +38,8 @@ use serde::{Deserialize, Serialize};
 use super::commit::admit;
 use super::runs::tally;
 use super::{
-    Admission, Backend, GENESIS_HASH, Heartbeat, JournalEntry, JournalHead, Pulse, RunId,
-    RunRecord, RunRegistry, RunStart, RunStats, Snapshot, StoredPlan, UnfinishedRun, Writes,
+    Admission, Backend, EtcdSecurity, GENESIS_HASH, Heartbeat, JournalEntry, JournalHead, Pulse,
+    RunId, RunRecord, RunRegistry, RunStart, RunStats, Snapshot, StoredPlan, UnfinishedRun, Writes,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -49,6 +55,10 @@ pub struct EtcdOptions {
     /// the registry of alive runs this long after its last heartbeat (etcd rounds it up to a
     /// whole second, and to its minimum TTL).
     pub run_ttl: Duration,
+    /// TLS to every member (`etcds://`).
+    pub tls: bool,
+    /// The CA, client certificate and credentials (the password never shows in `Debug`).
+    pub security: EtcdSecurity,
 }
 
 impl Default for EtcdOptions {
@@ -56,6 +66,8 @@ impl Default for EtcdOptions {
         EtcdOptions {
             timeout: crate::defaults::STORE_TIMEOUT,
             run_ttl: crate::defaults::LOST_AFTER,
+            tls: false,
+            security: EtcdSecurity::default(),
         }
     }
 }
@@ -69,6 +81,8 @@ pub struct EtcdStore {
     rt: tokio::runtime::Runtime,
     clock: Arc<dyn Clock>,
     opts: EtcdOptions,
+    /// `etcd user NAME` when a user is configured: recorded in every change's `changed_by`.
+    identity: Option<String>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -138,6 +152,218 @@ fn first_kv(resp: &TxnOpResponse) -> Option<&KeyValue> {
     }
 }
 
+/// The TLS settings of an `etcds://` store: the CA, and the client identity if configured.
+fn tls_options(url: &str, security: &EtcdSecurity) -> Result<etcd_client::TlsOptions> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{url}: cannot read the etcd {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &security.ca_file {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "CA file")?));
+    }
+    if let (Some(cert), Some(key)) = (&security.cert_file, &security.key_file) {
+        tls = tls.identity(etcd_client::Identity::from_pem(
+            read(cert, "client certificate")?,
+            read(key, "client key")?,
+        ));
+    }
+    Ok(tls)
+}
+
+/// One DER element at the start of `der`: its tag, its contents, and what follows it.
+fn der_next(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A DER UTCTime or GeneralizedTime at the start of `der`, and what follows it.
+fn der_time(der: &[u8]) -> Option<(DateTime<Utc>, &[u8])> {
+    let (tag, value, rest) = der_next(der)?;
+    let text = std::str::from_utf8(value).ok()?;
+    let full = match tag {
+        // UTCTime: two-digit years, 50-99 are 19xx.
+        0x17 => format!("{}{text}", if text.get(..2)? >= "50" { "19" } else { "20" }),
+        0x18 => text.to_string(),
+        _ => return None,
+    };
+    let t = chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%SZ").ok()?;
+    Some((t.and_utc(), rest))
+}
+
+/// The validity period (not before, not after) of a DER certificate.
+fn validity(der: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let (_, cert, _) = der_next(der)?;
+    let (_, tbs, _) = der_next(cert)?;
+    let mut rest = tbs;
+    let (tag, _, after) = der_next(rest)?;
+    if tag == 0xa0 {
+        rest = after; // [0] version
+    }
+    for _ in 0..3 {
+        rest = der_next(rest)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = der_next(rest)?;
+    let (not_before, rest) = der_time(validity)?;
+    let (not_after, _) = der_time(rest)?;
+    Some((not_before, not_after))
+}
+
+/// Refuses a client certificate that is not valid now, naming the file and its dates: the
+/// members would refuse it, and they say so only by closing the connection.
+fn check_client_certificate(url: &str, path: &std::path::Path, now: DateTime<Utc>) -> Result<()> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "{url}: the etcd client certificate {} is not a PEM certificate: {e}",
+            path.display()
+        ))
+    })?;
+    let Some((not_before, not_after)) = validity(&der) else {
+        return Err(Error::InvalidArgument(format!(
+            "{url}: cannot read the validity dates of the etcd client certificate {}",
+            path.display()
+        )));
+    };
+    if now < not_before || now > not_after {
+        return Err(Error::StoreUnavailable {
+            url: url.to_string(),
+            reason: format!(
+                "TLS: the client certificate {} is valid from {not_before} to {not_after}, not now ({now}): the members would refuse it; renew it",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// An error and each of its sources, joined (tonic's own message is only "transport error";
+/// the cause — a certificate, a refused connection — is in the chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// What etcd's space alarm means and what to do about it.
+pub(crate) const NOSPACE_ADVICE: &str = "etcd is out of space (its NOSPACE alarm is raised: the database reached --quota-backend-bytes) and refuses every write — no flip, no run registration — until an operator frees space: `etcdctl compact` to the current revision, `etcdctl defrag` on every member, then `etcdctl alarm disarm` (and raise --quota-backend-bytes if it fills again)";
+
+/// Why a request failed, in words that say what to do, and whether trying again may help (a
+/// dead member, no leader, a timeout, too many requests) or not (out of space, permission
+/// denied, refused credentials or certificates, a request etcd refuses as such).
+fn explain(e: &etcd_client::Error, tls: bool, user: Option<&str>) -> (String, bool) {
+    use std::error::Error as _;
+    use tonic::Code;
+    let who = user.map_or_else(
+        || "pra (no etcd user configured)".to_string(),
+        |u| format!("etcd user {u:?}"),
+    );
+    let text = match e {
+        // The status's message, then its sources (the transport's cause).
+        etcd_client::Error::GRpcStatus(status) => {
+            let rest = status.source().map(chain).unwrap_or_default();
+            match (status.message(), rest.as_str()) {
+                (m, "") => m.to_string(),
+                ("", r) => r.to_string(),
+                (m, r) if m.contains(r) => m.to_string(),
+                (m, r) if r.contains(m) => r.to_string(),
+                (m, r) => format!("{m}: {r}"),
+            }
+        }
+        etcd_client::Error::TransportError(t) => chain(t),
+        other => chain(other),
+    };
+    tracing::debug!(error = ?e, "etcd request failed");
+    let tls_failed = ["certificate", "UnknownIssuer", "alert", "handshake", "tls:"]
+        .iter()
+        .any(|k| text.contains(k));
+    if tls_failed {
+        return (
+            format!(
+                "TLS with etcd failed ({text}): check that etcd_ca_file is the CA that signed the members' certificates, that they name the endpoint's host or address, and that the client certificate (etcd_cert_file) is signed by the CA the members trust and has not expired"
+            ),
+            false,
+        );
+    }
+    let closed = text.contains("connection closed") || text.contains("connection reset");
+    let text = if tls && closed {
+        format!(
+            "{text} (if this persists: a member that refuses the client certificate — signed by a CA it does not trust, or revoked — only closes the connection)"
+        )
+    } else {
+        text
+    };
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return (text, true);
+    };
+    let message = status.message();
+    match status.code() {
+        Code::ResourceExhausted if message.contains("space") => {
+            (format!("{NOSPACE_ADVICE} ({message})"), false)
+        }
+        Code::PermissionDenied => (
+            format!(
+                "{who} has no permission for this ({message}); a job host's user may read the record and register runs but not flip: use an operator's credentials, or see README, Security, for the roles"
+            ),
+            false,
+        ),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated
+            if message.contains("auth")
+                || message.contains("user")
+                || message.contains("password")
+                || message.contains("token") =>
+        {
+            (
+                format!(
+                    "etcd refused to authenticate {who} ({message}): check etcd_user and its password (etcd_password_file, PRA_ETCD_PASSWORD)"
+                ),
+                false,
+            )
+        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Unknown
+        | Code::Internal
+        | Code::Cancelled
+        | Code::Aborted
+        | Code::ResourceExhausted => (text, true),
+        Code::Ok
+        | Code::NotFound
+        | Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::DataLoss
+        | Code::Unauthenticated => (format!("etcd refused the request: {status}"), false),
+    }
+}
+
 impl EtcdStore {
     /// Connects to the etcd cluster at `endpoints` (`host:port` each) and uses the keys under
     /// `prefix`. Connecting is lazy: an unreachable cluster shows at the first call, as
@@ -148,43 +374,59 @@ impl EtcdStore {
         clock: Arc<dyn Clock>,
         opts: EtcdOptions,
     ) -> Result<Self> {
-        let url = format!("etcd://{}{prefix}", endpoints.join(","));
+        let scheme = if opts.tls { "etcds" } else { "etcd" };
+        let url = format!("{scheme}://{}{prefix}", endpoints.join(","));
         if opts.timeout.is_zero() || opts.run_ttl < Duration::from_secs(1) {
             return Err(Error::InvalidArgument(format!(
                 "{url}: the timeout must be positive and the run TTL at least one second"
             )));
         }
+        opts.security.validate(&url, opts.tls)?;
+        let unavailable = |reason: String| Error::StoreUnavailable {
+            url: url.clone(),
+            reason,
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::StoreUnavailable {
-                url: url.clone(),
-                reason: format!("cannot start the etcd client runtime: {e}"),
-            })?;
-        let connect = ConnectOptions::new()
+            .map_err(|e| unavailable(format!("cannot start the etcd client runtime: {e}")))?;
+        let mut connect = ConnectOptions::new()
             .with_timeout(opts.timeout)
             .with_connect_timeout(opts.timeout.min(Duration::from_secs(2)))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_require_leader(true);
-        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
+        if opts.tls {
+            if let Some(cert) = &opts.security.cert_file {
+                check_client_certificate(&url, cert, clock.now())?;
+            }
+            connect = connect.with_tls(tls_options(&url, &opts.security)?);
+        }
+        if let (Some(user), Some(password)) = (&opts.security.user, &opts.security.password) {
+            if !opts.tls {
+                tracing::warn!(store = %url, "the etcd password is sent in clear over etcd://; use etcds://");
+            }
+            connect = connect
+                .with_user(user.clone(), password.expose().to_string())
+                .with_auto_token_refresh(true);
+        }
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{}://{e}", if opts.tls { "https" } else { "http" }))
+            .collect();
+        // With a user, connecting authenticates (one request): refused credentials show here.
         let client = rt
             .block_on(async {
                 tokio::time::timeout(opts.timeout, Client::connect(&endpoints, Some(connect))).await
             })
-            .map_err(|_| Error::StoreUnavailable {
-                url: url.clone(),
-                reason: format!("no answer within {:?}", opts.timeout),
-            })?
-            .map_err(|e| Error::StoreUnavailable {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|_| unavailable(format!("no answer within {:?}", opts.timeout)))?
+            .map_err(|e| unavailable(explain(&e, opts.tls, opts.security.user.as_deref()).0))?;
         Ok(EtcdStore {
             url,
             prefix: prefix.to_string(),
             client,
             rt,
             clock,
+            identity: opts.security.identity(),
             opts,
         })
     }
@@ -226,42 +468,25 @@ impl EtcdStore {
     where
         F: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        use tonic::Code;
         let left = deadline.saturating_duration_since(Instant::now());
         match self
             .rt
             .block_on(async move { tokio::time::timeout(left, fut).await })
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(etcd_client::Error::GRpcStatus(status))) => match status.code() {
-                Code::NotFound => Err((
+            Ok(Err(etcd_client::Error::GRpcStatus(status)))
+                if status.code() == tonic::Code::NotFound =>
+            {
+                Err((
                     Error::NotFound(format!("{what} in {}: {}", self.url, status.message())),
                     false,
-                )),
-                Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Unknown
-                | Code::Internal
-                | Code::Cancelled
-                | Code::Aborted
-                | Code::ResourceExhausted => Err((
-                    self.unavailable(format!("{what}: {}", status.message())),
-                    true,
-                )),
-                Code::Ok
-                | Code::InvalidArgument
-                | Code::AlreadyExists
-                | Code::PermissionDenied
-                | Code::FailedPrecondition
-                | Code::OutOfRange
-                | Code::Unimplemented
-                | Code::DataLoss
-                | Code::Unauthenticated => Err((
-                    self.unavailable(format!("{what}: etcd refused the request: {status}")),
-                    false,
-                )),
-            },
-            Ok(Err(e)) => Err((self.unavailable(format!("{what}: {e}")), true)),
+                ))
+            }
+            Ok(Err(e)) => {
+                let (why, transient) =
+                    explain(&e, self.opts.tls, self.opts.security.user.as_deref());
+                Err((self.unavailable(format!("{what}: {why}")), transient))
+            }
             Err(_) => Err((
                 self.unavailable(format!("{what}: no answer within {:?}", self.opts.timeout)),
                 true,
@@ -277,8 +502,13 @@ impl EtcdStore {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut pause = Duration::from_millis(20);
+        // Each try gets at most half the call's budget: a request stuck with a member that
+        // lost its leader (a proposal forwarded to a dead leader waits for etcd's own request
+        // timeout) is abandoned and sent again, to whichever member now answers.
+        let slice = (self.opts.timeout / 2).max(Duration::from_millis(250));
         loop {
-            match self.attempt(what, deadline, f(self.client.clone())) {
+            let try_deadline = deadline.min(Instant::now() + slice);
+            match self.attempt(what, try_deadline, f(self.client.clone())) {
                 Ok(v) => return Ok(v),
                 Err((e, false)) => return Err(e),
                 Err((e, true)) => {
@@ -299,10 +529,29 @@ impl EtcdStore {
     }
 
     fn read(&self, deadline: Instant) -> Result<Read> {
+        self.read_txn(deadline, false)
+    }
+
+    /// Reads the record and the plan in one transaction. With `probe`, the same transaction
+    /// also proves that this client could register a run now: it carries a put of
+    /// `P/alive/probe` in a branch that is never taken (its compare, a version below zero, is
+    /// never true), so nothing is written and no revision is spent, but etcd refuses the
+    /// whole transaction when it could not write — out of space (NOSPACE), or a user without
+    /// write permission on `P/alive/`. It goes through Raft like a write (a few milliseconds
+    /// more than a read).
+    fn read_txn(&self, deadline: Instant, probe: bool) -> Result<Read> {
         let (rk, pk) = (self.key("record"), self.key("plan"));
+        let probe_key = self.key("alive/probe");
         let resp = self.retrying("read the record", deadline, |mut c| {
-            let txn =
-                Txn::new().and_then([TxnOp::get(rk.clone(), None), TxnOp::get(pk.clone(), None)]);
+            let reads = [TxnOp::get(rk.clone(), None), TxnOp::get(pk.clone(), None)];
+            let txn = if probe {
+                Txn::new()
+                    .when([Compare::version(probe_key.clone(), CompareOp::Less, 0)])
+                    .and_then([TxnOp::put(probe_key.clone(), Vec::new(), None)])
+                    .or_else(reads)
+            } else {
+                Txn::new().and_then(reads)
+            };
             async move { c.txn(txn).await }
         })?;
         let ops = resp.op_responses();
@@ -511,8 +760,11 @@ impl Backend for EtcdStore {
         &*self.clock
     }
 
+    /// The guard's read: fails closed when this client could not register a run (see
+    /// [`EtcdStore::read_txn`]), so that `pra check` never says "run" where `pra run` would be
+    /// refused, and an operator sees the space alarm at the first check.
     fn load_record(&self) -> Result<ActiveSite> {
-        Ok(self.read(self.deadline())?.record.record)
+        Ok(self.read_txn(self.deadline(), true)?.record.record)
     }
 
     fn snapshot(&self) -> Result<Snapshot> {
@@ -614,6 +866,10 @@ impl Backend for EtcdStore {
 
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
         Some(self)
+    }
+
+    fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 }
 
@@ -853,6 +1109,7 @@ mod tests {
             EtcdOptions {
                 timeout: Duration::from_millis(300),
                 run_ttl: Duration::from_secs(5),
+                ..EtcdOptions::default()
             },
         )
         .unwrap();

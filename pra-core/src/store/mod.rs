@@ -31,6 +31,7 @@ mod file;
 mod journal;
 mod memory;
 mod runs;
+mod security;
 mod sqlite;
 mod url;
 
@@ -55,6 +56,7 @@ pub use memory::MemoryStore;
 pub use runs::{
     Admission, Heartbeat, Pulse, RunId, RunRecord, RunRegistry, RunStart, RunStats, UnfinishedRun,
 };
+pub use security::{EtcdSecurity, Secret};
 pub use sqlite::SqliteStore;
 pub use url::StoreUrl;
 
@@ -153,6 +155,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
         None
     }
+
+    /// The identity the store itself authenticated as (`etcd user jobs`), if any: every change
+    /// records it beside the actor's `by`, as `changed_by = "alice (etcd user ops)"`.
+    fn identity(&self) -> Option<&str> {
+        None
+    }
 }
 
 impl<B: Backend> Store for B {
@@ -174,6 +182,20 @@ impl<B: Backend> Store for B {
                     Error::Internal("a store without plans offered the plan capability".into())
                 }));
         }
+        let stamped;
+        let commit = match self.identity() {
+            Some(identity) => {
+                stamped = Commit {
+                    actor: Actor {
+                        by: format!("{} ({identity})", commit.actor.by),
+                        reason: commit.actor.reason.clone(),
+                    },
+                    ..commit.clone()
+                };
+                &stamped
+            }
+            None => commit,
+        };
         // Every store keeps microseconds: the journal's copy of the record must equal the
         // record as stored, or the verification of the history would see an edit.
         let at = commit
@@ -262,6 +284,9 @@ pub struct OpenOptions {
     /// is expected to be that group's with mode 2770. `None`: files are created 0600. Either
     /// way, a file pra rewrites keeps its owner, group and mode.
     pub store_group: Option<String>,
+    /// TLS material and credentials of an etcd store (empty: plaintext, no user); see
+    /// [`EtcdSecurity::with_env`] for the `PRA_ETCD_*` variables front ends read.
+    pub etcd: EtcdSecurity,
 }
 
 impl Default for OpenOptions {
@@ -272,6 +297,7 @@ impl Default for OpenOptions {
             timeout: crate::defaults::STORE_TIMEOUT,
             lost_after: crate::defaults::LOST_AFTER,
             store_group: None,
+            etcd: EtcdSecurity::default(),
         }
     }
 }
@@ -323,13 +349,19 @@ fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
         StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open_shared(&path, clock, sharing)?)),
         StoreUrl::File(path) => Ok(Box::new(FileStore::open_shared(&path, clock, sharing)?)),
         #[cfg(feature = "etcd")]
-        StoreUrl::Etcd { endpoints, prefix } => Ok(Box::new(EtcdStore::open(
+        StoreUrl::Etcd {
+            tls,
+            endpoints,
+            prefix,
+        } => Ok(Box::new(EtcdStore::open(
             &endpoints,
             &prefix,
             clock,
             EtcdOptions {
                 timeout: opts.timeout,
                 run_ttl: opts.lost_after,
+                tls,
+                security: opts.etcd.clone(),
             },
         )?)),
         #[cfg(not(feature = "etcd"))]

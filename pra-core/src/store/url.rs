@@ -1,5 +1,5 @@
 //! Store URLs: `sqlite:///path/state.db`, `file:///etc/app/pra-status.lock`,
-//! `etcd://host:port[,host:port]/prefix`.
+//! `etcd://host:port[,host:port]/prefix`, `etcds://...` (the same over TLS).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -14,8 +14,11 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// `file://PATH`: the seed's lock-file format.
     File(PathBuf),
-    /// `etcd://host:port[,host:port...]/prefix`.
+    /// `etcd://host:port[,host:port...]/prefix`, or `etcds://` for TLS.
     Etcd {
+        /// `etcds://`: TLS to every member (the CA and credentials are
+        /// [`super::EtcdSecurity`]).
+        tls: bool,
         /// `host:port` of each member.
         endpoints: Vec<String>,
         /// Key prefix, starting with `/` (default `/pra`).
@@ -40,7 +43,7 @@ impl StoreUrl {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
             bad(
                 url,
-                "expected sqlite://PATH, file://PATH or etcd://HOST:PORT/PREFIX",
+                "expected sqlite://PATH, file://PATH or etcd[s]://HOST:PORT/PREFIX",
             )
         })?;
         match scheme.to_ascii_lowercase().as_str() {
@@ -55,7 +58,7 @@ impl StoreUrl {
                     StoreUrl::File(path)
                 })
             }
-            "etcd" => {
+            "etcd" | "etcds" => {
                 let (hosts, prefix) = match rest.find('/') {
                     Some(i) => (&rest[..i], &rest[i..]),
                     None => (rest, "/pra"),
@@ -85,13 +88,14 @@ impl StoreUrl {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Ok(StoreUrl::Etcd {
+                    tls: scheme.eq_ignore_ascii_case("etcds"),
                     endpoints,
                     prefix: prefix.to_string(),
                 })
             }
             other => Err(bad(
                 url,
-                &format!("unknown scheme {other:?}; expected sqlite, file or etcd"),
+                &format!("unknown scheme {other:?}; expected sqlite, file, etcd or etcds"),
             )),
         }
     }
@@ -102,8 +106,13 @@ impl fmt::Display for StoreUrl {
         match self {
             StoreUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
             StoreUrl::File(p) => write!(f, "file://{}", p.display()),
-            StoreUrl::Etcd { endpoints, prefix } => {
-                write!(f, "etcd://{}{}", endpoints.join(","), prefix)
+            StoreUrl::Etcd {
+                tls,
+                endpoints,
+                prefix,
+            } => {
+                let scheme = if *tls { "etcds" } else { "etcd" };
+                write!(f, "{scheme}://{}{}", endpoints.join(","), prefix)
             }
         }
     }
@@ -130,6 +139,7 @@ mod tests {
         assert_eq!(
             StoreUrl::parse("etcd://10.0.0.1:2379,10.0.0.2:2379/prod/pra").unwrap(),
             StoreUrl::Etcd {
+                tls: false,
                 endpoints: vec!["10.0.0.1:2379".into(), "10.0.0.2:2379".into()],
                 prefix: "/prod/pra".into()
             }
@@ -137,8 +147,17 @@ mod tests {
         assert_eq!(
             StoreUrl::parse("etcd://localhost:2379").unwrap(),
             StoreUrl::Etcd {
+                tls: false,
                 endpoints: vec!["localhost:2379".into()],
                 prefix: "/pra".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("etcds://etcd1.example:2379/app").unwrap(),
+            StoreUrl::Etcd {
+                tls: true,
+                endpoints: vec!["etcd1.example:2379".into()],
+                prefix: "/app".into()
             }
         );
     }
@@ -149,6 +168,7 @@ mod tests {
             "sqlite:///a/b.db",
             "file:///etc/app/pra-status.lock",
             "etcd://h:1,g:2/p",
+            "etcds://h:1,g:2/p",
         ] {
             assert_eq!(StoreUrl::parse(u).unwrap().to_string(), u);
         }
@@ -188,6 +208,8 @@ mod tests {
             "etcd://host:99999",
             "etcd://:2379",
             "etcd://h o:1",
+            "etcds://host",
+            "etcd://h:1/p?tls=1",
         ] {
             let err = StoreUrl::parse(u).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{u:?}");
