@@ -1,6 +1,7 @@
 //! The store contract: one suite of what every store promises (the record's rules, the journal,
 //! the plan and run-registry capabilities where offered, and concurrent writers), run against
-//! the four stores — in memory, SQLite, the lock file and a real etcd server. A new store is
+//! the four stores — in memory, SQLite, the lock file and a real etcd server (plaintext, and
+//! over TLS with authentication on one and three members). A new store is
 //! added here with one factory; store-specific behaviour (file formats, crash recovery, leases
 //! timing out) is tested beside each store.
 
@@ -118,6 +119,37 @@ fn the_etcd_store_keeps_the_contract() {
     });
 }
 
+/// etcd over TLS (client certificates required) with authentication, as a non-root user
+/// whose role may read and write every key.
+fn etcds_contract(members: usize) {
+    let etcd = etcd_fixture::Etcd::secure(members);
+    let mut n = 0;
+    run_contract(&format!("etcds ({members} members)"), &mut || {
+        n += 1;
+        let url = etcd.url(&format!("/contract-{n}"));
+        let opts = pra_core::store::OpenOptions {
+            etcd: etcd.security(etcd_fixture::OPERATOR),
+            ..Default::default()
+        };
+        Subject {
+            open: Box::new(move || Arc::from(pra_core::store::open_with(&url, &opts).unwrap())),
+            plans: true,
+            registry: true,
+            _guard: None,
+        }
+    });
+}
+
+#[test]
+fn the_etcd_store_over_tls_and_auth_keeps_the_contract() {
+    etcds_contract(1);
+}
+
+#[test]
+fn the_etcd_store_over_tls_and_auth_on_three_members_keeps_the_contract() {
+    etcds_contract(3);
+}
+
 fn site(s: &str) -> SiteId {
     SiteId::new(s).unwrap()
 }
@@ -189,7 +221,12 @@ fn activation_rules(s: &Subject) {
     assert_eq!(activate(&*store, "sbg", 2).unwrap(), FencingToken(3));
     let record = store.load().unwrap();
     assert_eq!(record.site, Some(site("sbg")));
-    assert_eq!(record.changed_by, "contract");
+    // `by`, and the identity the store authenticated as if it has one ("contract (etcd user
+    // operator)").
+    assert!(
+        record.changed_by == "contract" || record.changed_by.starts_with("contract ("),
+        "{record:?}"
+    );
 }
 
 fn the_journal_is_one_chain(s: &Subject) {

@@ -4,15 +4,17 @@
 //! three-member cluster losing its leader during flips. (The two-process CAS race is in
 //! tests/concurrency.rs.)
 
+#[path = "common/etcd_cli.rs"]
+mod etcd_cli;
 #[path = "common/etcd.rs"]
 mod etcd_fixture;
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use etcd_cli::{output, pra, text, wait_until, write_config};
 use etcd_fixture::Etcd;
 use pra_core::store::{JournalEvent, RunRegistry, Store};
 use pra_core::{Actor, ErrorKind, FencingToken, SiteChange, SiteId, Verdict};
@@ -39,52 +41,6 @@ fn activate(store: &dyn Store, s: &str) -> FencingToken {
         )
         .unwrap()
         .token
-}
-
-/// A config file for the `pra` binary: short heartbeats, run leases of `lost_after` seconds.
-fn write_config(dir: &Path, url: &str, lost_after: u32) -> std::path::PathBuf {
-    let path = dir.join("pra.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "store = \"{url}\"\nsites = \"rbx,sbg\"\nheartbeat_seconds = 1\nlost_after_seconds = {lost_after}\nrevoke_grace_seconds = 1\nstore_timeout_seconds = 1\nlock_dir = \"{}\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn pra(config: &Path, site: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
-    c.args(args)
-        .env("PRA_CONFIG", config)
-        .env("PRA_SITE", site)
-        .env_remove("PRA_STORE")
-        .env_remove("RUST_LOG");
-    c
-}
-
-fn output(mut c: Command) -> Output {
-    c.output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t.elapsed()
 }
 
 /// What only etcd can get wrong (the shared contract is in tests/contract.rs): one handle

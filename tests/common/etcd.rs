@@ -1,6 +1,12 @@
 //! A real etcd server (Debian's `etcd-server`) for the tests: one member or a cluster on
 //! loopback ports, each in its own data directory, killed when the fixture is dropped.
 //!
+//! [`Etcd::secure`] starts it with TLS everywhere (a CA made here with rcgen, clients and
+//! peers must show a certificate it signed: `--client-cert-auth`, `--peer-client-cert-auth`)
+//! and etcd's authentication enabled (users and roles made through etcd-client's auth API;
+//! no etcdctl). Its `operator` user may do anything under every prefix; [`Etcd::add_user`]
+//! makes others. [`Etcd::with_quota`] starts one member with a tiny backend quota, to fill.
+//!
 //! The binary is `$PRA_ETCD_BIN`, else `etcd` on the PATH. There is no skipping: a machine
 //! without etcd fails these tests with the command that installs it (`make apt-tools`).
 #![allow(dead_code)]
@@ -11,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pra_core::store::{EtcdOptions, EtcdStore, Store};
+use pra_core::store::{EtcdOptions, EtcdSecurity, EtcdStore, Secret, Store};
 
 /// One etcd member.
 struct Member {
@@ -28,6 +34,97 @@ pub struct Etcd {
     members: Vec<Member>,
     initial_cluster: String,
     dir: tempfile::TempDir,
+    /// The certificates, when the cluster speaks TLS.
+    certs: Option<Certs>,
+    /// Whether etcd's authentication is enabled (the fixture then acts as `operator`).
+    auth: bool,
+    /// `--quota-backend-bytes`, if set.
+    quota: Option<u64>,
+}
+
+/// The PEM files of a TLS cluster, in the fixture's directory.
+pub struct Certs {
+    /// The CA that signed every certificate below.
+    pub ca: PathBuf,
+    /// The members' certificate (127.0.0.1 and localhost; server and client use, for peers).
+    pub member: PathBuf,
+    pub member_key: PathBuf,
+    /// A client certificate.
+    pub client: PathBuf,
+    pub client_key: PathBuf,
+    /// A client certificate signed by the CA that expired in 2021.
+    pub expired: PathBuf,
+    pub expired_key: PathBuf,
+    /// Another CA, which signed nothing the cluster shows.
+    pub other_ca: PathBuf,
+}
+
+/// The user the fixture acts as on a secure cluster: read and write on every key.
+pub const OPERATOR: &str = "operator";
+
+fn write_pem(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+impl Certs {
+    fn make(dir: &Path) -> Certs {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose as Eku, IsCa,
+            Issuer, KeyPair, KeyUsagePurpose,
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf =
+            |issuer: &Issuer<'_, KeyPair>, cn: &str, sans: &[&str], ekus: &[Eku], expired: bool| {
+                let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+                let mut params = CertificateParams::new(sans).unwrap();
+                params.distinguished_name.push(DnType::CommonName, cn);
+                params.key_usages = vec![
+                    KeyUsagePurpose::DigitalSignature,
+                    KeyUsagePurpose::KeyEncipherment,
+                ];
+                params.extended_key_usages = ekus.to_vec();
+                params.use_authority_key_identifier_extension = true;
+                if expired {
+                    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+                }
+                let key = KeyPair::generate().unwrap();
+                let cert = params.signed_by(&key, issuer).unwrap();
+                (cert.pem(), key.serialize_pem())
+            };
+        let (ca_pem, issuer) = ca("pra test CA");
+        let (other_pem, _) = ca("another CA");
+        let both = [Eku::ServerAuth, Eku::ClientAuth];
+        let (member, member_key) = leaf(
+            &issuer,
+            "etcd member",
+            &["127.0.0.1", "localhost"],
+            &both,
+            false,
+        );
+        let (client, client_key) = leaf(&issuer, "pra-client", &[], &[Eku::ClientAuth], false);
+        let (expired, expired_key) = leaf(&issuer, "pra-client", &[], &[Eku::ClientAuth], true);
+        Certs {
+            ca: write_pem(dir, "ca.pem", &ca_pem),
+            member: write_pem(dir, "member.pem", &member),
+            member_key: write_pem(dir, "member-key.pem", &member_key),
+            client: write_pem(dir, "client.pem", &client),
+            client_key: write_pem(dir, "client-key.pem", &client_key),
+            expired: write_pem(dir, "expired.pem", &expired),
+            expired_key: write_pem(dir, "expired-key.pem", &expired_key),
+            other_ca: write_pem(dir, "other-ca.pem", &other_pem),
+        }
+    }
 }
 
 fn etcd_bin() -> PathBuf {
@@ -83,10 +180,29 @@ impl Etcd {
     /// A port can still be taken by another process between the check and etcd's bind; a
     /// member that exits at start is then retried on fresh ports, a few times.
     pub fn cluster(n: usize) -> Etcd {
+        Etcd::launch(n, false, None)
+    }
+
+    /// Starts an `n`-member cluster with TLS for clients and peers (both must show a
+    /// certificate signed by the fixture's CA) and etcd's authentication enabled, with the
+    /// users `root` and [`OPERATOR`] (read and write on every key).
+    pub fn secure(n: usize) -> Etcd {
+        let mut etcd = Etcd::launch(n, true, None);
+        etcd.enable_auth();
+        etcd
+    }
+
+    /// One member whose backend quota is `bytes` (`--quota-backend-bytes`): a few writes fill
+    /// it and raise etcd's NOSPACE alarm.
+    pub fn with_quota(bytes: u64) -> Etcd {
+        Etcd::launch(1, false, Some(bytes))
+    }
+
+    fn launch(n: usize, tls: bool, quota: Option<u64>) -> Etcd {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut etcd = Etcd::fresh(n);
+            let mut etcd = Etcd::fresh(n, tls, quota);
             for i in 0..n {
                 etcd.spawn(i);
             }
@@ -98,8 +214,10 @@ impl Etcd {
         }
     }
 
-    fn fresh(n: usize) -> Etcd {
+    fn fresh(n: usize, tls: bool, quota: Option<u64>) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
+        let certs = tls.then(|| Certs::make(dir.path()));
+        let scheme = if tls { "https" } else { "http" };
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -112,13 +230,24 @@ impl Etcd {
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         Etcd {
             members,
             initial_cluster,
             dir,
+            certs,
+            auth: false,
+            quota,
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -129,9 +258,30 @@ impl Etcd {
             .append(true)
             .open(&m.log)
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(etcd_bin())
+        let scheme = self.scheme();
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let peer = format!("{scheme}://127.0.0.1:{}", m.peer_port);
+        let mut cmd = Command::new(etcd_bin());
+        if let Some(c) = &self.certs {
+            cmd.arg("--cert-file")
+                .arg(&c.member)
+                .arg("--key-file")
+                .arg(&c.member_key)
+                .arg("--trusted-ca-file")
+                .arg(&c.ca)
+                .arg("--client-cert-auth")
+                .arg("--peer-cert-file")
+                .arg(&c.member)
+                .arg("--peer-key-file")
+                .arg(&c.member_key)
+                .arg("--peer-trusted-ca-file")
+                .arg(&c.ca)
+                .arg("--peer-client-cert-auth");
+        }
+        if let Some(bytes) = self.quota {
+            cmd.arg(format!("--quota-backend-bytes={bytes}"));
+        }
+        let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
@@ -194,14 +344,79 @@ impl Etcd {
         format!("127.0.0.1:{}", self.members[i].client_port)
     }
 
-    /// `etcd://` URL naming every member, with `prefix` (starting with `/`).
+    /// `etcd://` URL naming every member, with `prefix` (starting with `/`); `etcds://` on a
+    /// secure cluster.
     pub fn url(&self, prefix: &str) -> String {
         let all: Vec<String> = (0..self.members.len()).map(|i| self.endpoint(i)).collect();
-        format!("etcd://{}{prefix}", all.join(","))
+        let scheme = if self.certs.is_some() {
+            "etcds"
+        } else {
+            "etcd"
+        };
+        format!("{scheme}://{}{prefix}", all.join(","))
     }
 
-    /// A store on the given members only, with a call timeout.
+    /// The certificates of a secure cluster.
+    pub fn certs(&self) -> &Certs {
+        self.certs
+            .as_ref()
+            .expect("a secure cluster (Etcd::secure)")
+    }
+
+    /// The password file of `user` (made by [`Etcd::add_user`]).
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.dir().join(format!("{user}.password"))
+    }
+
+    /// What a client of this cluster configures, as `user`: the CA and client certificate on a
+    /// TLS cluster, the user and its password once authentication is on.
+    pub fn security(&self, user: &str) -> EtcdSecurity {
+        let mut s = EtcdSecurity::default();
+        if let Some(c) = &self.certs {
+            s.ca_file = Some(c.ca.clone());
+            s.cert_file = Some(c.client.clone());
+            s.key_file = Some(c.client_key.clone());
+        }
+        if self.auth {
+            s.user = Some(user.to_string());
+            s.password = Some(Secret::from_file(&self.password_file(user)).unwrap());
+        }
+        s
+    }
+
+    /// The `PRA_ETCD_*` variables that give `pra` the same settings as [`Etcd::security`].
+    pub fn env(&self, user: &str) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if let Some(c) = &self.certs {
+            vars.push(("PRA_ETCD_CA_FILE", c.ca.display().to_string()));
+            vars.push(("PRA_ETCD_CERT_FILE", c.client.display().to_string()));
+            vars.push(("PRA_ETCD_KEY_FILE", c.client_key.display().to_string()));
+        }
+        if self.auth {
+            vars.push(("PRA_ETCD_USER", user.to_string()));
+            vars.push((
+                "PRA_ETCD_PASSWORD_FILE",
+                self.password_file(user).display().to_string(),
+            ));
+        }
+        vars
+    }
+
+    /// A store on the given members only, with a call timeout (as [`OPERATOR`] on a secure
+    /// cluster).
     pub fn store_on(&self, members: &[usize], prefix: &str, timeout: Duration) -> EtcdStore {
+        self.store_as(OPERATOR, members, prefix, timeout).unwrap()
+    }
+
+    /// A store on the given members as `user`, with a call timeout; the error if it cannot
+    /// connect.
+    pub fn store_as(
+        &self,
+        user: &str,
+        members: &[usize],
+        prefix: &str,
+        timeout: Duration,
+    ) -> pra_core::Result<EtcdStore> {
         let eps: Vec<String> = members.iter().map(|&i| self.endpoint(i)).collect();
         EtcdStore::open(
             &eps,
@@ -210,9 +425,90 @@ impl Etcd {
             EtcdOptions {
                 timeout,
                 run_ttl: Duration::from_secs(5),
+                tls: self.certs.is_some(),
+                security: self.security(user),
             },
         )
-        .unwrap()
+    }
+
+    /// Runs `f` on an etcd-client connected to member 0 (as `root` once authentication is on).
+    pub fn admin<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut etcd_client::Client) -> Result<T, etcd_client::Error>,
+    ) -> T {
+        self.admin_on(0, f)
+    }
+
+    /// Runs `f` on an etcd-client connected to member `i` only.
+    pub fn admin_on<T>(
+        &self,
+        i: usize,
+        f: impl AsyncFnOnce(&mut etcd_client::Client) -> Result<T, etcd_client::Error>,
+    ) -> T {
+        let endpoint = format!("{}://{}", self.scheme(), self.endpoint(i));
+        let mut opts = etcd_client::ConnectOptions::new();
+        if let Some(c) = &self.certs {
+            opts = opts.with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(
+                        std::fs::read(&c.ca).unwrap(),
+                    ))
+                    .identity(etcd_client::Identity::from_pem(
+                        std::fs::read(&c.client).unwrap(),
+                        std::fs::read(&c.client_key).unwrap(),
+                    )),
+            );
+        }
+        if self.auth {
+            let pw = std::fs::read_to_string(self.password_file("root")).unwrap();
+            opts = opts.with_user("root", pw.trim());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([endpoint], Some(opts))
+                .await
+                .unwrap();
+            f(&mut c).await.unwrap()
+        })
+    }
+
+    /// Adds `user` (password in [`Etcd::password_file`]) with a role of its own holding
+    /// `perms`.
+    pub fn add_user(&self, user: &str, perms: Vec<etcd_client::Permission>) {
+        let password = format!("{user}-secret-{}", std::process::id());
+        std::fs::write(self.password_file(user), format!("{password}\n")).unwrap();
+        let user = user.to_string();
+        self.admin(async move |c| {
+            c.user_add(user.clone(), password, None).await?;
+            c.role_add(user.clone()).await?;
+            for p in perms {
+                c.role_grant_permission(user.clone(), p).await?;
+            }
+            c.user_grant_role(user.clone(), user.clone()).await?;
+            Ok(())
+        });
+    }
+
+    /// Enables etcd's authentication: `root` (with the root role) and [`OPERATOR`] (read and
+    /// write on every key).
+    fn enable_auth(&mut self) {
+        self.add_user(
+            OPERATOR,
+            vec![etcd_client::Permission::read_write("").with_all_keys()],
+        );
+        let root_pw = format!("root-secret-{}", std::process::id());
+        std::fs::write(self.password_file("root"), &root_pw).unwrap();
+        self.admin(async move |c| {
+            c.user_add("root", root_pw, None).await?;
+            c.role_add("root").await?;
+            c.user_grant_role("root", "root").await?;
+            c.auth_enable().await?;
+            Ok(())
+        });
+        self.auth = true;
     }
 
     /// SIGKILLs member `i` (a crash: no clean shutdown).
@@ -244,17 +540,9 @@ impl Etcd {
 
     /// The index of the current leader, asked of member `ask`.
     pub fn leader(&self, ask: usize) -> usize {
-        let endpoint = format!("http://{}", self.endpoint(ask));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (leader, members) = rt.block_on(async {
-            let mut c = etcd_client::Client::connect([endpoint], None)
-                .await
-                .unwrap();
-            let leader = c.status().await.unwrap().leader();
-            (leader, c.member_list().await.unwrap())
+        let (leader, members) = self.admin_on(ask, async |c| {
+            let leader = c.status().await?.leader();
+            Ok((leader, c.member_list().await?))
         });
         let name = members
             .members()
@@ -267,17 +555,8 @@ impl Etcd {
 
     /// Writes raw bytes at `key` (to damage a record on purpose).
     pub fn put_raw(&self, key: &str, value: &[u8]) {
-        let endpoint = format!("http://{}", self.endpoint(0));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let mut c = etcd_client::Client::connect([endpoint], None)
-                .await
-                .unwrap();
-            c.put(key, value, None).await.unwrap();
-        });
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.admin(async move |c| c.put(key, value, None).await.map(|_| ()));
     }
 
     /// The fixture's scratch directory.
