@@ -273,3 +273,23 @@ fn read(path: &Path) -> Result<FileConfig> {
     toml::from_str(&text)
         .map_err(|e| Error::InvalidArgument(format!("configuration file {}: {e}", path.display())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example's commented etcd TLS keys, uncommented, are keys of this file.
+    #[test]
+    fn the_example_etcd_keys_are_configuration_keys() {
+        let example = include_str!("../examples/deploy/pra.toml");
+        let keys: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# etcd_"))
+            .map(|l| format!("etcd_{l}\n"))
+            .collect();
+        assert_eq!(keys.lines().count(), 5, "{keys}");
+        let file: FileConfig = toml::from_str(&format!("{example}\n{keys}")).unwrap();
+        assert_eq!(file.etcd_user.as_deref(), Some("pra-jobs"));
+        assert!(file.etcd_password_file.is_some() && file.etcd_ca_file.is_some());
+    }
+}

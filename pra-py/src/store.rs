@@ -125,7 +125,9 @@ pub struct JournalEntry {
 /// the cluster at its first call; every call waits at most `timeout` seconds (GIL released),
 /// then raises `StoreUnavailableError`. A run registered by `Guard` counts as lost when it has
 /// not called `heartbeat()` for `lost_after` seconds (on etcd, its lease expires): heartbeat
-/// more often than that.
+/// more often than that. `etcds://` (TLS) stores and etcd users take the CA, client
+/// certificate, user and password from the `PRA_ETCD_*` environment variables, read when the
+/// store is opened (README, Security).
 #[pyclass(frozen, module = "pra")]
 pub struct Store {
     url: String,
