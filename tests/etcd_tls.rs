@@ -10,11 +10,10 @@ mod etcd_cli;
 #[path = "common/etcd.rs"]
 mod etcd_fixture;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use etcd_cli::{output, pra, text, write_config};
+use etcd_cli::{assert_exit, drill_passes, output, pra, text, write_config};
 use etcd_client::Permission;
 use etcd_fixture::{Etcd, OPERATOR};
 use pra_core::store::{JournalEvent, RunRegistry, Secret, Store};
@@ -40,22 +39,9 @@ fn activate(store: &dyn Store, s: &str) -> pra_core::Result<FencingToken> {
 /// `pra drill` over TLS and auth, its settings from `PRA_ETCD_*` (the drill's own `pra`
 /// processes inherit them).
 fn drill_runs_on(etcd: &Etcd) {
-    let dir = tempfile::tempdir().unwrap();
     let url = etcd.url("/drill");
     assert!(url.starts_with("etcds://"), "{url}");
-    let out = output({
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
-        c.args(["drill", "--quiet", "--json", "--store-url", &url])
-            .arg("--dir")
-            .arg(dir.path())
-            .env_remove("PRA_STORE")
-            .envs(etcd.env(OPERATOR));
-        c
-    });
-    assert!(out.status.success(), "{}", text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["passed"], true);
-    assert_eq!(report["plan"]["double_execution_seconds"], 0.0);
+    drill_passes(&url, &etcd.env(OPERATOR));
     let store = etcd.store_on(&[0], "/drill", Duration::from_secs(5));
     let record = store.load().unwrap();
     assert_eq!(record.site, Some(site("rbx")));
@@ -102,14 +88,8 @@ fn check_fails_closed(
         c
     });
     let took = t.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(STORE_UNAVAILABLE_EXIT),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, STORE_UNAVAILABLE_EXIT, why);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(why), "expected {why:?} in: {}", text(&out));
     if let Some(secret) = secret {
         assert!(!stderr.contains(secret), "the password leaked: {stderr}");
     }
@@ -261,20 +241,10 @@ fn job_hosts_register_runs_but_cannot_flip_and_changes_name_the_etcd_user() {
     };
 
     // The operator flips; the record and the journal name the etcd user beside --by.
-    let o = as_user(
-        OPERATOR,
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "alice",
-            "--reason",
-            "go",
-        ],
-    );
+    let activate: Vec<&str> = "site activate rbx --expect-token 0 --by alice --reason go"
+        .split(' ')
+        .collect();
+    let o = as_user(OPERATOR, &activate);
     assert!(o.status.success(), "{}", text(&o));
     let store = etcd.store_on(&[0], "/app", Duration::from_secs(5));
     let record = store.load().unwrap();
@@ -317,17 +287,10 @@ fn job_hosts_register_runs_but_cannot_flip_and_changes_name_the_etcd_user() {
         &["plan", "start-failover", "--by", "mallory", "--reason", "x"],
     ] {
         let o = as_user("jobs", args);
-        assert_eq!(
-            o.status.code(),
-            Some(STORE_UNAVAILABLE_EXIT),
-            "{}",
-            text(&o)
-        );
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            stderr.contains("etcd user \"jobs\" has no permission"),
-            "{args:?}: {}",
-            text(&o)
+        assert_exit(
+            &o,
+            STORE_UNAVAILABLE_EXIT,
+            "etcd user \"jobs\" has no permission",
         );
     }
     assert_eq!(store.load().unwrap(), record);
@@ -382,29 +345,14 @@ fn a_full_etcd_is_reported_at_once_with_what_to_do_and_the_guard_fails_closed() 
 
     // The guard fails closed (a job could not register), and so does `pra run`.
     let o = output(pra(&config, "rbx", &["check"]));
-    assert_eq!(
-        o.status.code(),
-        Some(STORE_UNAVAILABLE_EXIT),
-        "{}",
-        text(&o)
-    );
-    assert!(
-        String::from_utf8_lossy(&o.stderr).contains("NOSPACE"),
-        "{}",
-        text(&o)
-    );
+    assert_exit(&o, STORE_UNAVAILABLE_EXIT, "NOSPACE");
     let ran = dir.path().join("ran");
     let o = output(pra(
         &config,
         "rbx",
         &["run", "--job", "j", "--", "touch", ran.to_str().unwrap()],
     ));
-    assert_eq!(
-        o.status.code(),
-        Some(STORE_UNAVAILABLE_EXIT),
-        "{}",
-        text(&o)
-    );
+    assert_exit(&o, STORE_UNAVAILABLE_EXIT, "NOSPACE");
     assert!(!ran.exists());
     // Reading still works: operators see the record and the journal.
     assert_eq!(store.journal().unwrap().len() as u64, token.0);

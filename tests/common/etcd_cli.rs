@@ -53,3 +53,31 @@ pub fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
     }
     t.elapsed()
 }
+
+/// Asserts that `o` exited with `code` and that its stderr says `says`.
+pub fn assert_exit(o: &Output, code: i32, says: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains(says), "expected {says:?} in: {}", text(o));
+}
+
+/// `pra drill --store-url URL` in a scratch directory with the variables `env`: it must pass
+/// with no double execution. Its JSON report.
+pub fn drill_passes(url: &str, env: &[(&str, String)]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+        c.args(["drill", "--quiet", "--json", "--store-url", url])
+            .arg("--dir")
+            .arg(dir.path())
+            .env_remove("PRA_STORE")
+            .envs(env.iter().cloned());
+        c
+    });
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["store"], url);
+    assert_eq!(report["plan"]["double_execution_seconds"], 0.0);
+    report
+}
