@@ -148,21 +148,17 @@ impl Config {
             defaults::LOST_AFTER,
             "lost_after_seconds",
         )?;
-        // The password file is read here, once: a missing one is an error naming it, before
-        // any store is opened. `PRA_ETCD_PASSWORD` / `PRA_ETCD_PASSWORD_FILE` take its place.
+        // The password file is read when an etcd store is opened (a missing one is an error
+        // naming it). `PRA_ETCD_PASSWORD` / `PRA_ETCD_PASSWORD_FILE` take its place.
         let etcd = pra_core::store::EtcdSecurity {
             ca_file: file.etcd_ca_file,
             cert_file: file.etcd_cert_file,
             key_file: file.etcd_key_file,
             user: file.etcd_user,
             password: None,
-        };
-        let mut etcd = etcd.with_env()?;
-        if etcd.password.is_none()
-            && let Some(path) = &file.etcd_password_file
-        {
-            etcd.password = Some(pra_core::store::Secret::from_file(path)?);
+            password_file: file.etcd_password_file,
         }
+        .with_env()?;
         let cfg = Config {
             store: o
                 .store

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pra_core::store::{EtcdOptions, EtcdSecurity, EtcdStore, Secret, Store};
+use pra_core::store::{EtcdOptions, EtcdSecurity, EtcdStore, Store};
 
 /// One etcd member.
 struct Member {
@@ -379,7 +379,7 @@ impl Etcd {
         }
         if self.auth {
             s.user = Some(user.to_string());
-            s.password = Some(Secret::from_file(&self.password_file(user)).unwrap());
+            s.password_file = Some(self.password_file(user));
         }
         s
     }

@@ -401,7 +401,8 @@ impl EtcdStore {
             }
             connect = connect.with_tls(tls_options(&url, &opts.security)?);
         }
-        if let (Some(user), Some(password)) = (&opts.security.user, &opts.security.password) {
+        let password = opts.security.resolve_password()?;
+        if let (Some(user), Some(password)) = (&opts.security.user, &password) {
             if !opts.tls {
                 tracing::warn!(store = %url, "the etcd password is sent in clear over etcd://; use etcds://");
             }

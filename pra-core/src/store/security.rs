@@ -94,8 +94,11 @@ pub struct EtcdSecurity {
     pub key_file: Option<PathBuf>,
     /// The etcd user.
     pub user: Option<String>,
-    /// The etcd user's password.
+    /// The etcd user's password, given as such (it wins over `password_file`).
     pub password: Option<Secret>,
+    /// A file holding the etcd user's password (its first line), read when an etcd store is
+    /// opened — so that a missing file fails that store only.
+    pub password_file: Option<PathBuf>,
 }
 
 impl EtcdSecurity {
@@ -135,12 +138,23 @@ impl EtcdSecurity {
         if let Some(u) = var(ENV_USER) {
             self.user = Some(u);
         }
+        if let Some(f) = path(ENV_PASSWORD_FILE) {
+            self.password_file = Some(f);
+            self.password = None;
+        }
         if let Some(p) = var(ENV_PASSWORD) {
             self.password = Some(Secret(p));
-        } else if let Some(f) = path(ENV_PASSWORD_FILE) {
-            self.password = Some(Secret::from_file(&f)?);
         }
         Ok(self)
+    }
+
+    /// The password: the one given, else the first line of `password_file`.
+    pub fn resolve_password(&self) -> Result<Option<Secret>> {
+        match (&self.password, &self.password_file) {
+            (Some(p), _) => Ok(Some(p.clone())),
+            (None, Some(f)) => Secret::from_file(f).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     /// Refuses settings that cannot work together, before any connection: half a client
@@ -151,7 +165,7 @@ impl EtcdSecurity {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return bad("the etcd client certificate and its key go together (etcd_cert_file and etcd_key_file)".into());
         }
-        if self.user.is_some() != self.password.is_some() {
+        if self.user.is_some() != (self.password.is_some() || self.password_file.is_some()) {
             return bad("an etcd user needs its password and a password its user (etcd_user with etcd_password_file or PRA_ETCD_PASSWORD)".into());
         }
         if self.user.as_deref().is_some_and(str::is_empty) {
@@ -208,7 +222,7 @@ mod tests {
         let s = file.clone().with_vars(vars).unwrap();
         assert_eq!(s.ca_file, file.ca_file);
         assert_eq!(s.user.as_deref(), Some("jobs"));
-        assert_eq!(s.password.unwrap().expose(), "from-file");
+        assert_eq!(s.resolve_password().unwrap().unwrap().expose(), "from-file");
         // The variable itself wins over the file.
         let s = EtcdSecurity::default()
             .with_vars(|n| match n {
@@ -217,7 +231,7 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(s.password.unwrap().expose(), "direct");
+        assert_eq!(s.resolve_password().unwrap().unwrap().expose(), "direct");
     }
 
     #[test]
@@ -229,6 +243,26 @@ mod tests {
         assert!(err.to_string().contains("empty"), "{err}");
         let err = Secret::from_file(&dir.path().join("nope")).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_password_file_fails_etcd_stores_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::store::OpenOptions {
+            etcd: EtcdSecurity {
+                user: Some("jobs".into()),
+                password_file: Some(dir.path().join("no-such-password")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let sqlite = format!("sqlite://{}", dir.path().join("s.db").display());
+        crate::store::open_with(&sqlite, &opts).unwrap();
+        #[cfg(feature = "etcd")]
+        {
+            let err = crate::store::open_with("etcd://127.0.0.1:1/p", &opts).unwrap_err();
+            assert!(err.to_string().contains("no-such-password"), "{err}");
+        }
     }
 
     #[test]
