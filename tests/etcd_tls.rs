@@ -394,3 +394,77 @@ fn a_full_etcd_is_reported_at_once_with_what_to_do_and_the_guard_fails_closed() 
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(store.load().unwrap().token, token);
 }
+
+/// The C library takes an `etcds://` store's settings from the `PRA_ETCD_*` variables alone.
+/// The calls run in a child process of this test binary (this test again, with
+/// `PRA_TEST_FFI_URL` set), so that the variables are set for it only.
+#[test]
+fn the_c_library_opens_an_etcds_store_from_the_environment() {
+    if let Ok(url) = std::env::var("PRA_TEST_FFI_URL") {
+        return ffi_child(&url);
+    }
+    let etcd = Etcd::secure(1);
+    activate(&etcd.store_on(&[0], "/ffi", Duration::from_secs(5)), "rbx").unwrap();
+    etcd.add_user("jobs", job_role("/ffi"));
+    let child = |expect: &str, extra: &[(&str, &str)]| {
+        let out = output({
+            let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+            c.args([
+                "--exact",
+                "the_c_library_opens_an_etcds_store_from_the_environment",
+                "--nocapture",
+            ])
+            .env("PRA_TEST_FFI_URL", etcd.url("/ffi"))
+            .env("PRA_TEST_FFI_EXPECT", expect)
+            .envs(etcd.env("jobs"))
+            .envs(extra.iter().copied());
+            c
+        });
+        assert!(out.status.success(), "{expect}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}",
+            text(&out)
+        );
+    };
+    child("run", &[]);
+    child(
+        "unavailable",
+        &[("PRA_ETCD_PASSWORD", "pw-that-is-wrong-42")],
+    );
+}
+
+/// In the child: open with `pra_store_open` and ask `pra_guard_check` for rbx.
+fn ffi_child(url: &str) {
+    use pra_ffi::pra_result;
+    let expect = std::env::var("PRA_TEST_FFI_EXPECT").unwrap();
+    let url = std::ffi::CString::new(url).unwrap();
+    let last = || {
+        // SAFETY: pra_last_error_message returns a NUL-terminated string owned by pra.
+        unsafe { std::ffi::CStr::from_ptr(pra_ffi::pra_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let mut store = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated URL and a valid out-pointer.
+    let opened = unsafe { pra_ffi::pra_store_open(url.as_ptr(), &mut store) };
+    if expect == "unavailable" {
+        assert_eq!(opened, pra_result::StoreUnavailable, "{}", last());
+        assert!(last().contains("refused to authenticate"), "{}", last());
+        assert!(
+            !last().contains("pw-that-is-wrong-42"),
+            "the password leaked: {}",
+            last()
+        );
+        return;
+    }
+    assert_eq!(opened, pra_result::Ok, "{}", last());
+    let mut verdict = std::mem::MaybeUninit::<pra_ffi::pra_verdict>::zeroed();
+    // SAFETY: an open store, a NUL-terminated site and a valid out-pointer.
+    let r = unsafe { pra_ffi::pra_guard_check(store, c"rbx".as_ptr(), verdict.as_mut_ptr()) };
+    assert_eq!(r, pra_result::Ok, "{}", last());
+    // SAFETY: written by pra_guard_check on success.
+    assert!(unsafe { verdict.assume_init() }.may_run);
+    // SAFETY: the handle from pra_store_open, freed once.
+    unsafe { pra_ffi::pra_store_free(store) };
+}
