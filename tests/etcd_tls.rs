@@ -468,3 +468,44 @@ fn ffi_child(url: &str) {
     // SAFETY: the handle from pra_store_open, freed once.
     unsafe { pra_ffi::pra_store_free(store) };
 }
+
+/// etcd's auth tokens expire (`--auth-token-ttl`, 300 s by default); a store, and a run that
+/// heartbeats, outlive them: the client authenticates again, the calls go on.
+#[test]
+fn an_expired_auth_token_is_renewed_without_an_error() {
+    let etcd = Etcd::secure_with(1, &["--auth-token-ttl=1"]);
+    etcd.add_user("jobs", job_role("/ttl"));
+    let operator = etcd.store_on(&[0], "/ttl", Duration::from_secs(5));
+    let token = activate(&operator, "rbx").unwrap();
+    let jobs = etcd
+        .store_as("jobs", &[0], "/ttl", Duration::from_secs(5))
+        .unwrap();
+    let run = pra_core::store::RunStart {
+        site: site("rbx"),
+        token,
+        job: "long".into(),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
+    };
+    let admitted = jobs.run_start(&run).unwrap();
+    let pra_core::store::Admission::Admitted { id, .. } = admitted else {
+        panic!("{admitted:?}");
+    };
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            jobs.run_heartbeat(id).unwrap(),
+            pra_core::store::Heartbeat::Alive
+        );
+        assert_eq!(jobs.load().unwrap().token, token);
+    }
+    assert!(jobs.run_finish(id, Some(0), "ok").unwrap());
+    std::thread::sleep(Duration::from_millis(2500));
+    operator
+        .change(
+            SiteChange::Deactivate { expect: token },
+            &Actor::new("ops", "after the token expired").unwrap(),
+        )
+        .unwrap();
+}

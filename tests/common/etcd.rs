@@ -38,8 +38,8 @@ pub struct Etcd {
     certs: Option<Certs>,
     /// Whether etcd's authentication is enabled (the fixture then acts as `operator`).
     auth: bool,
-    /// `--quota-backend-bytes`, if set.
-    quota: Option<u64>,
+    /// More flags for every member (`--quota-backend-bytes=...`, `--auth-token-ttl=...`).
+    flags: Vec<String>,
 }
 
 /// The PEM files of a TLS cluster, in the fixture's directory.
@@ -180,14 +180,19 @@ impl Etcd {
     /// A port can still be taken by another process between the check and etcd's bind; a
     /// member that exits at start is then retried on fresh ports, a few times.
     pub fn cluster(n: usize) -> Etcd {
-        Etcd::launch(n, false, None)
+        Etcd::launch(n, false, &[])
     }
 
     /// Starts an `n`-member cluster with TLS for clients and peers (both must show a
     /// certificate signed by the fixture's CA) and etcd's authentication enabled, with the
     /// users `root` and [`OPERATOR`] (read and write on every key).
     pub fn secure(n: usize) -> Etcd {
-        let mut etcd = Etcd::launch(n, true, None);
+        Etcd::secure_with(n, &[])
+    }
+
+    /// [`Etcd::secure`] with more flags for every member.
+    pub fn secure_with(n: usize, flags: &[&str]) -> Etcd {
+        let mut etcd = Etcd::launch(n, true, flags);
         etcd.enable_auth();
         etcd
     }
@@ -195,14 +200,14 @@ impl Etcd {
     /// One member whose backend quota is `bytes` (`--quota-backend-bytes`): a few writes fill
     /// it and raise etcd's NOSPACE alarm.
     pub fn with_quota(bytes: u64) -> Etcd {
-        Etcd::launch(1, false, Some(bytes))
+        Etcd::launch(1, false, &[&format!("--quota-backend-bytes={bytes}")])
     }
 
-    fn launch(n: usize, tls: bool, quota: Option<u64>) -> Etcd {
+    fn launch(n: usize, tls: bool, flags: &[&str]) -> Etcd {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut etcd = Etcd::fresh(n, tls, quota);
+            let mut etcd = Etcd::fresh(n, tls, flags);
             for i in 0..n {
                 etcd.spawn(i);
             }
@@ -214,7 +219,7 @@ impl Etcd {
         }
     }
 
-    fn fresh(n: usize, tls: bool, quota: Option<u64>) -> Etcd {
+    fn fresh(n: usize, tls: bool, flags: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
         let certs = tls.then(|| Certs::make(dir.path()));
         let scheme = if tls { "https" } else { "http" };
@@ -239,7 +244,7 @@ impl Etcd {
             dir,
             certs,
             auth: false,
-            quota,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         }
     }
 
@@ -278,9 +283,7 @@ impl Etcd {
                 .arg(&c.ca)
                 .arg("--peer-client-cert-auth");
         }
-        if let Some(bytes) = self.quota {
-            cmd.arg(format!("--quota-backend-bytes={bytes}"));
-        }
+        cmd.args(&self.flags);
         let child = cmd
             .args(["--name", &m.name])
             .arg("--data-dir")
