@@ -227,7 +227,8 @@ fn validity(der: &[u8]) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
 }
 
 /// Refuses a client certificate that is not valid now, naming the file and its dates: the
-/// members would refuse it, and they say so only by closing the connection.
+/// members would refuse it, and they say so only by closing the connection. `now` is the
+/// system's time (the members judge by theirs), not the store's clock.
 fn check_client_certificate(url: &str, path: &std::path::Path, now: DateTime<Utc>) -> Result<()> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -397,7 +398,7 @@ impl EtcdStore {
             .with_require_leader(true);
         if opts.tls {
             if let Some(cert) = &opts.security.cert_file {
-                check_client_certificate(&url, cert, clock.now())?;
+                check_client_certificate(&url, cert, Utc::now())?;
             }
             connect = connect.with_tls(tls_options(&url, &opts.security)?);
         }
