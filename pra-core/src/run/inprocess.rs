@@ -6,12 +6,11 @@
 //! [`Registered::lost`] between units of work and write through the fence
 //! ([`crate::Fence`]), which refuses its token once another site was activated.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::contain::boottime;
-use super::{Admission, Beat, Timings, admit, heartbeat_loop};
+use super::{Admission, Beat, StopSignal, Timings, admit, heartbeat_loop};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::site::SiteId;
@@ -19,7 +18,7 @@ use crate::store::{RunId, Store};
 
 #[derive(Debug)]
 struct Shared {
-    stop: AtomicBool,
+    stop: StopSignal,
     lost: Mutex<Option<String>>,
     // The boottime at which the last heartbeat the store accepted started.
     last_ok: Mutex<Duration>,
@@ -69,7 +68,7 @@ impl Registered {
             Admission::Standby { active, token } => return Ok(Started::Standby { active, token }),
         };
         let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
+            stop: StopSignal::default(),
             lost: Mutex::new(None),
             last_ok: Mutex::new(registered_from),
         });
@@ -140,7 +139,7 @@ impl Registered {
     }
 
     fn stop_thread(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -213,8 +213,44 @@ pub(crate) enum Beat {
     RoleLost(FencingToken),
 }
 
+/// A request to stop that a waiting thread hears at once (not at its next poll).
+#[derive(Debug, Default)]
+pub(crate) struct StopSignal {
+    stopped: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+}
+
+impl StopSignal {
+    /// Asks every waiter to stop.
+    pub(crate) fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits until [`contain::boottime`] reaches `deadline` or a stop is asked: `true` when
+    /// asked. The condition variable's clock does not count a suspended host's time, so each
+    /// wait is capped at 20 ms and the deadline is read again on boottime.
+    pub(crate) fn wait_until(&self, deadline: Duration) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if *stopped {
+                return true;
+            }
+            let now = contain::boottime();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(20));
+            stopped = match self.wake.wait_timeout(stopped, wait) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+}
+
 /// Heartbeats run `id` every `heartbeat` (on [`contain::boottime`], which counts a suspended
-/// host's time) until `stop` is set, re-checking after every accepted beat that `site` still
+/// host's time) until `stop` is asked, re-checking after every accepted beat that `site` still
 /// holds `token`. Each finding goes to `report`; the loop ends when it returns `false`. The one
 /// heartbeat of `pra run`'s supervision and of in-process runs.
 pub(crate) fn heartbeat_loop(
@@ -223,10 +259,9 @@ pub(crate) fn heartbeat_loop(
     id: RunId,
     token: FencingToken,
     heartbeat: Duration,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &StopSignal,
     mut report: impl FnMut(Beat) -> bool,
 ) {
-    use std::sync::atomic::Ordering;
     let registry = match store.require_registry() {
         Ok(r) => r,
         Err(e) => {
@@ -236,12 +271,8 @@ pub(crate) fn heartbeat_loop(
     };
     let mut role_lost = false;
     loop {
-        let next = contain::boottime() + heartbeat;
-        while contain::boottime() < next {
-            if stop.load(Ordering::SeqCst) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20).min(heartbeat));
+        if stop.wait_until(contain::boottime() + heartbeat) {
+            return;
         }
         let started = contain::boottime();
         let beat = match registry.run_heartbeat(id) {

@@ -3,12 +3,12 @@
 //! only once its last process is gone.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::mpsc;
 use std::time::Duration;
 
 use super::contain::{self, Containment, Ended, Request, Spec, Tree, boottime};
-use super::{Admission, Beat, Timings, heartbeat_loop, register};
+use super::{Admission, Beat, StopSignal, Timings, heartbeat_loop, register};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
 use crate::guard::{Verdict, check};
@@ -301,7 +301,7 @@ fn watch(
     on_event: &mut dyn FnMut(RunEvent),
 ) -> (Ended, bool, Option<String>, Option<String>) {
     let t = opts.timings;
-    let stop = AtomicBool::new(false);
+    let stop = StopSignal::default();
     let (tx, rx) = mpsc::channel::<Beat>();
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -393,9 +393,10 @@ fn watch(
             {
                 tree.kill();
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // Wakes at once when the run ends; otherwise looks again at beats and controls.
+            tree.wait_exit(Duration::from_millis(10));
         };
-        stop.store(true, Ordering::SeqCst);
+        stop.stop();
         (ended, revoked, stop_why, asked)
     })
 }
