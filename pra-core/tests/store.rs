@@ -712,3 +712,96 @@ fn verify_catches_a_record_that_disagrees_with_its_journal() {
     let e = s.verify_journal().unwrap_err();
     assert!(e.to_string().contains("entry 4"), "{e}");
 }
+
+/// The SQLite store's per job and site counters (kept by triggers, so that metrics do not read
+/// every run ever) agree with the runs themselves — after starts, finishes, revocations and
+/// runs counted lost, and after the migration that builds them from an older store's runs.
+#[test]
+fn sqlite_run_counters_agree_with_the_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let clock = clock();
+    let s = SqliteStore::open(&p, clock.clone()).unwrap();
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+    let start = |job: &str| RunStart {
+        job: job.into(),
+        site: site("rbx"),
+        token: FencingToken(1),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
+    };
+    let ids: Vec<RunId> = (0..12)
+        .map(|i| admitted(&s, &start(["a", "b", "c"][i % 3])))
+        .collect();
+    assert!(s.run_finish(ids[0], Some(0), "exited 0").unwrap());
+    assert!(s.run_finish(ids[1], None, "revoked").unwrap());
+    assert!(s.run_finish(ids[4], None, "revoked").unwrap());
+    let lost = s
+        .unfinished_runs_below(FencingToken(2))
+        .unwrap()
+        .into_iter()
+        .find(|u| u.run.id == ids[2])
+        .unwrap();
+    assert!(s.run_mark_lost(ids[2], lost.pulse, "lost").unwrap());
+    s.note_skip("a", &site("sbg")).unwrap();
+    let expected = |s: &SqliteStore| {
+        let runs = s.runs(chrono::DateTime::<Utc>::UNIX_EPOCH).unwrap();
+        let mut by: std::collections::BTreeMap<(String, String), (u64, u64, u64)> =
+            Default::default();
+        for r in runs {
+            let e = by
+                .entry((r.start.job.clone(), r.start.site.to_string()))
+                .or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.outcome.as_deref() == Some("revoked"));
+            e.2 += u64::from(r.finished_at.is_none());
+        }
+        by
+    };
+    let counted = |s: &SqliteStore| {
+        s.run_stats()
+            .unwrap()
+            .into_iter()
+            .filter(|x| x.started > 0)
+            .map(|x| {
+                (
+                    (x.job, x.site.to_string()),
+                    (x.started, x.revoked, x.unfinished),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(counted(&s), expected(&s));
+    assert_eq!(
+        counted(&s)[&("b".to_string(), "rbx".to_string())],
+        (4, 2, 2)
+    );
+    let skipped = s.run_stats().unwrap();
+    assert!(
+        skipped
+            .iter()
+            .any(|x| x.job == "a" && x.site.as_str() == "sbg" && x.skipped == 1)
+    );
+    drop(s);
+
+    // A store of schema 3 (no counters): the migration builds them from its runs.
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    drop(conn);
+    let s = SqliteStore::open(&p, clock).unwrap();
+    assert_eq!(counted(&s), expected(&s));
+    assert!(s.run_finish(ids[3], Some(0), "exited 0").unwrap());
+    assert_eq!(counted(&s), expected(&s));
+}

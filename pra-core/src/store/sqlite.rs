@@ -72,6 +72,32 @@ const MIGRATIONS: &[&str] = &[
     // processes are contained.
     "ALTER TABLE runs ADD COLUMN beats INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN containment TEXT;",
+    // v4: per job and site counters kept by the writes themselves (triggers, in the same
+    // transaction), so that metrics cost the number of jobs, not of runs ever.
+    "CREATE TABLE run_counts (
+        job TEXT NOT NULL,
+        site TEXT NOT NULL,
+        started INTEGER NOT NULL DEFAULT 0,
+        revoked INTEGER NOT NULL DEFAULT 0,
+        unfinished INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job, site)
+    );
+    INSERT INTO run_counts (job, site, started, revoked, unfinished)
+        SELECT job, site, COUNT(*), SUM(outcome IS 'revoked'), SUM(finished_at IS NULL)
+        FROM runs GROUP BY job, site;
+    CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
+        INSERT OR IGNORE INTO run_counts (job, site) VALUES (NEW.job, NEW.site);
+        UPDATE run_counts SET started = started + 1,
+            revoked = revoked + (NEW.outcome IS 'revoked'),
+            unfinished = unfinished + (NEW.finished_at IS NULL)
+        WHERE job = NEW.job AND site = NEW.site;
+    END;
+    CREATE TRIGGER runs_recounted AFTER UPDATE OF finished_at, outcome ON runs BEGIN
+        UPDATE run_counts SET
+            revoked = revoked - (OLD.outcome IS 'revoked') + (NEW.outcome IS 'revoked'),
+            unfinished = unfinished - (OLD.finished_at IS NULL) + (NEW.finished_at IS NULL)
+        WHERE job = NEW.job AND site = NEW.site;
+    END;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -375,7 +401,14 @@ impl std::ops::DerefMut for Held<'_> {
 
 /// Runs `f` again while it fails with SQLITE_BUSY, for up to 5 seconds.
 /// The tables of pra's schema (every migration's).
-const PRA_TABLES: &[&str] = &["active_site", "journal", "plan", "runs", "skips"];
+const PRA_TABLES: &[&str] = &[
+    "active_site",
+    "journal",
+    "plan",
+    "runs",
+    "skips",
+    "run_counts",
+];
 
 /// Refuses a database that has tables but is not a pra store: a table pra does not create, or
 /// tables without the schema version pra sets. Only reads.
@@ -622,8 +655,7 @@ impl RunRegistry for SqliteStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT job, site, SUM(started), SUM(skipped), SUM(revoked), SUM(unfinished) FROM (
-                    SELECT job, site, 1 AS started, 0 AS skipped, outcome = 'revoked' AS revoked,
-                           finished_at IS NULL AS unfinished FROM runs
+                    SELECT job, site, started, 0 AS skipped, revoked, unfinished FROM run_counts
                     UNION ALL
                     SELECT job, site, 0, count, 0, 0 FROM skips
                  ) GROUP BY job, site ORDER BY job, site",
