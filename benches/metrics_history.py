@@ -11,7 +11,8 @@ def setup(binary):
                   ((f"job{i % 200}", i, i, i + 1) for i in range(N)))
     c.commit(); c.execute("PRAGMA wal_checkpoint(TRUNCATE)"); c.close()
     return env
-bins = {"old": "/work/main/target/debug/pra", "new": "/work/wt19/target/debug/pra"}
+# Two builds to compare: OLD_PRA and NEW_PRA (both default to this tree's debug build).
+bins = {"old": os.environ.get("OLD_PRA", "target/debug/pra"), "new": os.environ.get("NEW_PRA", "target/debug/pra")}
 envs = {k: setup(b) for k, b in bins.items()}
 res = {k: [] for k in bins}
 for _ in range(7):
@@ -25,5 +26,5 @@ for cmd in (["check"], ["site", "show"], ["runs"] if False else ["journal"], ["m
         for _ in range(5):
             t = time.perf_counter(); r = subprocess.run([b] + cmd, env=envs[k], capture_output=True); ts.append((time.perf_counter() - t) * 1000)
         print(k, cmd, f"{statistics.median(ts):.1f} ms", r.returncode)
-env = envs["new"]
-print(subprocess.run(["strace", "-f", "-e", "trace=openat,pread64", "-c", bins["new"], "metrics"], env=env, capture_output=True, text=True).stderr[-1500:])
+
+

@@ -3,7 +3,8 @@
 import os, subprocess, sys, time, statistics, tempfile
 d = tempfile.mkdtemp(); open(f"{d}/pra.toml", "w").close()
 env = dict(os.environ, PRA_STORE=f"sqlite://{d}/s.db", PRA_SITE="rbx", PRA_SITES="rbx,sbg", PRA_CONFIG=f"{d}/pra.toml")
-bins = {"old": "/work/main/target/debug/pra", "new": "/work/wt19/target/debug/pra"}
+# Two builds to compare: OLD_PRA and NEW_PRA (both default to this tree's debug build).
+bins = {"old": os.environ.get("OLD_PRA", "target/debug/pra"), "new": os.environ.get("NEW_PRA", "target/debug/pra")}
 subprocess.run([bins["new"], "site", "activate", "rbx", "--expect-token", "0", "--by", "b"], env=env, check=True, capture_output=True)
 res = {k: [] for k in ["old check", "old run", "new check", "new run"]}
 for i in range(int(sys.argv[1])):
