@@ -314,7 +314,7 @@ fn file_store_lost_lock_file_does_not_restart_tokens() {
 }
 
 #[test]
-fn file_store_rolls_back_an_interrupted_change() {
+fn file_store_rolls_an_interrupted_change_forward_never_back() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
@@ -327,8 +327,9 @@ fn file_store_rolls_back_an_interrupted_change() {
     )
     .unwrap();
     let lock_before = fs::read_to_string(&p).unwrap();
-    // Simulate a crash after the journal append but before the rename: do a real change, then
-    // put the old lock file back.
+    // A crash after the journal append but before the rename — or the lock file put back from
+    // a copy one change old (red team, session 4): the two look the same. Do a real change,
+    // then put the old lock file back.
     s.change(
         SiteChange::Deactivate {
             expect: FencingToken(1),
@@ -340,28 +341,43 @@ fn file_store_rolls_back_an_interrupted_change() {
     assert_eq!(
         s.load().unwrap().token,
         FencingToken(1),
-        "the rename is the commit point"
+        "until a change recovers it, the guard reads the file as it is"
     );
-    assert_eq!(
-        s.journal().unwrap().len(),
-        1,
-        "the uncommitted entry is not reported as history"
-    );
+    assert_eq!(s.journal().unwrap().len(), 1);
     assert_eq!(s.verify_journal().unwrap().entries, 1);
-    // The next change rolls the dangling entry back and takes token 2 itself.
-    let r = s
+    // The next change rolls the journaled change forward before deciding: token 2 stays the
+    // deactivation's, and a retry made from the old file is a lost race, not token 2 again.
+    let e = s
         .change(
             SiteChange::Deactivate {
                 expect: FencingToken(1),
             },
             &Actor::new("bob", "retry").unwrap(),
         )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(
+        s.load().unwrap().token,
+        FencingToken(2),
+        "the file was recovered"
+    );
+    assert_eq!(s.load().unwrap().site, None);
+    let r = s
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(2),
+            },
+            &Actor::new("bob", "retry").unwrap(),
+        )
         .unwrap();
-    assert_eq!(r.token, FencingToken(2));
+    assert_eq!(r.token, FencingToken(3));
     let j = s.journal().unwrap();
-    assert_eq!(j.len(), 2);
-    assert_eq!(j[1].by, "bob");
-    assert_eq!(s.verify_journal().unwrap().entries, 2);
+    assert_eq!(
+        j.iter().map(|e| e.by.as_str()).collect::<Vec<_>>(),
+        ["ops", "ops", "bob"]
+    );
+    assert_eq!(s.verify_journal().unwrap().entries, 3);
 }
 
 #[test]

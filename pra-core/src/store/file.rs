@@ -251,8 +251,11 @@ struct Current {
 /// The journal beside a lock file, split at the entry the file points to.
 struct JournalFile {
     committed: Vec<JournalEntry>,
-    /// Where the entries of an interrupted change (never committed) start, if there are any.
-    pending_at: Option<u64>,
+    /// The whole entries of a change whose lock-file rename did not happen (an interrupted
+    /// change — or a lock file put back from a copy one change old: the two look the same).
+    pending: Vec<JournalEntry>,
+    /// Where a torn last line (an append cut short) starts, if there is one.
+    torn_at: Option<u64>,
 }
 
 impl FileStore {
@@ -512,7 +515,8 @@ impl FileStore {
         let Some(first) = pending.first() else {
             return Ok(JournalFile {
                 committed,
-                pending_at: None,
+                pending: Vec::new(),
+                torn_at: None,
             });
         };
         // One interrupted change: its entries follow the head, each chained to the one before,
@@ -547,9 +551,14 @@ impl FileStore {
                 last_record(),
             ));
         }
+        let torn_at = match pending.last() {
+            Some(None) => offsets.last().copied(),
+            Some(Some(_)) | None => None,
+        };
         Ok(JournalFile {
             committed,
-            pending_at: Some(offsets[committed_len]),
+            pending: pending.iter().flatten().cloned().collect(),
+            torn_at,
         })
     }
 
@@ -650,9 +659,45 @@ impl Backend for FileStore {
 
     fn transact(&self, decide: &mut dyn FnMut(&Snapshot) -> Result<Writes>) -> Result<Writes> {
         let _guard = self.lock(true)?;
-        let current = self.read_lock()?;
-        let journal = self.read_journal_file(&current)?;
+        let mut current = self.read_lock()?;
+        let mut journal = self.read_journal_file(&current)?;
         verify_chain(&journal.committed, &current.lock.journal_head)?;
+        if let Some(torn) = journal.torn_at {
+            // Only the end of an append cut short: never a whole entry.
+            tracing::warn!(journal = %self.journal_path.display(), "removing the torn end of an interrupted append");
+            let file = self
+                .sharing
+                .open_or_create(OpenOptions::new().write(true), &self.journal_path)
+                .map_err(|e| self.explain(e))?;
+            file.set_len(torn)
+                .map_err(|e| Error::io("truncate", &self.journal_path, e))?;
+            file.sync_all()
+                .map_err(|e| Error::io("fsync", &self.journal_path, e))?;
+        }
+        if let Some(last) = journal.pending.last() {
+            // Whole entries after the file's head are a change whose rename did not happen, or
+            // a lock file put back from a copy one change old: nothing tells them apart, and
+            // dropping them could hand their token out again. They were written ahead to be
+            // committed: roll them forward, as a write-ahead log is, before deciding anything.
+            tracing::warn!(journal = %self.journal_path.display(), entries = journal.pending.len(), "rolling forward the journaled change the lock file does not show yet");
+            let record = journal
+                .pending
+                .iter()
+                .rev()
+                .find_map(|e| match &e.event {
+                    JournalEvent::SiteChanged { new, .. } => Some(new.clone()),
+                    _ => None,
+                })
+                .unwrap_or_else(|| current.lock.record.clone());
+            current.lock = LockFile {
+                record,
+                journal_head: last.hash.clone(),
+            };
+            current.seed = false;
+            write_atomic(&self.path, current.lock.render().as_bytes(), self.sharing)
+                .map_err(|e| self.explain(e))?;
+            journal.committed.append(&mut journal.pending);
+        }
         let writes = decide(&Snapshot {
             record: current.lock.record.clone(),
             head: JournalHead {
@@ -675,11 +720,6 @@ impl Backend for FileStore {
             .sharing
             .open_or_create(OpenOptions::new().append(true), &self.journal_path)
             .map_err(|e| self.explain(e))?;
-        if let Some(offset) = journal.pending_at {
-            tracing::warn!(journal = %self.journal_path.display(), "rolling back the journal entry of an interrupted change");
-            file.set_len(offset)
-                .map_err(|e| Error::io("truncate", &self.journal_path, e))?;
-        }
         let mut lines = String::new();
         for entry in &writes.entries {
             lines.push_str(
@@ -704,8 +744,8 @@ impl Backend for FileStore {
         let _guard = self.lock(false)?;
         let current = self.read_lock()?;
         let journal = self.read_journal_file(&current)?;
-        if journal.pending_at.is_some() {
-            tracing::warn!(store = %self.url, "the journal ends with an interrupted change that was never committed; the next change rolls it back");
+        if !journal.pending.is_empty() || journal.torn_at.is_some() {
+            tracing::warn!(store = %self.url, "the journal ends with a change the lock file does not show yet (interrupted, or the file was put back from a copy); the next change rolls it forward");
         }
         let head = JournalHead {
             len: journal.committed.len() as u64,
