@@ -55,32 +55,16 @@ pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
             .and_then(|s| s.lock().ok()?.pending().next())
     };
     let stops = |sig: i32| sig == libc::SIGTERM || sig == libc::SIGINT;
-    // A store that cannot be opened now (etcd down, a SQLite file refused for its mode) is
-    // waited out like a store that fails later: nothing runs meanwhile.
-    let mut said = false;
-    let (site, store) = loop {
-        match crate::run::open_for_job(cfg, &args.job) {
-            Err(e @ Error::StoreUnavailable { .. }) => {
-                if !said {
-                    log_line(
-                        &format!(
-                            "job {}: waiting: the store cannot be opened ({e}); not running",
-                            args.job
-                        ),
-                        true,
-                    );
-                    said = true;
-                }
-                let until = std::time::Instant::now() + timings.heartbeat;
-                while std::time::Instant::now() < until {
-                    if next_signal().is_some_and(stops) {
-                        return Ok(0);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            other => break other?,
-        }
+    crate::run::validate_job(&args.job)?;
+    let site = cfg.this_site()?;
+    // The follower opens the store itself, and again after a failure: a store that cannot be
+    // opened now (etcd down, a SQLite file refused for its mode, a file replaced under it) is
+    // waited out like a store that fails later; nothing runs meanwhile.
+    let open = || {
+        cfg.open_store_for(pra_core::store::Needs {
+            registry: true,
+            ..Default::default()
+        })
     };
     let opts = FollowOptions {
         run: RunOptions {
@@ -118,7 +102,7 @@ pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
     };
     let job = &args.job;
     let end = run::follow(
-        &*store,
+        &open,
         &site,
         &args.command,
         &opts,

@@ -74,7 +74,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn validate_job(job: &str) -> pra_core::Result<()> {
+pub(crate) fn validate_job(job: &str) -> pra_core::Result<()> {
     let ok = (1..=64).contains(&job.len())
         && job
             .bytes()

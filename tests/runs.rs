@@ -1401,3 +1401,58 @@ fn follow_waits_for_a_store_it_cannot_open_yet() {
     stop_follower(&env, f);
     env.assert_nothing_runs("after the follower got SIGTERM");
 }
+
+/// Red team (session 4): a store file replaced under `pra follow` (restored, moved over) made
+/// it fail closed — right — and then never recover: it kept the handle on the old file. The
+/// follower now opens the store again after a failure, and follows the new file's record.
+#[test]
+fn follow_recovers_when_its_store_file_is_replaced() {
+    let env = Env::sqlite();
+    env.write_follow_script();
+    env.activate("rbx");
+    let mut f = env.follow("rbx", &[], &["./follow.sh"]);
+    env.wait_ticking("rbx", Duration::from_secs(10));
+    // The replacement: a copy of the store with no site active, renamed over it.
+    let db = env.path("state.db");
+    let copy = env.path("replacement.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    {
+        use pra_core::store::Store;
+        let replacement =
+            pra_core::store::SqliteStore::open(&copy, std::sync::Arc::new(pra_core::SystemClock))
+                .unwrap();
+        let t = replacement.load().unwrap().token;
+        replacement
+            .change(
+                pra_core::SiteChange::Deactivate { expect: t },
+                &pra_core::Actor::new("test", "replaced").unwrap(),
+            )
+            .unwrap();
+    }
+    // As a restore does: the old file's WAL and shared memory go with it.
+    for side in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(env.path(side));
+    }
+    std::fs::rename(&copy, &db).unwrap();
+    // The old handle can no longer vouch for the run: it stops, and the follower stays up.
+    wait_until("rbx's command stops", Duration::from_secs(10), || {
+        let now = now_ns();
+        env.instances()
+            .iter()
+            .all(|i| now.saturating_sub(i.last) > 500_000_000)
+    });
+    assert!(f.try_wait().unwrap().is_none(), "the follower exited");
+    // Activated again in the new file: the follower reads it, and starts its command.
+    let before = env.instances().len();
+    env.activate("rbx");
+    wait_until(
+        "the follower starts again on the new store file",
+        Duration::from_secs(20),
+        || env.instances().len() > before,
+    );
+    stop_follower(&env, f);
+    env.assert_nothing_runs("after the follower got SIGTERM");
+}

@@ -14,6 +14,10 @@
 //!   [`Backoff::healthy_after`];
 //! - the caller asked ([`Control::Stop`], SIGTERM): the tree is stopped (`stopped: ...`) and
 //!   `follow` returns.
+//!
+//! The follower opens its store itself, and opens it again after the store failed (a read that
+//! could not be made, a run that self-fenced): a store file replaced under it (restored, moved)
+//! is refused by the handle that opened the old one, and only a new handle reads the new file.
 
 use std::time::Duration;
 
@@ -106,11 +110,12 @@ pub enum FollowEvent {
 /// Runs `command` whenever, and only while, `site` holds the active role, until `control`
 /// asks to stop ([`Control::Stop`]; [`Control::Signal`]s are forwarded to a running command
 /// and dropped while none runs). Returns once the last run's processes are gone and its end
-/// is recorded. Errors: the command cannot be started (not found, not executable), the store
-/// has no run registry, the options are invalid, or containment was refused; a store that
-/// cannot be reached is waited out, never an error.
+/// is recorded. `open` opens the store (again after a failure). Errors: the command cannot be
+/// started (not found, not executable), the store cannot be opened for a reason waiting will
+/// not fix or has no run registry, the options are invalid, or containment was refused; a
+/// store that cannot be reached is waited out, never an error.
 pub fn follow(
-    store: &dyn Store,
+    open: &dyn Fn() -> Result<Box<dyn Store>>,
     site: &SiteId,
     command: &[String],
     opts: &FollowOptions,
@@ -118,7 +123,7 @@ pub fn follow(
     on_event: &mut dyn FnMut(FollowEvent),
 ) -> Result<()> {
     opts.run.timings.validate()?;
-    store.require_registry()?;
+    let mut store: Option<Box<dyn Store>> = None;
     let run_opts = RunOptions {
         on_revoke: super::OnRevoke::Kill,
         ..opts.run.clone()
@@ -138,24 +143,46 @@ pub fn follow(
     loop {
         // Waiting: one read of the record per poll, the caller's requests in between.
         let mut next_read = Duration::ZERO;
-        loop {
+        let current = loop {
             let now = boottime();
             if now >= next_read.max(not_before) {
                 next_read = now + opts.poll;
-                match check(store, site) {
-                    Ok(Verdict::Run { .. }) => break,
-                    Ok(Verdict::Standby { active, token }) => report(
-                        &mut reported,
-                        FollowEvent::Standby { active, token },
-                        on_event,
-                    ),
-                    Err(e) => report(
-                        &mut reported,
-                        FollowEvent::StoreUnavailable {
-                            error: e.to_string(),
-                        },
-                        on_event,
-                    ),
+                if store.is_none() {
+                    match open() {
+                        Ok(s) => {
+                            s.require_registry()?;
+                            store = Some(s);
+                        }
+                        Err(e @ Error::StoreUnavailable { .. }) => report(
+                            &mut reported,
+                            FollowEvent::StoreUnavailable {
+                                error: e.to_string(),
+                            },
+                            on_event,
+                        ),
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(s) = store.take() {
+                    match check(&*s, site) {
+                        Ok(Verdict::Run { .. }) => break s,
+                        Ok(Verdict::Standby { active, token }) => {
+                            store = Some(s);
+                            report(
+                                &mut reported,
+                                FollowEvent::Standby { active, token },
+                                on_event,
+                            )
+                        }
+                        // Dropped: the next poll opens the store again.
+                        Err(e) => report(
+                            &mut reported,
+                            FollowEvent::StoreUnavailable {
+                                error: e.to_string(),
+                            },
+                            on_event,
+                        ),
+                    }
                 }
             }
             while let Some(c) = control() {
@@ -164,7 +191,7 @@ pub fn follow(
                 }
             }
             std::thread::sleep(Duration::from_millis(20).min(opts.poll));
-        }
+        };
         reported = None;
         let stop_asked = std::cell::Cell::new(false);
         let watched = || {
@@ -175,9 +202,20 @@ pub fn follow(
             c
         };
         let started = boottime();
-        let end = supervise(store, site, command, &run_opts, &watched, &mut |e| {
+        let end = supervise(&*current, site, command, &run_opts, &watched, &mut |e| {
             on_event(FollowEvent::Run(e))
         });
+        // Kept for the next wait, unless the store failed the run: then it is opened again.
+        let failed = matches!(
+            end,
+            Ok(RunEnd::Finished {
+                cause: EndCause::SelfFenced,
+                ..
+            }) | Err(Error::StoreUnavailable { .. } | Error::Conflict { .. })
+        );
+        if !failed {
+            store = Some(current);
+        }
         let ran = boottime().saturating_sub(started);
         match end {
             Ok(RunEnd::Skipped { .. }) => {}
