@@ -32,6 +32,25 @@ fn admitted(r: &dyn RunRegistry, start: &RunStart) -> RunId {
     }
 }
 
+/// Three flips on `s`: rbx active (1), none (2), sbg active (3).
+fn three_flips(s: &dyn Store) {
+    for change in [
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+    ] {
+        s.change(change, &ops()).unwrap();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Sqlite,
@@ -148,29 +167,7 @@ fn sqlite_journal_tampering_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("state.db");
     let s = SqliteStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
-    s.change(
-        SiteChange::Deactivate {
-            expect: FencingToken(1),
-        },
-        &ops(),
-    )
-    .unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("sbg"),
-            expect: FencingToken(2),
-        },
-        &ops(),
-    )
-    .unwrap();
+    three_flips(&s);
     drop(s);
 
     let conn = rusqlite::Connection::open(&p).unwrap();
@@ -658,25 +655,6 @@ fn a_heartbeating_run_of_a_skewed_host_is_never_counted_lost() {
     assert_eq!(drainer.alive_below(FencingToken(2)).unwrap().len(), 1);
     drainer_clock.advance(Duration::seconds(60));
     assert!(drainer.alive_below(FencingToken(2)).unwrap().is_empty());
-}
-
-/// Three flips on `s`: rbx active (1), none (2), sbg active (3).
-fn three_flips(s: &dyn Store) {
-    for change in [
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        SiteChange::Deactivate {
-            expect: FencingToken(1),
-        },
-        SiteChange::Activate {
-            site: site("sbg"),
-            expect: FencingToken(2),
-        },
-    ] {
-        s.change(change, &ops()).unwrap();
-    }
 }
 
 /// Red team (session 4): a record edited or rolled back by hand while its journal stays
