@@ -55,17 +55,11 @@ pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
             .and_then(|s| s.lock().ok()?.pending().next())
     };
     let stops = |sig: i32| sig == libc::SIGTERM || sig == libc::SIGINT;
-    crate::run::validate_job(&args.job)?;
-    let site = cfg.this_site()?;
+    let site = crate::run::job_site(cfg, &args.job)?;
     // The follower opens the store itself, and again after a failure: a store that cannot be
     // opened now (etcd down, a SQLite file refused for its mode, a file replaced under it) is
     // waited out like a store that fails later; nothing runs meanwhile.
-    let open = || {
-        cfg.open_store_for(pra_core::store::Needs {
-            registry: true,
-            ..Default::default()
-        })
-    };
+    let open = || crate::run::open_job_store(cfg);
     let opts = FollowOptions {
         run: RunOptions {
             job: args.job.clone(),

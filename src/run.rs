@@ -74,7 +74,7 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub(crate) fn validate_job(job: &str) -> pra_core::Result<()> {
+fn validate_job(job: &str) -> pra_core::Result<()> {
     let ok = (1..=64).contains(&job.len())
         && job
             .bytes()
@@ -88,19 +88,19 @@ pub(crate) fn validate_job(job: &str) -> pra_core::Result<()> {
     }
 }
 
-/// Checks the job's name, finds this host's site and opens the store, which must keep a run
-/// registry: what `pra run` and `pra follow` need before anything else.
-pub(crate) fn open_for_job(
-    cfg: &Config,
-    job: &str,
-) -> Result<(SiteId, Box<dyn pra_core::Store>), Error> {
+/// Checks the job's name and finds this host's site: what `pra run` and `pra follow` need
+/// before anything else.
+pub(crate) fn job_site(cfg: &Config, job: &str) -> Result<SiteId, Error> {
     validate_job(job)?;
-    let site = cfg.this_site()?;
-    let store = cfg.open_store_for(pra_core::store::Needs {
+    cfg.this_site()
+}
+
+/// Opens the store of jobs, which must keep a run registry.
+pub(crate) fn open_job_store(cfg: &Config) -> Result<Box<dyn pra_core::Store>, Error> {
+    cfg.open_store_for(pra_core::store::Needs {
         registry: true,
         ..Default::default()
-    })?;
-    Ok((site, store))
+    })
 }
 
 /// One line to syslog (facility cron), and to stderr when asked or when stderr is a terminal.
@@ -120,7 +120,8 @@ pub(crate) fn log_line(msg: &str, to_stderr: bool) {
 
 /// Runs the wrapper; returns the process exit code.
 pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
-    let (site, store) = open_for_job(cfg, &args.job)?;
+    let site = job_site(cfg, &args.job)?;
+    let store = open_job_store(cfg)?;
     let overlap_lock = if args.no_overlap {
         let (f, path) = open_overlap_lock(cfg, &args.job)?;
         match f.try_lock() {
