@@ -174,13 +174,9 @@ impl<B: Backend> Store for B {
 
     #[tracing::instrument(level = "debug", skip_all, fields(store = %Backend::url(self), by = %commit.actor.by))]
     fn commit(&self, commit: &Commit) -> Result<Committed> {
-        if commit.plan.is_some() && !self.keeps_plans() {
-            return Err((self as &dyn Store)
-                .require_plans()
-                .err()
-                .unwrap_or_else(|| {
-                    Error::Internal("a store without plans offered the plan capability".into())
-                }));
+        if commit.plan.is_some() {
+            // A plan write on a store without plans: refused before anything is read or written.
+            (self as &dyn Store).require_plans()?;
         }
         let stamped;
         let commit = match self.identity() {
