@@ -333,6 +333,12 @@ fn explain(e: &etcd_client::Error, tls: bool, user: Option<&str>) -> (String, bo
             ),
             false,
         ),
+        // A token issued before a change of users or roles: authenticate again and retry (as
+        // etcd's own client does), not a refusal of the credentials.
+        Code::InvalidArgument | Code::FailedPrecondition if stale_auth(status) => (
+            format!("{message}: the token predates a change of etcd's users or roles"),
+            true,
+        ),
         Code::InvalidArgument | Code::FailedPrecondition | Code::Unauthenticated
             if message.contains("auth")
                 || message.contains("user")
@@ -363,6 +369,12 @@ fn explain(e: &etcd_client::Error, tls: bool, user: Option<&str>) -> (String, bo
         | Code::DataLoss
         | Code::Unauthenticated => (format!("etcd refused the request: {status}"), false),
     }
+}
+
+/// Whether etcd refused a request because its auth token was issued before the latest change
+/// of users or roles (`ErrAuthOldRevision`): the cure is a new token, not other credentials.
+fn stale_auth(status: &tonic::Status) -> bool {
+    status.message().contains("revision of auth store is old")
 }
 
 impl EtcdStore {
@@ -485,6 +497,16 @@ impl EtcdStore {
                 ))
             }
             Ok(Err(e)) => {
+                if let etcd_client::Error::GRpcStatus(status) = &e
+                    && stale_auth(status)
+                {
+                    // The client refreshes a token by itself only when it is invalid; one that
+                    // predates a change of users or roles is refreshed here, before the retry.
+                    let client = self.client.clone();
+                    let _ = self
+                        .rt
+                        .block_on(async move { client.refresh_token().await });
+                }
                 let (why, transient) =
                     explain(&e, self.opts.tls, self.opts.security.user.as_deref());
                 Err((self.unavailable(format!("{what}: {why}")), transient))
