@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build libpra test lint test-rust test-c test-go test-python fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: demo build libpra test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -35,7 +35,7 @@ libpra:
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python fuzz-short nemesis-short
+test: lint test-rust test-c test-go test-python test-deploy fuzz-short nemesis-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
@@ -58,7 +58,7 @@ test-go: apt-tools libpra
 
 ## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),
 ## its stubs (mypy.stubtest), and the seed's Flask app.
-test-python: apt-tools $(PY)
+test-python: apt-tools $(VENV_DEPS)
 	$(CARGO) build --bin pra
 	$(PY) -m pip install --quiet --force-reinstall --no-deps ./pra-py
 	$(PY) -m mypy.stubtest pra
@@ -67,7 +67,17 @@ test-python: apt-tools $(PY)
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# Reinstalled when the list changes, so an existing .venv gets what was added to it.
+VENV_DEPS := $(VENV)/.requirements-installed
+$(VENV_DEPS): pra-py/requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r pra-py/requirements-dev.txt
+	touch $@
+
+## The container image and the Kubernetes manifests: hadolint on the Dockerfile (the engine
+## that would build it is not needed); the manifests' own tests are in tests/deploy.rs.
+test-deploy: $(VENV_DEPS)
+	$(VENV)/bin/hadolint --no-color examples/container/Dockerfile
 
 ## Fuzz the lock-file parser, store URLs and backup names (cargo-fuzz, libFuzzer + ASan).
 ## The toolchain is stable: RUSTC_BOOTSTRAP lets cargo-fuzz use its nightly-only flags.
