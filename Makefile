@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build libpra test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: demo build libpra install test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -22,15 +22,44 @@ build: apt-tools
 	$(CARGO) build --release --workspace
 	$(MAKE) --no-print-directory libpra LIBPRA_PROFILE=release
 
-## The C library under its C name: libpra.so and libpra.a in target/debug (LIBPRA_PROFILE=release:
-## target/release). The Rust crate is pra_ffi (so that it does not shadow the `pra` package), so
-## cargo writes libpra_ffi.*; the copies are what C and Go link (-lpra; the soname is libpra.so,
-## set by pra-ffi/build.rs).
+## The C library under its C name: libpra.so (versioned: libpra.so.0.1.0, soname libpra.so.0.1)
+## and libpra.a in target/debug (LIBPRA_PROFILE=release: target/release). The Rust crate is
+## pra_ffi (so that it does not shadow the `pra` package), so cargo writes libpra_ffi.*; the
+## copies are what C and Go link (-lpra).
 LIBPRA_PROFILE ?= debug
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+SOVERSION := $(shell v=$(VERSION); major=$${v%%.*}; rest=$${v#*.}; \
+  if [ "$$major" = 0 ]; then echo 0.$${rest%%.*}; else echo $$major; fi)
+# What libpra.a needs beside itself, as `rustc --print native-static-libs` lists it.
+LIBS_PRIVATE := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+LIBPRA_DIR = target/$(LIBPRA_PROFILE)
 libpra:
 	$(CARGO) build -p pra-ffi $(if $(filter release,$(LIBPRA_PROFILE)),--release)
-	cp -f target/$(LIBPRA_PROFILE)/libpra_ffi.so target/$(LIBPRA_PROFILE)/libpra.so
-	cp -f target/$(LIBPRA_PROFILE)/libpra_ffi.a target/$(LIBPRA_PROFILE)/libpra.a
+	cp -f $(LIBPRA_DIR)/libpra_ffi.so $(LIBPRA_DIR)/libpra.so.$(VERSION)
+	ln -sf libpra.so.$(VERSION) $(LIBPRA_DIR)/libpra.so.$(SOVERSION)
+	ln -sf libpra.so.$(SOVERSION) $(LIBPRA_DIR)/libpra.so
+	cp -f $(LIBPRA_DIR)/libpra_ffi.a $(LIBPRA_DIR)/libpra.a
+
+## Installs the C library (libpra.so.$(VERSION) with its soname and dev links, libpra.a),
+## include/pra.h, pra.pc for pkg-config, and the `pra` command under PREFIX (default
+## /usr/local; DESTDIR for staging). Release builds unless LIBPRA_PROFILE=debug.
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+install: LIBPRA_PROFILE = release
+install: libpra
+	$(CARGO) build --bin pra $(if $(filter release,$(LIBPRA_PROFILE)),--release)
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR)
+	install -m 0755 $(LIBPRA_DIR)/libpra.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libpra.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libpra.so.$(SOVERSION)
+	ln -sf libpra.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libpra.so
+	install -m 0644 $(LIBPRA_DIR)/libpra.a $(DESTDIR)$(LIBDIR)/
+	install -m 0644 include/pra.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0755 $(LIBPRA_DIR)/pra $(DESTDIR)$(BINDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBS_PRIVATE@|$(LIBS_PRIVATE)|' \
+	  pra-ffi/pra.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/pra.pc
 
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
@@ -51,10 +80,13 @@ test-c: apt-tools
 	$(CARGO) build --bin pra
 	tests/c/run.sh
 
-## The C ABI from Go (cgo), with Debian's Go toolchain.
-test-go: apt-tools libpra
-	$(CARGO) build --bin pra
-	examples/go/run.sh
+## The C ABI from Go (cgo), with Debian's Go toolchain, built through pkg-config against libpra
+## installed (debug build) in a scratch prefix.
+GO_PREFIX := $(CURDIR)/target/go-prefix
+test-go: apt-tools
+	rm -rf $(GO_PREFIX)
+	$(MAKE) --no-print-directory install PREFIX=$(GO_PREFIX) LIBPRA_PROFILE=debug
+	PREFIX=$(GO_PREFIX) examples/go/run.sh
 
 ## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),
 ## its stubs (mypy.stubtest), and the seed's Flask app.

@@ -65,6 +65,11 @@ typedef uint32_t pra_result;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// A failure's result and message, owned by the caller: from `pra_error_new`, released by
+// `pra_error_free`. Filled by the `_e` functions on failure only (left as it was on success);
+// one `pra_error` per thread or goroutine at a time.
+typedef struct pra_error pra_error;
+
 // A run of a job registered from inside the calling process (the C counterpart of Python's
 // `pra.Guard`): a thread heartbeats while it lives. Opaque; from `pra_run_start`, released by
 // `pra_run_finish` or `pra_run_free`.
@@ -299,6 +304,155 @@ pra_result pra_backup(const char *db, const char *backup_dir, char **out);
 // # Safety
 // `s` is NULL or a string returned by pra and not freed yet.
 void pra_string_free(char *s);
+
+// A new, empty `pra_error` (result `PRA_RESULT_OK`, message ""), to be released with
+// `pra_error_free`. NULL only if memory is exhausted.
+pra_error *pra_error_new(void);
+
+// Releases a `pra_error`. NULL is a no-op.
+//
+// # Safety
+// `err` is NULL or from `pra_error_new`, not freed before.
+void pra_error_free(pra_error *err);
+
+// The result of the last failure written to `err` (`PRA_RESULT_OK` if none; for NULL too).
+//
+// # Safety
+// `err` is NULL or a live `pra_error`.
+pra_result pra_error_result(const pra_error *err);
+
+// The message of the last failure written to `err` ("" if none; for NULL too). Valid until
+// `err` is next written or freed; do not free it.
+//
+// # Safety
+// `err` is NULL or a live `pra_error`.
+const char *pra_error_message(const pra_error *err);
+
+// `pra_store_open` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_store_open`; `err` is NULL or a live `pra_error`.
+pra_result pra_store_open_e(const char *url, pra_store **out, pra_error *err);
+
+// `pra_store_open_with` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_store_open_with`; `err` is NULL or a live `pra_error`.
+pra_result pra_store_open_with_e(const char *url,
+                                 uint32_t timeout_ms,
+                                 uint32_t lost_after_s,
+                                 pra_store **out,
+                                 pra_error *err);
+
+// `pra_run_start` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_run_start`; `err` is NULL or a live `pra_error`.
+pra_result pra_run_start_e(const pra_store *store,
+                           const char *site,
+                           const char *job,
+                           pra_run **out,
+                           pra_error *err);
+
+// `pra_run_check` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_run_check`; `err` is NULL or a live `pra_error`.
+pra_result pra_run_check_e(const pra_run *run, pra_error *err);
+
+// `pra_run_finish` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_run_finish`; `err` is NULL or a live `pra_error`.
+pra_result pra_run_finish_e(pra_run *run, int32_t exit_code, const char *outcome, pra_error *err);
+
+// `pra_guard_check` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_guard_check`; `err` is NULL or a live `pra_error`.
+pra_result pra_guard_check_e(const pra_store *store,
+                             const char *site,
+                             pra_verdict *out,
+                             pra_error *err);
+
+// `pra_active_site` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_active_site`; `err` is NULL or a live `pra_error`.
+pra_result pra_active_site_e(const pra_store *store, pra_record *out, pra_error *err);
+
+// `pra_activate` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_activate`; `err` is NULL or a live `pra_error`.
+pra_result pra_activate_e(const pra_store *store,
+                          const char *site,
+                          uint64_t expect_token,
+                          const char *by,
+                          const char *reason,
+                          pra_record *out,
+                          pra_error *err);
+
+// `pra_deactivate` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_deactivate`; `err` is NULL or a live `pra_error`.
+pra_result pra_deactivate_e(const pra_store *store,
+                            uint64_t expect_token,
+                            const char *by,
+                            const char *reason,
+                            pra_record *out,
+                            pra_error *err);
+
+// `pra_status_json` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_status_json`; `err` is NULL or a live `pra_error`.
+pra_result pra_status_json_e(const char *db,
+                             const char *backup_dir,
+                             const char *table,
+                             char **out,
+                             pra_error *err);
+
+// `pra_status_json_counted` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_status_json_counted`; `err` is NULL or a live `pra_error`.
+pra_result pra_status_json_counted_e(int64_t count,
+                                     const char *reason,
+                                     const char *backup_dir,
+                                     const char *table,
+                                     char **out,
+                                     pra_error *err);
+
+// `pra_backup_adopt` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_backup_adopt`; `err` is NULL or a live `pra_error`.
+pra_result pra_backup_adopt_e(const char *snapshot,
+                              const char *db,
+                              const char *backup_dir,
+                              char **out,
+                              pra_error *err);
+
+// `pra_backup` with its failure written to `err` (when not NULL) instead of only to this
+// thread's last error.
+//
+// # Safety
+// As for `pra_backup`; `err` is NULL or a live `pra_error`.
+pra_result pra_backup_e(const char *db, const char *backup_dir, char **out, pra_error *err);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,9 +5,13 @@
 //! (`_free(NULL)` is a no-op); every function returns a [`pra_result`] and writes its outputs to
 //! trailing out-parameters only on success; the message of the last failure on the calling thread
 //! is [`pra_last_error_message`]; no panic crosses the boundary (every body runs inside
-//! `ffi_boundary!`, a panic becomes `PRA_RESULT_PANIC`); a string handed to C has its free
+//! `ffi_boundary!`, a panic becomes `PRA_RESULT_PANIC`); each fallible call also has an `_e` form
+//! writing its failure to a caller-owned `pra_error` instead (the `errors` module); a string handed to C has its free
 //! function (`pra_string_free`).
 #![allow(non_camel_case_types)]
+
+mod errors;
+pub use errors::*;
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char};

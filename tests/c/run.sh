@@ -32,12 +32,17 @@ out=$target/c-tests
 lib=$out/lib
 mkdir -p "$lib"
 ${CARGO:-cargo} build -p pra-ffi --features test-panic
-cp -f "$target/libpra_ffi.so" "$lib/libpra.so"
+# The shared library under its soname (versioned: libpra.so.0.1 while pra is 0.1.x), which is
+# what a program linked to it asks the loader for, and the development link -lpra finds.
+soname=$(objdump -p "$target/libpra_ffi.so" | awk '$1 == "SONAME" {print $2}')
+[[ $soname =~ ^libpra\.so\.[0-9]+(\.[0-9]+)?$ ]] || { echo "unversioned soname: $soname" >&2; exit 1; }
+cp -f "$target/libpra_ffi.so" "$lib/$soname"
+ln -sf "$soname" "$lib/libpra.so"
 cp -f "$target/libpra_ffi.a" "$lib/libpra.a"
 cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -Iinclude -Itests/c)
 cc "${cflags[@]}" tests/c/test_pra.c -L"$lib" -lpra -Wl,-rpath,"$PWD/$lib" -lpthread -o "$out/test_pra_shared"
 cc "${cflags[@]}" tests/c/test_pra.c "$lib/libpra.a" -lpthread -ldl -lm -o "$out/test_pra_static"
-ldd "$out/test_pra_shared" | grep -q libpra.so
+ldd "$out/test_pra_shared" | grep -q "$soname => $PWD/$lib/$soname"
 ! ldd "$out/test_pra_static" | grep -q libpra.so
 for bin in test_pra_shared test_pra_static; do
   scratch=$(mktemp -d)

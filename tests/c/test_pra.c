@@ -53,6 +53,29 @@ static void test_open_errors(void) {
   CHECK(1);
 }
 
+/* The caller-owned error: filled on failure with that call's result and message, left as it
+ * was on success, NULL accepted everywhere. */
+static void test_error_object(void) {
+  pra_error *err = pra_error_new();
+  CHECK(err != NULL);
+  CHECK(pra_error_result(err) == PRA_RESULT_OK && strcmp(pra_error_message(err), "") == 0);
+  pra_store *s = (pra_store *)0x1;
+  EXPECT(pra_store_open_e("redis://first", &s, err), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(pra_error_result(err) == PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(strstr(pra_error_message(err), "redis://first") != NULL);
+  CHECK(s == (pra_store *)0x1);
+  EXPECT(pra_store_open_e(url, &s, err), PRA_RESULT_OK);
+  CHECK(strstr(pra_error_message(err), "redis://first") != NULL); /* untouched on success */
+  pra_verdict v;
+  EXPECT(pra_guard_check_e(s, NULL, &v, err), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(strstr(pra_error_message(err), "site is NULL") != NULL);
+  EXPECT(pra_guard_check_e(s, "rbx", &v, NULL), PRA_RESULT_STANDBY); /* NULL err: as without */
+  pra_store_free(s);
+  CHECK(pra_error_result(NULL) == PRA_RESULT_OK && strcmp(pra_error_message(NULL), "") == 0);
+  pra_error_free(err);
+  pra_error_free(NULL);
+}
+
 static void test_guard_and_changes(const char *store_url) {
   pra_store *s = NULL;
   EXPECT(pra_store_open(store_url, &s), PRA_RESULT_OK);
@@ -243,6 +266,7 @@ int main(int argc, char **argv) {
   snprintf(etcd_url, sizeof etcd_url, "etcd://%s/c-test%s", argv[2], argv[1]);
   test_version_and_names();
   test_open_errors();
+  test_error_object();
   test_guard_and_changes(url);
   test_guard_and_changes(etcd_url);
   test_unreachable_etcd();
