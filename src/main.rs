@@ -73,6 +73,9 @@ enum Command {
     Restore(commands::RestoreArgs),
     /// The status the app serves on GET /status.
     Status,
+    /// The fence at the data in PostgreSQL or MySQL/MariaDB: admit this run's token (silent;
+    /// exit 6 when a higher one was admitted), or install, read, print it.
+    Fence(commands::FenceArgs),
     /// Run a full disaster-recovery drill in a scratch directory and report its KPIs.
     Drill {
         /// Where to run it [default: a new temporary directory].
@@ -154,6 +157,8 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Prune(args) => commands::prune(&cfg()?, &out, args),
         Command::Restore(args) => commands::restore(&cfg()?, &out, args),
         Command::Status => commands::status(&cfg()?, &out),
+        // Needs no configuration: the database is named on the command line.
+        Command::Fence(args) => commands::fence(&out, args),
         // The drill builds its own configuration in its scratch directory.
         Command::Drill {
             dir,

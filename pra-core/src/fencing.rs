@@ -144,6 +144,11 @@ pub fn next_record(
     })
 }
 
+/// The HTTP header that carries a job's fencing token to the services it calls; `pra run` gives
+/// the job `PRA_FENCING_HEADER` = `Pra-Fencing-Token: <token>` (`curl -H "$PRA_FENCING_HEADER"`),
+/// and `pra.wsgi.FencingMiddleware` refuses a request whose token is lower than one it saw.
+pub const HTTP_HEADER: &str = "Pra-Fencing-Token";
+
 /// Storage-side fencing for the application's own SQLite database.
 ///
 /// A job passes its token to [`Fence::admit`] inside the transaction that writes its results.

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod clock;
+pub mod dbfence;
 pub mod defaults;
 pub mod error;
 pub mod fencing;

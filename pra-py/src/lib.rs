@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 mod backup;
 mod convert;
+mod dbfence;
 mod errors;
 mod store;
 
@@ -30,5 +31,6 @@ fn _pra(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     store::register(m)?;
     backup::register(m)?;
+    dbfence::register(m)?;
     Ok(())
 }

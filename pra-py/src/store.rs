@@ -592,10 +592,15 @@ impl Follower {
     }
 }
 
-/// Admits `token` at the fence of the app's own database, through the app's `sqlite3.Connection`
-/// and inside its current transaction: raises StaleTokenError if a higher token was admitted.
+/// Admits `token` at the fence of the app's own database, through the app's connection and
+/// inside its current transaction: raises StaleTokenError if a higher token was admitted. An
+/// `sqlite3.Connection` keeps the fence in a table of that database; a PostgreSQL or MySQL
+/// connection calls the fence installed there (`fence_install`, see crate::dbfence).
 #[pyfunction]
 fn fence_admit(conn: &Bound<'_, PyAny>, token: u64) -> PyResult<u64> {
+    if let Some(dialect) = crate::dbfence::dialect_of(conn)? {
+        return crate::dbfence::admit(conn, dialect, token);
+    }
     // The check and the record must be one transaction with the caller's writes. Under Python's
     // default isolation level no transaction is open before the first INSERT, so the read
     // below would stand alone: open one (taking the write lock first) when there is none.

@@ -3,12 +3,14 @@
 //! a change ([`Who`]), how a site is named.
 
 mod backup;
+mod fence;
 mod metrics;
 mod plan;
 mod site;
 mod status;
 
 pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
+pub use fence::{FenceArgs, fence};
 pub use metrics::metrics;
 pub use plan::{PlanCmd, plan};
 pub use site::{SiteCmd, check, journal, site};

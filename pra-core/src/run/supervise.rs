@@ -176,6 +176,10 @@ pub fn supervise(
         env: vec![
             ("PRA_SITE".into(), site.as_str().into()),
             ("PRA_TOKEN".into(), token.to_string()),
+            (
+                "PRA_FENCING_HEADER".into(),
+                format!("{}: {token}", crate::fencing::HTTP_HEADER),
+            ),
             ("PRA_JOB".into(), opts.job.clone()),
         ],
         inherit_fd: opts.inherit_fd,

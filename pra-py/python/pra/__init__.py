@@ -12,7 +12,10 @@ The Rust extension ``pra._pra`` does the work; this package re-exports it.
   ``may_work()`` before each unit of work, ``wait()`` while standby.
 - ``pra.backup``, ``pra.list_backups`` (``pra.Backup``), ``pra.prune`` (``pra.PruneDecision``),
   ``pra.restore`` (``pra.RestoreReport``; ``pra.RestorePreview`` with ``dry_run=True``).
-- ``pra.fence_admit(conn, token)``: storage-side fencing inside the app's own transaction.
+- ``pra.fence_admit(conn, token)``: storage-side fencing inside the app's own transaction, on an
+  ``sqlite3`` connection or a PostgreSQL / MySQL one (psycopg, psycopg2, PyMySQL, mysqlclient:
+  install the fence there once with ``pra.fence_install(conn)``; ``pra.fence_sql(db)`` is the SQL).
+- ``pra.wsgi.FencingMiddleware``: refuses HTTP requests carrying a stale ``Pra-Fencing-Token``.
 
 Every error is a ``pra.PraError``; each kind has its own subclass.
 """
@@ -47,6 +50,8 @@ from ._pra import (
     __version__,
     backup,
     fence_admit,
+    fence_install,
+    fence_sql,
     list_backups,
     prune,
     restore,
@@ -88,6 +93,8 @@ __all__ = [
     "__version__",
     "backup",
     "fence_admit",
+    "fence_install",
+    "fence_sql",
     "list_backups",
     "prune",
     "restore",

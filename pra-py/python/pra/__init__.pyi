@@ -29,6 +29,8 @@ from ._pra import Verdict as Verdict
 from ._pra import __version__ as __version__
 from ._pra import backup as backup
 from ._pra import fence_admit as fence_admit
+from ._pra import fence_install as fence_install
+from ._pra import fence_sql as fence_sql
 from ._pra import list_backups as list_backups
 from ._pra import prune as prune
 from ._pra import restore as restore
@@ -67,6 +69,8 @@ __all__ = [
     "__version__",
     "backup",
     "fence_admit",
+    "fence_install",
+    "fence_sql",
     "list_backups",
     "prune",
     "restore",

@@ -4,7 +4,7 @@ import datetime
 import os
 import sqlite3
 from types import TracebackType
-from typing import Dict, List, Literal, Optional, Type, TypedDict, Union, overload
+from typing import Any, Dict, List, Literal, Optional, Type, TypedDict, Union, overload
 
 from typing_extensions import final
 
@@ -41,6 +41,8 @@ __all__ = [
     "__version__",
     "backup",
     "fence_admit",
+    "fence_install",
+    "fence_sql",
     "list_backups",
     "prune",
     "restore",
@@ -345,4 +347,7 @@ def restore(
     safety_copy: bool = True,
     dry_run: bool = False,
 ) -> Union[RestoreReport, RestorePreview]: ...
-def fence_admit(conn: sqlite3.Connection, token: int) -> int: ...
+# conn: an sqlite3.Connection, or a psycopg / psycopg2 / PyMySQL / mysqlclient connection.
+def fence_admit(conn: Union[sqlite3.Connection, Any], token: int) -> int: ...
+def fence_install(conn: Any) -> None: ...
+def fence_sql(database: str) -> List[str]: ...
