@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build libpra install test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: demo build libpra install deb test-deb wheel test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -55,6 +55,7 @@ install: libpra
 	ln -sf libpra.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libpra.so.$(SOVERSION)
 	ln -sf libpra.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/libpra.so
 	install -m 0644 $(LIBPRA_DIR)/libpra.a $(DESTDIR)$(LIBDIR)/
+	$(if $(filter release,$(LIBPRA_PROFILE)),strip --strip-debug $(DESTDIR)$(LIBDIR)/libpra.a)
 	install -m 0644 include/pra.h $(DESTDIR)$(INCLUDEDIR)/
 	install -m 0755 $(LIBPRA_DIR)/pra $(DESTDIR)$(BINDIR)/
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
@@ -64,7 +65,7 @@ install: libpra
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python test-deploy fuzz-short nemesis-short
+test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
@@ -88,13 +89,26 @@ test-go: apt-tools
 	$(MAKE) --no-print-directory install PREFIX=$(GO_PREFIX) LIBPRA_PROFILE=debug
 	PREFIX=$(GO_PREFIX) examples/go/run.sh
 
-## The Python module (built with maturin by `pip install ./pra-py` in a venv this target creates),
-## its stubs (mypy.stubtest), and the seed's Flask app.
-test-python: apt-tools $(VENV_DEPS)
+## The Python module, from the wheel `make wheel` builds, installed into a venv this target
+## creates: its stubs (mypy.stubtest), its tests and the seed's Flask app; then the same wheel in
+## fresh venvs of the other CPythons here (test-wheel).
+test-python: apt-tools $(VENV_DEPS) wheel
 	$(CARGO) build --bin pra
-	$(PY) -m pip install --quiet --force-reinstall --no-deps ./pra-py
+	$(PY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/pra_failover-*.whl
 	$(PY) -m mypy.stubtest pra
 	PRA_BIN=$(CURDIR)/target/debug/pra $(PY) -m pytest -q pra-py/tests examples/flask-app/tests
+	pra-py/tests/wheel.sh $(WHEEL_DIR)
+
+## The wheel users install: `pra-failover` (import pra), abi3 (one wheel for CPython >= 3.9),
+## manylinux_2_28 (glibc 2.28: RHEL 8, Debian 10, Ubuntu 20.04) — linked by zig, from PyPI's
+## ziglang, against that glibc without a container — and stripped. Into target/wheels.
+WHEEL_DIR := target/wheels
+WHEEL_TARGET := $(shell uname -m)-unknown-linux-gnu
+wheel: apt-tools $(VENV_DEPS)
+	rm -f $(WHEEL_DIR)/pra_failover-*.whl
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/maturin build --release --locked --zig \
+	  --compatibility manylinux_2_28 --target $(WHEEL_TARGET) -i $(PY) -m pra-py/Cargo.toml \
+	  -o $(WHEEL_DIR)
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -105,6 +119,16 @@ VENV_DEPS := $(VENV)/.requirements-installed
 $(VENV_DEPS): pra-py/requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r pra-py/requirements-dev.txt
 	touch $@
+
+## The Debian package (packaging/deb/build.sh, dpkg-deb): target/deb/pra_VERSION_ARCH.deb from the
+## release binary.
+deb: build
+	packaging/deb/build.sh target/release/pra target/deb
+
+## Builds a .deb from the debug binary, installs it with dpkg, uses it and purges it (root).
+test-deb:
+	$(CARGO) build --bin pra
+	packaging/deb/test.sh target/debug/pra
 
 ## The container image and the Kubernetes manifests: hadolint on the Dockerfile (the engine
 ## that would build it is not needed); the manifests' own tests are in tests/deploy.rs.
@@ -140,7 +164,10 @@ readme:
 
 ## Debian packages the build and the tests need, installed only when missing: protoc builds the
 ## etcd client's gRPC code; etcd-server is the real etcd the tests start; faketime skews a
-## wrapper's clock in tests/runs.rs; cron is the Debian cron tests/runs.rs runs under `pra follow`.
+## wrapper's clock in tests/runs.rs; cron is the Debian cron tests/runs.rs runs under `pra follow`;
+## PostgreSQL and MariaDB are the servers the fences at the data are tested against
+## (pra-py/tests/servers.py starts them in scratch directories; the packages' own services are
+## not used).
 apt-tools:
 	@missing=""; \
 	command -v protoc >/dev/null || missing="$$missing protobuf-compiler"; \
@@ -152,6 +179,10 @@ apt-tools:
 	[ -x /usr/sbin/cron ] || missing="$$missing cron"; \
 	command -v bindfs >/dev/null || missing="$$missing bindfs"; \
 	[ -e /usr/include/sqlite3.h ] || missing="$$missing libsqlite3-dev"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	command -v objdump >/dev/null || missing="$$missing binutils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
