@@ -70,6 +70,8 @@ test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short 
 lint: apt-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# The smallest build users may choose: no etcd client, no database drivers.
+	$(CARGO) clippy --bin pra --no-default-features -- -D warnings
 
 ## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports.
 test-rust: apt-tools

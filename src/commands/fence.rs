@@ -75,6 +75,11 @@ pub fn fence(out: &Out, args: &FenceArgs) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
+// Without a driver built in, its variant's data is never read.
+#[cfg_attr(
+    not(all(feature = "fence-postgres", feature = "fence-mysql")),
+    allow(dead_code)
+)]
 enum Server<'a> {
     Postgres(&'a str),
     MySql(&'a str),
@@ -87,47 +92,74 @@ fn not_built(what: &str) -> Error {
     ))
 }
 
+/// What `pra fence` does at a server.
+// Without a driver built in, its variant's data is never read.
+#[cfg_attr(
+    not(all(feature = "fence-postgres", feature = "fence-mysql")),
+    allow(dead_code)
+)]
+enum Action {
+    Install,
+    Highest,
+    Admit(FencingToken),
+}
+
+/// What an action answers.
+// Without a driver built in, its variant's data is never read.
+#[cfg_attr(
+    not(all(feature = "fence-postgres", feature = "fence-mysql")),
+    allow(dead_code)
+)]
+enum Done {
+    Installed,
+    Highest(Option<FencingToken>),
+    Admitted,
+}
+
 impl Server<'_> {
     fn install(&self) -> Result<(), Error> {
-        match self {
-            #[cfg(feature = "fence-postgres")]
-            Server::Postgres(url) => pra_core::dbfence::postgres::install(
-                &mut pra_core::dbfence::postgres::connect(url)?,
-            ),
-            #[cfg(feature = "fence-mysql")]
-            Server::MySql(url) => {
-                pra_core::dbfence::mysql::install(&mut pra_core::dbfence::mysql::connect(url)?)
-            }
-            #[cfg(not(feature = "fence-postgres"))]
-            Server::Postgres(_) => Err(not_built("postgres")),
-            #[cfg(not(feature = "fence-mysql"))]
-            Server::MySql(_) => Err(not_built("mysql")),
-        }
+        self.run(Action::Install).map(|_| ())
     }
 
     fn highest(&self) -> Result<Option<FencingToken>, Error> {
-        match self {
-            #[cfg(feature = "fence-postgres")]
-            Server::Postgres(url) => pra_core::dbfence::postgres::highest(
-                &mut pra_core::dbfence::postgres::connect(url)?,
-            ),
-            #[cfg(feature = "fence-mysql")]
-            Server::MySql(url) => {
-                pra_core::dbfence::mysql::highest(&mut pra_core::dbfence::mysql::connect(url)?)
-            }
-            #[cfg(not(feature = "fence-postgres"))]
-            Server::Postgres(_) => Err(not_built("postgres")),
-            #[cfg(not(feature = "fence-mysql"))]
-            Server::MySql(_) => Err(not_built("mysql")),
+        match self.run(Action::Highest)? {
+            Done::Highest(h) => Ok(h),
+            Done::Installed | Done::Admitted => Err(Error::Internal("fence: wrong answer".into())),
         }
     }
 
-    fn check(&self, token: FencingToken) -> Result<FencingToken, Error> {
-        match self {
+    fn check(&self, token: FencingToken) -> Result<(), Error> {
+        self.run(Action::Admit(token)).map(|_| ())
+    }
+
+    #[cfg_attr(
+        not(all(feature = "fence-postgres", feature = "fence-mysql")),
+        allow(unused_variables)
+    )]
+    fn run(&self, action: Action) -> Result<Done, Error> {
+        match *self {
             #[cfg(feature = "fence-postgres")]
-            Server::Postgres(url) => pra_core::dbfence::postgres::check(url, token),
+            Server::Postgres(url) => {
+                use pra_core::dbfence::postgres as pg;
+                Ok(match action {
+                    Action::Install => {
+                        pg::install(&mut pg::connect(url)?).map(|()| Done::Installed)?
+                    }
+                    Action::Highest => Done::Highest(pg::highest(&mut pg::connect(url)?)?),
+                    Action::Admit(token) => pg::check(url, token).map(|_| Done::Admitted)?,
+                })
+            }
             #[cfg(feature = "fence-mysql")]
-            Server::MySql(url) => pra_core::dbfence::mysql::check(url, token),
+            Server::MySql(url) => {
+                use pra_core::dbfence::mysql as my;
+                Ok(match action {
+                    Action::Install => {
+                        my::install(&mut my::connect(url)?).map(|()| Done::Installed)?
+                    }
+                    Action::Highest => Done::Highest(my::highest(&mut my::connect(url)?)?),
+                    Action::Admit(token) => my::check(url, token).map(|_| Done::Admitted)?,
+                })
+            }
             #[cfg(not(feature = "fence-postgres"))]
             Server::Postgres(_) => Err(not_built("postgres")),
             #[cfg(not(feature = "fence-mysql"))]
