@@ -397,3 +397,167 @@ fn alive(
         .map(|u| u.run)
         .collect()
 }
+
+/// Keys under `prefix/dir/` and the cluster's revision, read by an admin client.
+fn keys_and_revision(etcd: &Etcd, prefix: &str, dir: &str) -> (Vec<String>, i64) {
+    let key = format!("{prefix}/{dir}/");
+    etcd.admin(async move |c| {
+        let resp = c
+            .get(
+                key.clone(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await?;
+        let keys = resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect();
+        Ok((keys, resp.header().map_or(0, |h| h.revision())))
+    })
+}
+
+fn start_run(
+    registry: &dyn RunRegistry,
+    s: &str,
+    token: FencingToken,
+    job: &str,
+) -> pra_core::store::RunId {
+    match registry
+        .run_start(&pra_core::store::RunStart {
+            job: job.into(),
+            site: site(s),
+            token,
+            host: "h".into(),
+            pid: 1,
+            containment: None,
+        })
+        .unwrap()
+    {
+        pra_core::store::Admission::Admitted { id, .. } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The year-in-production issue on etcd: a run costs two revisions, a heartbeat none; a
+/// finished run leaves nothing under `runs/` (what a drain reads) and is counted in `stats/`;
+/// finished runs older than the history window are deleted as runs finish, their counts kept.
+#[test]
+fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
+    let etcd = Etcd::start();
+    let clock = std::sync::Arc::new(pra_core::clock::ManualClock::new(Utc::now()));
+    let store = pra_core::store::EtcdStore::open(
+        &[etcd.endpoint(0)],
+        "/bounded",
+        clock.clone(),
+        pra_core::store::EtcdOptions {
+            history: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let token = activate(&store, "rbx");
+    let registry = store.registry().unwrap();
+
+    let (_, before) = keys_and_revision(&etcd, "/bounded", "runs");
+    let live = start_run(registry, "rbx", token, "invoices");
+    let (_, after_start) = keys_and_revision(&etcd, "/bounded", "runs");
+    for _ in 0..5 {
+        registry.run_heartbeat(live).unwrap();
+    }
+    let (_, after_beats) = keys_and_revision(&etcd, "/bounded", "runs");
+    assert_eq!(after_start - before, 1, "a start is one revision");
+    assert_eq!(after_beats, after_start, "heartbeats cost no revision");
+    let n = 20;
+    for _ in 0..n {
+        let id = start_run(registry, "rbx", token, "invoices");
+        assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    }
+    let (runs, after_runs) = keys_and_revision(&etcd, "/bounded", "runs");
+    assert_eq!(after_runs - after_beats, 2 * n, "two revisions a run");
+    assert_eq!(runs.len(), 1, "only the live run is under runs/: {runs:?}");
+    let (done, _) = keys_and_revision(&etcd, "/bounded", "done");
+    assert_eq!(done.len(), n as usize);
+    let drain = registry
+        .unfinished_runs_below(FencingToken(token.0 + 1))
+        .unwrap();
+    assert_eq!(drain.iter().map(|u| u.run.id).collect::<Vec<_>>(), [live]);
+    let stats = registry.run_stats().unwrap();
+    assert_eq!((stats[0].started, stats[0].unfinished), (n as u64 + 1, 1));
+
+    // Two days later: the next finished run takes the old ones out of done/, not the counts.
+    clock.advance(chrono::Duration::days(2));
+    let id = start_run(registry, "rbx", token, "invoices");
+    assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    let (done, _) = keys_and_revision(&etcd, "/bounded", "done");
+    assert_eq!(done.len(), 1, "only the run inside the window: {done:?}");
+    assert_eq!(
+        registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap().len(),
+        2
+    );
+    let stats = registry.run_stats().unwrap();
+    assert_eq!((stats[0].started, stats[0].unfinished), (n as u64 + 2, 1));
+    assert!(registry.run_finish(live, None, "revoked").unwrap());
+    let stats = registry.run_stats().unwrap();
+    assert_eq!(
+        (stats[0].started, stats[0].revoked, stats[0].unfinished),
+        (n as u64 + 2, 1, 0)
+    );
+}
+
+/// A prefix written by the layout before `done/` (finished runs kept under `runs/` forever)
+/// still works: its finished runs are counted, and the first drain moves them out of its way.
+#[test]
+fn finished_runs_of_the_old_layout_are_counted_and_moved_by_the_first_drain() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/legacy", Duration::from_secs(5));
+    let token = activate(&store, "rbx");
+    let now = Utc::now();
+    let old = |id: i64, outcome: &str| {
+        serde_json::json!({
+            "id": id, "job": "invoices", "site": "rbx", "token": token.0, "host": "old",
+            "pid": 7, "started_at": now, "heartbeat_at": now, "beats": 3,
+            "finished_at": now, "exit_code": 0, "outcome": outcome,
+        })
+        .to_string()
+    };
+    let (a, b) = (old(11, "exited 0"), old(12, "revoked"));
+    etcd.admin(async move |c| {
+        c.put(format!("/legacy/runs/{:020}", 11), a, None).await?;
+        c.put(format!("/legacy/runs/{:020}", 12), b, None).await?;
+        Ok(())
+    });
+    let registry = store.registry().unwrap();
+    let stats = registry.run_stats().unwrap();
+    assert_eq!(
+        (stats[0].started, stats[0].revoked, stats[0].unfinished),
+        (2, 1, 0)
+    );
+    assert!(
+        registry
+            .unfinished_runs_below(FencingToken(99))
+            .unwrap()
+            .is_empty()
+    );
+    let (runs, _) = keys_and_revision(&etcd, "/legacy", "runs");
+    assert!(runs.is_empty(), "moved out of runs/: {runs:?}");
+    let (done, _) = keys_and_revision(&etcd, "/legacy", "done");
+    assert_eq!(done.len(), 2);
+    let stats = registry.run_stats().unwrap();
+    assert_eq!(
+        (stats[0].started, stats[0].revoked, stats[0].unfinished),
+        (2, 1, 0),
+        "counted once, before and after the move"
+    );
+    assert_eq!(
+        registry
+            .runs(now - chrono::Duration::seconds(1))
+            .unwrap()
+            .len(),
+        2
+    );
+}

@@ -430,6 +430,7 @@ impl Etcd {
                 run_ttl: Duration::from_secs(5),
                 tls: self.certs.is_some(),
                 security: self.security(user),
+                ..EtcdOptions::default()
             },
         )
     }

@@ -9,9 +9,20 @@
 //! | `P/record`            | the active-site record + journal head/length + last commit id    |
 //! | `P/plan`              | `{"revision": n, "doc": {...}}`                                   |
 //! | `P/journal/<seq>`     | one [`JournalEntry`] (seq zero-padded to 20 digits)               |
-//! | `P/runs/<id>`         | one [`RunRecord`] (id = the run's lease id, zero-padded)          |
+//! | `P/runs/<id>`         | one unfinished [`RunRecord`] (id = the run's lease id, padded)    |
 //! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
+//! | `P/done/<t>/<id>`     | one finished [`RunRecord`], `t` its start (µs, padded): kept for  |
+//! |                       | the history window ([`EtcdOptions::history`]), then deleted       |
+//! | `P/stats/<site>/<job>`| `{"finished": n, "revoked": n}`: every finished run, forever      |
 //! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
+//!
+//! Every read of the registry is bounded by what is alive or recent, never by history: a drain
+//! reads `runs/` (the unfinished runs) and `alive/`; metrics read the counters; a report reads
+//! `done/` from the start of its window. A run costs two revisions (start, finish), a skip one,
+//! a heartbeat none (the lease keep-alive is the heartbeat). Finished runs written by earlier
+//! versions under `runs/` are moved to `done/` and counted by the first drain that meets them.
+//! etcd keeps old revisions until it is compacted: run it with
+//! `--auto-compaction-mode=periodic --auto-compaction-retention=1h` (README, "Choosing a store").
 //!
 //! The public API is synchronous: the store owns a private single-threaded tokio runtime and
 //! blocks on it, with a deadline on every call.
@@ -59,6 +70,9 @@ pub struct EtcdOptions {
     pub tls: bool,
     /// The CA, client certificate and credentials (the password never shows in `Debug`).
     pub security: EtcdSecurity,
+    /// How long finished runs are kept under `P/done/` (for reports); older ones are deleted
+    /// as runs finish, their counts kept in `P/stats/`.
+    pub history: Duration,
 }
 
 impl Default for EtcdOptions {
@@ -68,6 +82,7 @@ impl Default for EtcdOptions {
             run_ttl: crate::defaults::LOST_AFTER,
             tls: false,
             security: EtcdSecurity::default(),
+            history: crate::defaults::HISTORY,
         }
     }
 }
@@ -103,6 +118,13 @@ struct StoredRecord {
     journal_len: u64,
     /// The id of the commit that wrote this version, to settle an answer lost on the way back.
     commit_id: String,
+}
+
+/// The counters of one job on one site at `P/stats/<site>/<job>`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+struct Finished {
+    finished: u64,
+    revoked: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -617,8 +639,19 @@ impl EtcdStore {
     fn range(&self, dir: &str, deadline: Instant) -> Result<Vec<KeyValue>> {
         let start = self.key(&format!("{dir}/"));
         let end = prefix_end(&start);
+        self.range_between(dir, start.into_bytes(), end, deadline)
+    }
+
+    /// Every key in `[start, end)`, in key order, read page by page at one revision.
+    fn range_between(
+        &self,
+        dir: &str,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<KeyValue>> {
         let mut out = Vec::new();
-        let mut from = start.clone().into_bytes();
+        let mut from = start;
         let mut revision = 0;
         loop {
             let opts = GetOptions::new()
@@ -649,11 +682,22 @@ impl EtcdStore {
         }
     }
 
+    /// The runs under `runs/`: the unfinished ones (and finished ones of the old layout not
+    /// moved yet).
     fn runs_all(&self, deadline: Instant) -> Result<Vec<RunRecord>> {
+        Ok(self
+            .runs_all_with_revisions(deadline)?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    fn runs_all_with_revisions(&self, deadline: Instant) -> Result<Vec<(RunRecord, i64)>> {
         self.range("runs", deadline)?
             .iter()
             .map(|kv| {
                 serde_json::from_slice::<RunRecord>(kv.value())
+                    .map(|r| (r, kv.mod_revision()))
                     .map_err(|e| self.corrupt("the run registry", e))
             })
             .collect()
@@ -665,6 +709,145 @@ impl EtcdStore {
 
     fn alive_key(&self, id: RunId) -> String {
         self.key(&format!("alive/{:020}", id.0))
+    }
+
+    /// `P/done/<t>/`, `t` a start time in µs since the epoch (before it: 0).
+    fn done_from(&self, t: DateTime<Utc>) -> String {
+        self.key(&format!("done/{:020}/", t.timestamp_micros().max(0)))
+    }
+
+    fn done_key(&self, run: &RunRecord) -> String {
+        format!("{}{:020}", self.done_from(run.started_at), run.id.0)
+    }
+
+    fn stats_key(&self, site: &SiteId, job: &str) -> String {
+        self.key(&format!("stats/{site}/{job}"))
+    }
+
+    /// Run `id` as stored under `runs/` (finished or not) with its mod_revision.
+    fn stored_run(&self, id: RunId, deadline: Instant) -> Result<Option<(RunRecord, i64)>> {
+        let key = self.run_key(id);
+        let resp = self.retrying("read the run", deadline, |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(None);
+        };
+        let run: RunRecord =
+            serde_json::from_slice(kv.value()).map_err(|e| self.corrupt("the run registry", e))?;
+        Ok(Some((run, kv.mod_revision())))
+    }
+
+    /// Moves `run` (finished, read at `rev` under `runs/`) to `done/` and counts it, in one
+    /// transaction that also holds `when` and deletes `also`. `Ok(false)` when the run was
+    /// changed or moved meanwhile by someone else (a concurrent finish or drain).
+    fn retire(
+        &self,
+        run: &RunRecord,
+        rev: i64,
+        when: Vec<Compare>,
+        also: Vec<TxnOp>,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let stats_key = self.stats_key(&run.start.site, &run.start.job);
+        loop {
+            let resp = self.retrying("read the run counters", deadline, |mut c| {
+                let key = stats_key.clone();
+                async move { c.get(key, None).await }
+            })?;
+            let (mut stats, stats_rev) = match resp.kvs().first() {
+                Some(kv) => (
+                    serde_json::from_slice::<Finished>(kv.value())
+                        .map_err(|e| self.corrupt("the run counters", e))?,
+                    kv.mod_revision(),
+                ),
+                None => (Finished::default(), 0),
+            };
+            stats.finished += 1;
+            stats.revoked += u64::from(run.outcome.as_deref() == Some("revoked"));
+            let mut compares = vec![
+                Compare::mod_revision(self.run_key(run.id), CompareOp::Equal, rev),
+                Compare::mod_revision(stats_key.clone(), CompareOp::Equal, stats_rev),
+            ];
+            compares.extend(when.iter().cloned());
+            let mut ops = vec![
+                TxnOp::delete(self.run_key(run.id), None),
+                TxnOp::put(self.done_key(run), Self::json(run)?, None),
+                TxnOp::put(stats_key.clone(), Self::json(&stats)?, None),
+            ];
+            ops.extend(also.iter().cloned());
+            let txn = Txn::new().when(compares).and_then(ops);
+            let id = run.id;
+            let settle = move |s: &Self, d: Instant| -> Result<Option<bool>> {
+                Ok(Some(s.stored_run(id, d)?.is_none()))
+            };
+            if self.guarded_txn("retire the run", deadline, txn, settle)? {
+                return Ok(true);
+            }
+            // Lost to a concurrent finish of this run, to another run's counter update, or
+            // (with `when`) to a condition of the caller's: a live lease is never overruled,
+            // so that case ends here and a later drain tries again.
+            if !when.is_empty() {
+                return Ok(false);
+            }
+            match self.stored_run(run.id, deadline)? {
+                Some((_, now)) if now == rev => {}
+                _ => return Ok(false),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Busy(format!(
+                    "{}: the run counters of {} on {} kept changing",
+                    self.url, run.start.job, run.start.site
+                )));
+            }
+        }
+    }
+
+    /// Deletes the finished runs that started before the history window, in one range
+    /// delete, when the oldest one kept is older than the window (one key read otherwise).
+    fn prune_history(&self, deadline: Instant) -> Result<()> {
+        let Some(cutoff) = chrono::Duration::from_std(self.opts.history)
+            .ok()
+            .and_then(|window| self.clock.now().checked_sub_signed(window))
+        else {
+            return Ok(()); // a window longer than time itself: nothing is old enough
+        };
+        let start = self.key("done/");
+        let end = self.done_from(cutoff);
+        let oldest = self.retrying("read the oldest finished run", deadline, |mut c| {
+            let (start, end) = (start.clone(), end.clone());
+            async move {
+                c.get(
+                    start,
+                    Some(
+                        GetOptions::new()
+                            .with_range(end)
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
+                )
+                .await
+            }
+        })?;
+        if oldest.kvs().is_empty() {
+            return Ok(());
+        }
+        self.retrying(
+            "delete finished runs past the history window",
+            deadline,
+            |mut c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    c.delete(
+                        start,
+                        Some(etcd_client::DeleteOptions::new().with_range(end)),
+                    )
+                    .await
+                }
+            },
+        )?;
+        Ok(())
     }
 
     /// Reads run `id` with its mod_revision; `None` if unknown or finished.
@@ -932,9 +1115,9 @@ impl RunRegistry for EtcdStore {
 
     fn run_heartbeat(&self, id: RunId) -> Result<Heartbeat> {
         let deadline = self.deadline();
-        let Some((mut run, rev)) = self.unfinished_run(id, deadline)? else {
+        if self.unfinished_run(id, deadline)?.is_none() {
             return Ok(Heartbeat::Expired);
-        };
+        }
         let ttl = self.retrying("keep the run's lease alive", deadline, |mut c| async move {
             let (mut keeper, mut stream) = c.lease_keep_alive(id.0).await?;
             keeper.keep_alive().await?;
@@ -944,18 +1127,8 @@ impl RunRegistry for EtcdStore {
             tracing::warn!(store = %self.url, run = id.0, ttl = ?self.opts.run_ttl, "the run's lease expired");
             return Ok(Heartbeat::Expired);
         }
-        run.heartbeat_at = self.clock.now();
-        run.beats += 1;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.run_key(id),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then([TxnOp::put(self.run_key(id), Self::json(&run)?, None)]);
-        // A heartbeat lost to a concurrent finish is not an error worth reporting: the lease
-        // is what the drain reads.
-        self.guarded_txn("heartbeat", deadline, txn, |_, _| Ok(Some(true)))?;
+        // Nothing is written: the lease's keep-alive is the heartbeat (the drain reads the
+        // lease), so a heartbeat costs no revision.
         Ok(Heartbeat::Alive)
     }
 
@@ -969,20 +1142,8 @@ impl RunRegistry for EtcdStore {
         run.heartbeat_at = now;
         run.exit_code = exit_code;
         run.outcome = Some(outcome.to_string());
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                self.run_key(id),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then([
-                TxnOp::put(self.run_key(id), Self::json(&run)?, None),
-                TxnOp::delete(self.alive_key(id), None),
-            ]);
-        let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
-            Ok(Some(s.unfinished_run(id, d)?.is_none()))
-        };
-        if !self.guarded_txn("finish the run", deadline, txn, settle)? {
+        let also = vec![TxnOp::delete(self.alive_key(id), None)];
+        if !self.retire(&run, rev, Vec::new(), also, deadline)? {
             return Ok(false);
         }
         let mut c = self.client.clone();
@@ -991,15 +1152,30 @@ impl RunRegistry for EtcdStore {
         }) {
             tracing::debug!(store = %self.url, error = %e, "lease not revoked (it expires by itself)");
         }
+        if let Err(e) = self.prune_history(self.deadline()) {
+            tracing::warn!(store = %self.url, error = %e, "finished runs past the history window not deleted (next finish retries)");
+        }
         Ok(true)
     }
 
+    /// Reads `done/` from `since` on, and the unfinished runs: bounded by the window.
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
+        let deadline = self.deadline();
+        let from = self.done_from(since).into_bytes();
+        let end = prefix_end(&self.key("done/"));
         let mut runs: Vec<RunRecord> = self
-            .runs_all(self.deadline())?
-            .into_iter()
-            .filter(|r| r.started_at >= since)
-            .collect();
+            .range_between("done", from, end, deadline)?
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice::<RunRecord>(kv.value())
+                    .map_err(|e| self.corrupt("the run history", e))
+            })
+            .collect::<Result<_>>()?;
+        runs.extend(
+            self.runs_all(deadline)?
+                .into_iter()
+                .filter(|r| r.started_at >= since),
+        );
         runs.sort_by_key(|r| (r.started_at, r.id.0));
         Ok(runs)
     }
@@ -1015,10 +1191,21 @@ impl RunRegistry for EtcdStore {
             .into_iter()
             .map(|kv| kv.key().to_vec())
             .collect();
-        let mut runs: Vec<UnfinishedRun> = self
-            .runs_all(deadline)?
+        let (legacy, live): (Vec<_>, Vec<_>) = self
+            .runs_all_with_revisions(deadline)?
             .into_iter()
-            .filter(|r| r.finished_at.is_none() && r.start.token < below)
+            .partition(|(r, _)| r.finished_at.is_some());
+        // Finished runs an earlier version left under runs/: moved to done/ and counted, so
+        // that this read stays bounded by the live runs from now on.
+        for (run, rev) in legacy {
+            if let Err(e) = self.retire(&run, rev, Vec::new(), Vec::new(), self.deadline()) {
+                tracing::warn!(store = %self.url, run = run.id.0, error = %e, "a finished run of the old layout not moved (the next drain retries)");
+            }
+        }
+        let mut runs: Vec<UnfinishedRun> = live
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| r.start.token < below)
             .map(|run| UnfinishedRun {
                 pulse: Pulse::Lease {
                     alive: alive.contains(self.alive_key(run.id).as_bytes()),
@@ -1042,13 +1229,8 @@ impl RunRegistry for EtcdStore {
         run.finished_at = Some(self.clock.now());
         run.outcome = Some(outcome.to_string());
         // Only while the lease key is absent (version 0): a live lease is never overruled.
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(self.run_key(id), CompareOp::Equal, rev),
-                Compare::version(self.alive_key(id), CompareOp::Equal, 0),
-            ])
-            .and_then([TxnOp::put(self.run_key(id), Self::json(&run)?, None)]);
-        self.guarded_txn("mark the run lost", deadline, txn, |_, _| Ok(None))
+        let when = vec![Compare::version(self.alive_key(id), CompareOp::Equal, 0)];
+        self.retire(&run, rev, when, Vec::new(), deadline)
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
@@ -1085,23 +1267,58 @@ impl RunRegistry for EtcdStore {
         }
     }
 
+    /// From the counters, the runs under `runs/` and the skip counters: bounded by the
+    /// number of jobs and live runs, never by history.
     fn run_stats(&self) -> Result<Vec<RunStats>> {
         let deadline = self.deadline();
         let runs = self.runs_all(deadline)?;
-        let skips_dir = self.key("skips/");
         let mut skips = Vec::new();
-        for kv in self.range("skips", deadline)? {
-            let key = String::from_utf8_lossy(kv.key());
-            let rest = key.strip_prefix(&skips_dir).unwrap_or(&key);
-            let (site, job) = rest
-                .split_once('/')
-                .ok_or_else(|| self.corrupt("a skip counter", format!("bad key {key}")))?;
-            let site = SiteId::new(site).map_err(|e| self.corrupt("a skip counter", e))?;
+        for (site, job, kv) in self.per_job("skips", deadline)? {
             let count: SkipCount = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("a skip counter", e))?;
-            skips.push((job.to_string(), site, count.count));
+            skips.push((job, site, count.count));
         }
-        Ok(tally(&runs, &skips))
+        let mut stats = tally(&runs, &skips);
+        for (site, job, kv) in self.per_job("stats", deadline)? {
+            let f: Finished = serde_json::from_slice(kv.value())
+                .map_err(|e| self.corrupt("the run counters", e))?;
+            match stats.iter_mut().find(|s| s.job == job && s.site == site) {
+                Some(s) => {
+                    s.started += f.finished;
+                    s.revoked += f.revoked;
+                }
+                None => stats.push(RunStats {
+                    job,
+                    site,
+                    started: f.finished,
+                    skipped: 0,
+                    revoked: f.revoked,
+                    unfinished: 0,
+                }),
+            }
+        }
+        stats.sort_by(|a, b| (&a.job, a.site.as_str()).cmp(&(&b.job, b.site.as_str())));
+        Ok(stats)
+    }
+}
+
+impl EtcdStore {
+    /// The keys under `P/<dir>/<site>/<job>`, with their site and job.
+    fn per_job(&self, dir: &str, deadline: Instant) -> Result<Vec<(SiteId, String, KeyValue)>> {
+        let head = self.key(&format!("{dir}/"));
+        self.range(dir, deadline)?
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let rest = key.strip_prefix(&head).unwrap_or(&key);
+                let (site, job) = rest.split_once('/').ok_or_else(|| {
+                    self.corrupt(&format!("{dir} counter"), format!("bad key {key}"))
+                })?;
+                let site =
+                    SiteId::new(site).map_err(|e| self.corrupt(&format!("{dir} counter"), e))?;
+                Ok((site, job.to_string(), kv))
+            })
+            .collect()
     }
 }
 

@@ -283,6 +283,8 @@ pub struct OpenOptions {
     /// TLS material and credentials of an etcd store (empty: plaintext, no user); see
     /// [`EtcdSecurity::with_env`] for the `PRA_ETCD_*` variables front ends read.
     pub etcd: EtcdSecurity,
+    /// How long finished runs are kept in detail (etcd; beyond it, only counters).
+    pub history: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -294,6 +296,7 @@ impl Default for OpenOptions {
             lost_after: crate::defaults::LOST_AFTER,
             store_group: None,
             etcd: EtcdSecurity::default(),
+            history: crate::defaults::HISTORY,
         }
     }
 }
@@ -358,6 +361,7 @@ fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
                 run_ttl: opts.lost_after,
                 tls,
                 security: opts.etcd.clone(),
+                history: opts.history,
             },
         )?)),
         #[cfg(not(feature = "etcd"))]
