@@ -37,11 +37,17 @@ gzip -9n <"$root/README.md" >"$stage/usr/share/doc/pra/README.md.gz"
 printf 'pra %s\nLicense: Apache-2.0 (/usr/share/common-licenses/Apache-2.0)\n' "$version" \
   >"$stage/usr/share/doc/pra/copyright"
 
-# The man page and completions, from the binary itself.
-"$bin" man | gzip -9n >"$stage/usr/share/man/man1/pra.1.gz"
-"$bin" completions bash >"$stage/usr/share/bash-completion/completions/pra"
-"$bin" completions zsh >"$stage/usr/share/zsh/vendor-completions/_pra"
-"$bin" completions fish >"$stage/usr/share/fish/vendor_completions.d/pra.fish"
+# The man page and completions, from the binary itself (when it has them: `pra man`,
+# `pra completions SHELL`).
+if "$bin" man >/dev/null 2>&1; then
+  "$bin" man | gzip -9n >"$stage/usr/share/man/man1/pra.1.gz"
+fi
+if "$bin" completions bash >/dev/null 2>&1; then
+  "$bin" completions bash >"$stage/usr/share/bash-completion/completions/pra"
+  "$bin" completions zsh >"$stage/usr/share/zsh/vendor-completions/_pra"
+  "$bin" completions fish >"$stage/usr/share/fish/vendor_completions.d/pra.fish"
+fi
+find "$stage/usr/share" -type d -empty -delete
 find "$stage/usr/share" -type f -exec chmod 0644 {} +
 
 # The newest glibc symbol version the binary needs is the oldest libc6 it runs on.

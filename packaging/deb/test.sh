@@ -20,26 +20,35 @@ deb=$(packaging/deb/build.sh "$bin" "$scratch/out")
 fail() { echo "test-deb: $*" >&2; exit 1; }
 dpkg-deb --field "$deb" Package | grep -qx pra || fail "package name"
 dpkg-deb --field "$deb" Depends | grep -q 'libc6 (>= 2\.[0-9]*)' || fail "no libc6 dependency"
-dpkg-deb --contents "$deb" | grep -q ' ./usr/bin/pra$' || fail "no /usr/bin/pra"
+dpkg-deb --contents "$deb" | grep ' ./usr/bin/pra$' >/dev/null || fail "no /usr/bin/pra"
 dpkg -i "$deb" >/dev/null
 [ "$(/usr/bin/pra --version)" = "$("$bin" --version)" ] || fail "/usr/bin/pra --version"
 getent group pra >/dev/null || fail "no pra group"
 [ "$(stat -c '%a %G' /var/lib/pra)" = "2770 pra" ] || fail "/var/lib/pra is $(stat -c '%a %G' /var/lib/pra)"
-for f in /etc/pra/pra.toml /lib/systemd/system/pra-job@.service /usr/share/man/man1/pra.1.gz \
-  /usr/share/bash-completion/completions/pra; do
+for f in /etc/pra/pra.toml /lib/systemd/system/pra-job@.service /lib/systemd/system/pra-follow@.service; do
   [ -s "$f" ] || fail "missing $f"
 done
+# The man page and completions, when this pra has them.
+if "$bin" man >/dev/null 2>&1; then
+  [ -s /usr/share/man/man1/pra.1.gz ] || fail "missing the man page"
+  man -l /usr/share/man/man1/pra.1.gz >/dev/null 2>&1 || zcat /usr/share/man/man1/pra.1.gz | grep -q '^\.TH' \
+    || fail "the man page does not render"
+fi
+if "$bin" completions bash >/dev/null 2>&1; then
+  bash -n /usr/share/bash-completion/completions/pra || fail "bash completion does not parse"
+fi
 grep -q 'ExecCondition=/usr/bin/pra check' /lib/systemd/system/pra-job@.service || fail "unit path"
-bash -n /usr/share/bash-completion/completions/pra || fail "bash completion does not parse"
-! readelf -S /usr/bin/pra | grep -q '\.debug_info' || fail "/usr/bin/pra is not stripped"
-store="sqlite://$scratch/state.db"
+! readelf -S /usr/bin/pra | grep '\.debug_info' >/dev/null || fail "/usr/bin/pra is not stripped"
+# The store's directory as README's "File permissions" says: the package's group, setgid.
+mkdir "$scratch/store" && chgrp pra "$scratch/store" && chmod 2770 "$scratch/store"
+store="sqlite://$scratch/store/state.db"
 # The packaged configuration as is (its store_group is the package's group).
 PRA_CONFIG=/etc/pra/pra.toml pra site show --store "$store" --site rbx >/dev/null || fail "pra.toml refused"
 set +e; PRA_CONFIG=/etc/pra/pra.toml pra check --store "$store" --site rbx; code=$?; set -e
 [ "$code" = 1 ] || fail "pra check on a new store: exit $code, not 1 (standby)"
 PRA_CONFIG=/etc/pra/pra.toml pra site activate rbx --expect-token 0 --by test-deb --store "$store" >/dev/null
 PRA_CONFIG=/etc/pra/pra.toml pra check --store "$store" --site rbx || fail "pra check on the active site"
-[ "$(stat -c %G "$scratch/state.db")" = pra ] || fail "the store is not the pra group's"
+[ "$(stat -c %G "$scratch/store/state.db")" = pra ] || fail "the store is not the pra group's"
 dpkg --purge pra >/dev/null
 for f in /usr/bin/pra /etc/pra/pra.toml /lib/systemd/system/pra-job@.service /var/lib/pra; do
   [ ! -e "$f" ] || fail "$f left after purge"

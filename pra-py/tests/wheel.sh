@@ -13,7 +13,7 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 python3 -m zipfile -e "$wheel" "$scratch/unpacked"
 so=$(ls "$scratch"/unpacked/pra/_pra*.so)
-! readelf -S "$so" | grep -q '\.debug_info' || fail "the extension is not stripped"
+! readelf -S "$so" | grep '\.debug_info' >/dev/null || fail "the extension is not stripped"
 glibc=$(objdump -T "$so" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
 [ "$(printf '%s\n2.28\n' "$glibc" | sort -V | tail -1)" = 2.28 ] || fail "needs glibc $glibc > 2.28"
 echo "test-wheel: $name ($(du -k "$wheel" | cut -f1) KiB, extension $(du -k "$so" | cut -f1) KiB, glibc >= $glibc)"
