@@ -88,10 +88,17 @@ enum Command {
         /// prefix, say). Deliberately not read from PRA_STORE or the configuration.
         #[arg(long, value_name = "URL")]
         store_url: Option<String>,
+        /// Where the drill's job writes its work and business rows, fenced: a PostgreSQL
+        /// database (postgresql://...; its fence must be at 0: a new database) instead of the
+        /// app's SQLite file.
+        #[arg(long, value_name = "URL")]
+        job_db: Option<String>,
     },
     /// (drill helper) One run of the drill's cron job.
     #[command(name = "__drill-job", hide = true)]
     DrillJob {
+        /// The job database: a SQLite path or a PostgreSQL URL (a path-typed argument: it
+        /// shares its name with the global --db).
         #[arg(long)]
         db: PathBuf,
         #[arg(long)]
@@ -164,13 +171,20 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
             dir,
             quiet,
             store_url,
-        } => drill::run(dir.as_deref(), store_url.as_deref(), *quiet, cli.json),
+            job_db,
+        } => drill::run(
+            dir.as_deref(),
+            store_url.as_deref(),
+            job_db.as_deref(),
+            *quiet,
+            cli.json,
+        ),
         Command::DrillJob {
             db,
             job,
             ms,
             fence_each,
-        } => drill::job(db, job, *ms, *fence_each),
+        } => drill::job(&db.to_string_lossy(), job, *ms, *fence_each),
         Command::DrillApp { db, ms } => drill::app(db, *ms),
     }
 }

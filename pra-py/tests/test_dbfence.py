@@ -304,3 +304,29 @@ def test_the_install_sql_is_what_pra_prints():
         printed = subprocess.run([PRA, "fence", "--sql", db], capture_output=True, text=True, check=True).stdout
         for statement in pra.fence_sql(db):
             assert statement in printed
+
+
+def test_the_drill_with_its_job_writing_to_postgresql(pg):
+    """`pra drill --job-db`: the drill's job writes its work and business rows in PostgreSQL
+    through the fence, and the drill's checks read them back from there (ground truth)."""
+    admin = psycopg.connect(pg, autocommit=True)
+    admin.execute("CREATE DATABASE drill")
+    admin.close()
+    url = pg.rsplit("/", 1)[0] + "/drill"
+    out = subprocess.run([PRA, "drill", "--quiet", "--json", "--job-db", url], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+    report = json.loads(out.stdout)
+    assert report["passed"], [c for c in report["checks"] if not c["pass"]]
+    stale = [c for c in report["checks"] if c["name"].startswith("stale writes admitted")]
+    assert stale and stale[0]["pass"] and "127.0.0.1" in stale[0]["name"]
+    conn = psycopg.connect(url)
+    rows = conn.execute("SELECT token FROM job_runs ORDER BY id").fetchall()
+    work = conn.execute("SELECT count(*) FROM work").fetchone()[0]
+    fence = conn.execute("SELECT token FROM pra_fence").fetchone()[0]
+    conn.close()
+    tokens = [t for (t,) in rows]
+    assert tokens == sorted(tokens) and len(tokens) >= 2, tokens  # no stale write committed
+    assert report["ground_truth"]["units"] == work > 0
+    assert fence == tokens[-1]
+    assert sum(j["job_rows_written"] for j in report["jobs"]) == len(tokens)

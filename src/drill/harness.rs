@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use pra_core::plan;
-use pra_core::{Error, FencingToken, SiteId};
+use pra_core::{Error, FencingToken};
 
+use super::jobdb::{JobDb, Slice};
 use super::report::JobFigures;
 use crate::exit;
 
@@ -21,7 +21,7 @@ use crate::exit;
 /// work in the app database as it goes — one row per 50 ms slice: site, token, pid, start and
 /// end — which is the drill's ground truth of what ran where, whatever pra's registry says;
 /// then it admits its token at the app database's fence and commits its business row.
-pub fn job(db: &Path, job: &str, ms: u64, fence_each: bool) -> Result<u8, Error> {
+pub fn job(db: &str, job: &str, ms: u64, fence_each: bool) -> Result<u8, Error> {
     let token: u64 = std::env::var("PRA_TOKEN")
         .ok()
         .and_then(|t| t.parse().ok())
@@ -31,131 +31,48 @@ pub fn job(db: &Path, job: &str, ms: u64, fence_each: bool) -> Result<u8, Error>
     // SAFETY: setting a signal's disposition to "ignore" has no memory effects.
     unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
     let site = std::env::var("PRA_SITE").unwrap_or_default();
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(|e| Error::sqlite("open", &db.display().to_string(), e))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| Error::sqlite("open", "app", e))?;
-    let sql = |what: &'static str| move |e| Error::sqlite(what, "app", e);
-    conn.execute_batch(WORK_TABLES).map_err(sql("create"))?;
+    let mut conn = JobDb::parse(db).connect()?;
     let us = |t: chrono::DateTime<Utc>| t.timestamp_micros();
     let slice = Duration::from_millis(50);
     let mut done = Duration::ZERO;
     while done < Duration::from_millis(ms) {
         let start = Utc::now();
         std::thread::sleep(slice);
-        let row = rusqlite::params![
+        let s = Slice {
             job,
-            site,
-            token as i64,
-            std::process::id(),
-            us(start),
-            us(Utc::now())
-        ];
+            site: &site,
+            token: token as i64,
+            pid: i64::from(std::process::id()),
+            start_us: us(start),
+            end_us: us(Utc::now()),
+        };
         if fence_each {
-            conn.execute_batch("BEGIN IMMEDIATE")
-                .map_err(sql("begin"))?;
-            match pra_core::Fence::admit_in(&conn, FencingToken(token)) {
-                Ok(_) => {
-                    conn.execute(
-                        "INSERT INTO work (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        row,
-                    )
-                    .map_err(sql("insert"))?;
-                    conn.execute_batch("COMMIT").map_err(sql("commit"))?;
-                }
-                Err(Error::StaleToken { .. }) => {
-                    conn.execute_batch("ROLLBACK").map_err(sql("rollback"))?;
-                    conn.execute(
-                        "INSERT INTO refused (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        row,
-                    )
-                    .map_err(sql("insert"))?;
-                }
-                Err(e) => return Err(e),
-            }
+            conn.fenced(&s)?;
         } else {
-            conn.execute(
-                "INSERT INTO work (job, site, token, pid, start_us, end_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                row,
-            )
-            .map_err(sql("insert"))?;
+            conn.record(&s)?;
         }
         done += slice;
     }
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| Error::sqlite("begin", "app", e))?;
-    pra_core::Fence::admit_in(&conn, FencingToken(token))?;
-    conn.execute(
-        "INSERT INTO job_runs (job, site, token, at) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![job, site, token as i64, Utc::now().to_rfc3339()],
-    )
-    .map_err(|e| Error::sqlite("insert", "app", e))?;
-    conn.execute_batch("COMMIT")
-        .map_err(|e| Error::sqlite("commit", "app", e))?;
+    conn.finish(job, &site, token as i64)?;
     Ok(exit::OK)
 }
 
-/// The tables the drill's job writes: its slices of work (the ground truth), the slices the
-/// fence refused, and its business rows.
-pub(super) const WORK_TABLES: &str = "
-    CREATE TABLE IF NOT EXISTS work (id INTEGER PRIMARY KEY, job TEXT NOT NULL, site TEXT NOT NULL,
-        token INTEGER NOT NULL, pid INTEGER NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER NOT NULL);
-    CREATE TABLE IF NOT EXISTS refused (id INTEGER PRIMARY KEY, job TEXT NOT NULL, site TEXT NOT NULL,
-        token INTEGER NOT NULL, pid INTEGER NOT NULL, start_us INTEGER NOT NULL, end_us INTEGER NOT NULL);
-    CREATE TABLE IF NOT EXISTS job_runs (id INTEGER PRIMARY KEY, job TEXT, site TEXT, token INTEGER, at TEXT);";
-
-/// The work units the drill's jobs recorded in the app database.
-pub(super) fn work_units(db: &Path) -> Result<Vec<plan::WorkUnit>, Error> {
-    let conn = rusqlite::Connection::open(db).map_err(|e| Error::sqlite("open", "app", e))?;
-    let mut stmt = conn
-        .prepare("SELECT job, site, start_us, end_us FROM work ORDER BY start_us")
-        .map_err(|e| Error::sqlite("read work", "app", e))?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })
-        .map_err(|e| Error::sqlite("read work", "app", e))?;
-    let time = |us: i64| chrono::DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
-    rows.map(|r| {
-        let (job, site, start, end) = r.map_err(|e| Error::sqlite("read work", "app", e))?;
-        Ok(plan::WorkUnit {
-            job,
-            site: SiteId::new(&site)?,
-            start: time(start),
-            end: time(end),
-        })
-    })
-    .collect()
-}
-
 /// Per-site figures of the drill's job: runs started and skipped (from the store's run
-/// statistics) and the business rows the job committed (from the app database).
+/// statistics) and the business rows the job committed (`rows`, from the job database).
 pub(super) fn job_figures(
     store: &dyn pra_core::Store,
-    db: &Path,
+    rows: &[(String, i64)],
 ) -> Result<Vec<JobFigures>, Error> {
     let stats = store.require_registry()?.run_stats()?;
-    let conn = rusqlite::Connection::open(db).map_err(|e| Error::sqlite("open", "app", e))?;
     Ok(["rbx", "sbg"]
         .iter()
         .map(|s| {
-            let rows: i64 = conn
-                .query_row("SELECT count(*) FROM job_runs WHERE site = ?1", [s], |r| {
-                    r.get(0)
-                })
-                .unwrap_or(0);
             let st = stats.iter().filter(|x| x.site.as_str() == *s);
             JobFigures {
                 site: s.to_string(),
                 runs_started: st.clone().map(|x| x.started).sum(),
                 runs_skipped: st.map(|x| x.skipped).sum(),
-                job_rows_written: rows as u64,
+                job_rows_written: rows.iter().filter(|(site, _)| site == s).count() as u64,
             }
         })
         .collect())
@@ -277,7 +194,8 @@ impl Drop for Loop {
 pub(super) struct Drill {
     pub(super) config: PathBuf,
     pub(super) exe: PathBuf,
-    pub(super) db: PathBuf,
+    /// Where the job writes (`--db` of `__drill-job`): the app's SQLite file or PostgreSQL.
+    pub(super) job_db: String,
     pub(super) procs: Procs,
     pub(super) bar: indicatif::ProgressBar,
     pub(super) quiet: bool,
@@ -300,7 +218,7 @@ impl Drill {
         let (exe, config, db, site) = (
             self.exe.clone(),
             self.config.clone(),
-            self.db.clone(),
+            self.job_db.clone(),
             site.to_string(),
         );
         Loop::start(

@@ -9,6 +9,7 @@
 //! against its targets.
 
 mod harness;
+mod jobdb;
 mod report;
 mod scenario;
 

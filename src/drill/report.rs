@@ -71,8 +71,13 @@ pub(super) struct Measured {
     pub(super) disturbed: Disturbed,
     pub(super) restore: RestoreKpis,
     pub(super) jobs: Vec<JobFigures>,
-    /// The slices of work the jobs recorded in the app database.
+    /// The slices of work the jobs recorded in the job database.
     pub(super) units: Vec<plan::WorkUnit>,
+    /// Where the job wrote (the app's SQLite, or PostgreSQL), for the report.
+    pub(super) job_db: String,
+    /// Business rows committed after a row of a higher token (from the job database's rows in
+    /// commit order): a stale token's write the fence let through.
+    pub(super) stale_writes: u64,
 }
 
 impl DrillReport {
@@ -88,6 +93,8 @@ impl DrillReport {
             restore: restore_kpis,
             jobs,
             units,
+            job_db,
+            stale_writes,
         } = m;
         let mut checks = plan_report.checks.clone();
         checks.retain(|c| !c.name.starts_with("RPO"));
@@ -101,6 +108,12 @@ impl DrillReport {
                     .iter()
                     .all(|p| p.end.is_some() && p.seconds <= 20.0),
             ),
+        });
+        checks.push(plan::Check {
+            name: format!("stale writes admitted at the fence ({job_db}, from its rows)"),
+            value_seconds: None,
+            target: format!("0 (found {stale_writes})"),
+            pass: Some(stale_writes == 0),
         });
         checks.push(plan::Check {
             name: "RPO after database loss (backup age)".into(),

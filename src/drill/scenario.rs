@@ -11,7 +11,8 @@ use pra_core::backup::restore::{self, RestorePoint};
 use pra_core::plan::{self, Applied, DrainPolicy, Event, EventKind, Runner};
 use pra_core::{Actor, Error, FencingToken, SiteChange, SiteId, SystemClock, Topology};
 
-use super::harness::{self, Drill, Loop, Procs, WORK_TABLES, pause};
+use super::harness::{self, Drill, Loop, Procs, pause};
+use super::jobdb::{self, JobDb};
 use super::report::{self, Disturbed, DrillReport, Measured, RestoreKpis};
 use crate::exit;
 
@@ -37,6 +38,7 @@ fn apply(runner: &Runner<'_>, kind: EventKind, actor: &Actor) -> Result<(), Erro
 pub fn run(
     dir: Option<&Path>,
     store_url: Option<&str>,
+    job_db: Option<&str>,
     quiet: bool,
     json: bool,
 ) -> Result<u8, Error> {
@@ -80,10 +82,15 @@ pub fn run(
         indicatif::ProgressStyle::with_template("[{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // The job writes in the app's database unless pointed at PostgreSQL.
+    let job_db = match job_db {
+        Some(url) => JobDb::parse(url),
+        None => JobDb::Sqlite(db.clone()),
+    };
     let d = Drill {
         config,
         exe: std::env::current_exe().map_err(|e| Error::io("locate", "pra", e))?,
-        db: db.clone(),
+        job_db: job_db.arg(),
         procs: Procs::default(),
         bar,
         quiet: quiet || json,
@@ -121,9 +128,9 @@ pub fn run(
             "PRAGMA journal_mode = WAL;
              CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL, at TEXT NOT NULL);",
         )
-        .and_then(|()| conn.execute_batch(WORK_TABLES))
         .map_err(|e| Error::sqlite("create", "app", e))?;
     }
+    job_db.create()?;
     store.change(
         SiteChange::Activate {
             site: SiteId::new("rbx")?,
@@ -236,7 +243,8 @@ pub fn run(
 
     d.phase("report");
     let plan_report = plan::report::build(&*store, &cfg.backup_dir, cfg.lost_after, &clock)?;
-    let jobs = harness::job_figures(&*store, &db)?;
+    let business = job_db.business_rows()?;
+    let jobs = harness::job_figures(&*store, &business)?;
     let restore_kpis = RestoreKpis {
         backup: report.backup.clone(),
         rows_before_loss: rows_before,
@@ -245,7 +253,7 @@ pub fn run(
         rpo_seconds: (lost_at - backup_time).num_milliseconds() as f64 / 1000.0,
         rto_seconds: restore_secs,
     };
-    let units = harness::work_units(&db)?;
+    let units = job_db.work_units()?;
     let drill = DrillReport::judge(Measured {
         scratch: dir.clone(),
         store: store_url.clone(),
@@ -257,6 +265,11 @@ pub fn run(
         restore: restore_kpis,
         jobs,
         units,
+        job_db: match &job_db {
+            JobDb::Sqlite(_) => "the app's SQLite database".into(),
+            JobDb::Postgres(url) => pra_core::dbfence::redact(url),
+        },
+        stale_writes: jobdb::stale_writes(&business),
     });
     let md = report::markdown(&drill, started.elapsed());
     drill.write(&dir, &md)?;

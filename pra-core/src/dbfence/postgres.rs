@@ -5,6 +5,9 @@
 
 use ::postgres::{Client, NoTls, Transaction};
 
+/// The driver itself, for callers that write beside the fence through the same connection.
+pub use ::postgres as driver;
+
 use super::{Dialect, as_i64, redact, refusal};
 use crate::error::{Error, Result};
 use crate::fencing::FencingToken;
