@@ -52,3 +52,38 @@ def test_pra_run_gives_the_job_the_header_line(tmp_path):
     out = subprocess.run([PRA, "run", "--site", "rbx", "--job", "h", "--", "sh", "-c", 'printf "%s" "$PRA_FENCING_HEADER"'],
                          env=env, check=True, capture_output=True, text=True).stdout
     assert out == f"{pra.wsgi.HEADER}: 1"
+
+
+def test_the_asgi_middleware_answers_as_the_wsgi_one(tmp_path):
+    import asyncio
+
+    import pra.asgi
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope.get("pra.fencing_token"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    fenced = pra.asgi.FencingMiddleware(app, str(tmp_path / "fence.db"))
+
+    def call(token):
+        headers = [] if token is None else [(b"pra-fencing-token", str(token).encode())]
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(fenced({"type": "http", "headers": headers}, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    assert call(3)[0] == 200
+    status, body = call(2)
+    assert status == 409 and json.loads(body)["highest"] == 3
+    assert call("x")[0] == 400
+    assert call(None)[0] == 200
+    assert seen == [3, None]
