@@ -398,9 +398,9 @@ fn alive(
         .collect()
 }
 
-/// Keys under `prefix/dir/` and the cluster's revision, read by an admin client.
+/// Keys under `prefix/dir` and the cluster's revision, read by an admin client.
 fn keys_and_revision(etcd: &Etcd, prefix: &str, dir: &str) -> (Vec<String>, i64) {
-    let key = format!("{prefix}/{dir}/");
+    let key = format!("{prefix}/{dir}");
     etcd.admin(async move |c| {
         let resp = c
             .get(
@@ -444,7 +444,7 @@ fn start_run(
 }
 
 /// The year-in-production issue on etcd: a run costs two revisions, a heartbeat none; a
-/// finished run leaves nothing under `runs/` (what a drain reads) and is counted in `stats/`;
+/// finished run leaves no `runs/<id>` key (what a drain reads) and is counted in `runs/stats/`;
 /// finished runs older than the history window are deleted as runs finish, their counts kept.
 #[test]
 fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
@@ -463,13 +463,13 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     let token = activate(&store, "rbx");
     let registry = store.registry().unwrap();
 
-    let (_, before) = keys_and_revision(&etcd, "/bounded", "runs");
+    let (_, before) = keys_and_revision(&etcd, "/bounded", "runs/0");
     let live = start_run(registry, "rbx", token, "invoices");
-    let (_, after_start) = keys_and_revision(&etcd, "/bounded", "runs");
+    let (_, after_start) = keys_and_revision(&etcd, "/bounded", "runs/0");
     for _ in 0..5 {
         registry.run_heartbeat(live).unwrap();
     }
-    let (_, after_beats) = keys_and_revision(&etcd, "/bounded", "runs");
+    let (_, after_beats) = keys_and_revision(&etcd, "/bounded", "runs/0");
     assert_eq!(after_start - before, 1, "a start is one revision");
     assert_eq!(after_beats, after_start, "heartbeats cost no revision");
     let n = 20;
@@ -477,10 +477,10 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
         let id = start_run(registry, "rbx", token, "invoices");
         assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     }
-    let (runs, after_runs) = keys_and_revision(&etcd, "/bounded", "runs");
+    let (runs, after_runs) = keys_and_revision(&etcd, "/bounded", "runs/0");
     assert_eq!(after_runs - after_beats, 2 * n, "two revisions a run");
     assert_eq!(runs.len(), 1, "only the live run is under runs/: {runs:?}");
-    let (done, _) = keys_and_revision(&etcd, "/bounded", "done");
+    let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
     assert_eq!(done.len(), n as usize);
     let drain = registry
         .unfinished_runs_below(FencingToken(token.0 + 1))
@@ -493,7 +493,7 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     clock.advance(chrono::Duration::days(2));
     let id = start_run(registry, "rbx", token, "invoices");
     assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
-    let (done, _) = keys_and_revision(&etcd, "/bounded", "done");
+    let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
     assert_eq!(done.len(), 1, "only the run inside the window: {done:?}");
     assert_eq!(
         registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap().len(),
@@ -543,9 +543,9 @@ fn finished_runs_of_the_old_layout_are_counted_and_moved_by_the_first_drain() {
             .unwrap()
             .is_empty()
     );
-    let (runs, _) = keys_and_revision(&etcd, "/legacy", "runs");
+    let (runs, _) = keys_and_revision(&etcd, "/legacy", "runs/0");
     assert!(runs.is_empty(), "moved out of runs/: {runs:?}");
-    let (done, _) = keys_and_revision(&etcd, "/legacy", "done");
+    let (done, _) = keys_and_revision(&etcd, "/legacy", "runs/done/");
     assert_eq!(done.len(), 2);
     let stats = registry.run_stats().unwrap();
     assert_eq!(

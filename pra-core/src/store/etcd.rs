@@ -9,18 +9,21 @@
 //! | `P/record`            | the active-site record + journal head/length + last commit id    |
 //! | `P/plan`              | `{"revision": n, "doc": {...}}`                                   |
 //! | `P/journal/<seq>`     | one [`JournalEntry`] (seq zero-padded to 20 digits)               |
-//! | `P/runs/<id>`         | one unfinished [`RunRecord`] (id = the run's lease id, padded)    |
+//! | `P/runs/<id>`         | one unfinished [`RunRecord`] (id = the run's lease id, 20 digits) |
 //! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
-//! | `P/done/<t>/<id>`     | one finished [`RunRecord`], `t` its start (µs, padded): kept for  |
+//! | `P/runs/done/<t>/<id>`| one finished [`RunRecord`], `t` its start (µs, padded): kept for  |
 //! |                       | the history window ([`EtcdOptions::history`]), then deleted       |
-//! | `P/stats/<site>/<job>`| `{"finished": n, "revoked": n}`: every finished run, forever      |
+//! | `P/runs/stats/<site>/<job>` | `{"finished": n, "revoked": n}`: every finished run, forever |
 //! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
 //!
+//! Finished runs and their counters live under `P/runs/` so that the job hosts' etcd role of
+//! earlier versions (read `P/`, write `P/runs/`, `P/alive/`, `P/skips/`) still covers every
+//! write a run makes; the unfinished runs are the keys of `P/runs/` that start with a digit.
 //! Every read of the registry is bounded by what is alive or recent, never by history: a drain
-//! reads `runs/` (the unfinished runs) and `alive/`; metrics read the counters; a report reads
-//! `done/` from the start of its window. A run costs two revisions (start, finish), a skip one,
+//! reads the unfinished runs and `alive/`; metrics read the counters; a report reads
+//! `runs/done/` from the start of its window. A run costs two revisions (start, finish), a skip one,
 //! a heartbeat none (the lease keep-alive is the heartbeat). Finished runs written by earlier
-//! versions under `runs/` are moved to `done/` and counted by the first drain that meets them.
+//! versions under `runs/` are moved to `runs/done/` and counted by the first drain that meets them.
 //! etcd keeps old revisions until it is compacted: run it with
 //! `--auto-compaction-mode=periodic --auto-compaction-retention=1h` (README, "Choosing a store").
 //!
@@ -693,7 +696,9 @@ impl EtcdStore {
     }
 
     fn runs_all_with_revisions(&self, deadline: Instant) -> Result<Vec<(RunRecord, i64)>> {
-        self.range("runs", deadline)?
+        // The keys `runs/<20 digits>` only: `runs/done/` and `runs/stats/` sort after them.
+        let (start, end) = (self.key("runs/0"), self.key("runs/:"));
+        self.range_between("runs", start.into_bytes(), end.into_bytes(), deadline)?
             .iter()
             .map(|kv| {
                 serde_json::from_slice::<RunRecord>(kv.value())
@@ -711,9 +716,9 @@ impl EtcdStore {
         self.key(&format!("alive/{:020}", id.0))
     }
 
-    /// `P/done/<t>/`, `t` a start time in µs since the epoch (before it: 0).
+    /// `P/runs/done/<t>/`, `t` a start time in µs since the epoch (before it: 0).
     fn done_from(&self, t: DateTime<Utc>) -> String {
-        self.key(&format!("done/{:020}/", t.timestamp_micros().max(0)))
+        self.key(&format!("runs/done/{:020}/", t.timestamp_micros().max(0)))
     }
 
     fn done_key(&self, run: &RunRecord) -> String {
@@ -721,7 +726,7 @@ impl EtcdStore {
     }
 
     fn stats_key(&self, site: &SiteId, job: &str) -> String {
-        self.key(&format!("stats/{site}/{job}"))
+        self.key(&format!("runs/stats/{site}/{job}"))
     }
 
     /// Run `id` as stored under `runs/` (finished or not) with its mod_revision.
@@ -813,7 +818,7 @@ impl EtcdStore {
         else {
             return Ok(()); // a window longer than time itself: nothing is old enough
         };
-        let start = self.key("done/");
+        let start = self.key("runs/done/");
         let end = self.done_from(cutoff);
         let oldest = self.retrying("read the oldest finished run", deadline, |mut c| {
             let (start, end) = (start.clone(), end.clone());
@@ -1162,7 +1167,7 @@ impl RunRegistry for EtcdStore {
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
         let deadline = self.deadline();
         let from = self.done_from(since).into_bytes();
-        let end = prefix_end(&self.key("done/"));
+        let end = prefix_end(&self.key("runs/done/"));
         let mut runs: Vec<RunRecord> = self
             .range_between("done", from, end, deadline)?
             .iter()
@@ -1279,7 +1284,7 @@ impl RunRegistry for EtcdStore {
             skips.push((job, site, count.count));
         }
         let mut stats = tally(&runs, &skips);
-        for (site, job, kv) in self.per_job("stats", deadline)? {
+        for (site, job, kv) in self.per_job("runs/stats", deadline)? {
             let f: Finished = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("the run counters", e))?;
             match stats.iter_mut().find(|s| s.job == job && s.site == site) {
