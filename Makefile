@@ -96,7 +96,9 @@ test-go: apt-tools
 ## fresh venvs of the other CPythons here (test-wheel).
 test-python: apt-tools $(VENV_DEPS) wheel
 	$(CARGO) build --bin pra
-	$(PY) -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/pra_failover-*.whl
+	# The distribution was called `pra` before: its per-version extension would shadow the abi3 one.
+	$(PY) -m pip uninstall --quiet --yes pra pra-failover 2>/dev/null || true
+	$(PY) -m pip install --quiet --no-deps $(WHEEL_DIR)/pra_failover-*.whl
 	$(PY) -m mypy.stubtest pra
 	PRA_BIN=$(CURDIR)/target/debug/pra $(PY) -m pytest -q pra-py/tests examples/flask-app/tests
 	pra-py/tests/wheel.sh $(WHEEL_DIR)
