@@ -12,8 +12,37 @@ pub const DEFAULT_CONFIG: &str = "/etc/pra/pra.toml";
 /// The default store when neither the file nor the environment names one.
 pub const DEFAULT_STORE: &str = defaults::STORE;
 
+/// The file's keys, each also settable by `PRA_<KEY>` (upper case): a variable overrides the
+/// file, a flag overrides both. A test keeps this list and [`FileConfig`]'s fields equal.
+pub const KEYS: &[&str] = &[
+    "store",
+    "store_group",
+    "sites",
+    "site",
+    "db",
+    "backup_dir",
+    "table",
+    "backup_interval_seconds",
+    "heartbeat_seconds",
+    "lost_after_seconds",
+    "revoke_grace_seconds",
+    "drain_timeout_seconds",
+    "store_timeout_seconds",
+    "lock_dir",
+    "etcd_ca_file",
+    "etcd_cert_file",
+    "etcd_key_file",
+    "etcd_user",
+    "etcd_password_file",
+];
+
+/// The variable that overrides `key`.
+pub fn env_var(key: &str) -> String {
+    format!("PRA_{}", key.to_ascii_uppercase())
+}
+
 /// The file's keys. Unknown keys are an error: a typo must not silently fall back to a default.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub store: Option<String>,
@@ -98,6 +127,34 @@ pub struct Config {
 }
 
 impl Config {
+    /// The resolved settings under their `pra.toml` keys (what `pra config` prints): every key
+    /// of [`KEYS`], the etcd password never (only where it is read from).
+    pub fn shown(&self) -> serde_json::Value {
+        let secs = |d: Duration| d.num_seconds();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        serde_json::json!({
+            "store": self.store,
+            "store_group": self.store_group,
+            "sites": format!("{},{}", self.topology.primary(), self.topology.secondary()),
+            "site": self.site,
+            "db": self.db.display().to_string(),
+            "backup_dir": self.backup_dir.display().to_string(),
+            "table": self.table,
+            "backup_interval_seconds": secs(self.backup_interval),
+            "heartbeat_seconds": secs(self.heartbeat),
+            "lost_after_seconds": secs(self.lost_after),
+            "revoke_grace_seconds": secs(self.revoke_grace),
+            "drain_timeout_seconds": secs(self.drain_timeout),
+            "store_timeout_seconds": secs(self.store_timeout),
+            "lock_dir": self.lock_dir.display().to_string(),
+            "etcd_ca_file": path(&self.etcd.ca_file),
+            "etcd_cert_file": path(&self.etcd.cert_file),
+            "etcd_key_file": path(&self.etcd.key_file),
+            "etcd_user": self.etcd.user,
+            "etcd_password_file": path(&self.etcd.password_file),
+        })
+    }
+
     /// The drain policy of the configuration, as `pra plan` uses it (it polls every 500 ms; the
     /// drill, which keeps its own clock tight, polls faster).
     pub fn drain_policy(&self) -> pra_core::plan::DrainPolicy {
@@ -113,11 +170,14 @@ impl Config {
     /// Reads the file (an explicitly named file must exist; the default one may be absent) and
     /// applies the overrides.
     pub fn load(o: &Overrides) -> Result<Config> {
-        let file = match &o.config {
-            Some(path) => read(path)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => read(Path::new(DEFAULT_CONFIG))?,
-            None => FileConfig::default(),
+        let text = match &o.config {
+            Some(path) => Some((read(path)?, path.display().to_string())),
+            None if Path::new(DEFAULT_CONFIG).exists() => {
+                Some((read(Path::new(DEFAULT_CONFIG))?, DEFAULT_CONFIG.to_string()))
+            }
+            None => None,
         };
+        let file = with_env(text)?;
         let secs = |v: Option<u32>, default: std::time::Duration, what: &str| -> Result<Duration> {
             match v {
                 Some(0) => Err(Error::InvalidArgument(format!(
@@ -247,7 +307,7 @@ impl Config {
     }
 }
 
-fn read(path: &Path) -> Result<FileConfig> {
+fn read(path: &Path) -> Result<String> {
     // Never a FIFO (it would hang) nor a huge file (read whole): a clear error instead.
     let bytes =
         pra_core::read_regular(path, pra_core::SMALL_FILE_LIMIT).map_err(|e| match e.kind() {
@@ -260,19 +320,74 @@ fn read(path: &Path) -> Result<FileConfig> {
             }
             _ => Error::io("read", path, e),
         })?;
-    let text = String::from_utf8(bytes).map_err(|_| {
+    String::from_utf8(bytes).map_err(|_| {
         Error::InvalidArgument(format!(
             "configuration file {}: not UTF-8 text",
             path.display()
         ))
-    })?;
-    toml::from_str(&text)
-        .map_err(|e| Error::InvalidArgument(format!("configuration file {}: {e}", path.display())))
+    })
+}
+
+/// The file's keys (`text`, named `origin` in errors; none: no file), each overridden by its
+/// `PRA_<KEY>` variable when that is set: numbers for the `*_seconds` keys, text otherwise.
+fn with_env(text: Option<(String, String)>) -> Result<FileConfig> {
+    let (mut table, origin) = match text {
+        Some((text, origin)) => (
+            text.parse::<toml::Table>()
+                .map_err(|e| Error::InvalidArgument(format!("configuration file {origin}: {e}")))?,
+            format!("configuration file {origin}"),
+        ),
+        None => (toml::Table::new(), "the configuration".to_string()),
+    };
+    for key in KEYS {
+        let var = env_var(key);
+        let Some(value) = std::env::var_os(&var) else {
+            continue;
+        };
+        let value = value
+            .into_string()
+            .map_err(|_| Error::InvalidArgument(format!("{var} is not UTF-8")))?;
+        let value = if key.ends_with("_seconds") {
+            let n: u32 = value.trim().parse().map_err(|_| {
+                Error::InvalidArgument(format!("{var}={value:?}: expected a number of seconds"))
+            })?;
+            toml::Value::Integer(i64::from(n))
+        } else {
+            toml::Value::String(value)
+        };
+        table.insert((*key).to_string(), value);
+    }
+    table
+        .try_into()
+        .map_err(|e| Error::InvalidArgument(format!("{origin}: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_has_its_variable_and_keys_is_every_field() {
+        // Every key of KEYS is a field (deny_unknown_fields would refuse one that is not)...
+        let all: String = KEYS
+            .iter()
+            .map(|k| {
+                if k.ends_with("_seconds") {
+                    format!("{k} = 7\n")
+                } else {
+                    format!("{k} = \"x\"\n")
+                }
+            })
+            .collect();
+        let parsed: FileConfig = toml::from_str(&all).unwrap();
+        // ...and every field is in KEYS (all of them set, serialized back: the same keys).
+        let back: toml::Table = toml::Table::try_from(&parsed).unwrap();
+        let mut fields: Vec<&str> = back.keys().map(String::as_str).collect();
+        let mut keys = KEYS.to_vec();
+        fields.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields, keys);
+    }
 
     /// The example's commented etcd TLS keys, uncommented, are keys of this file.
     #[test]

@@ -6,6 +6,7 @@ mod config;
 mod drill;
 mod exit;
 mod follow;
+mod output;
 mod run;
 
 use std::path::PathBuf;
@@ -76,6 +77,15 @@ enum Command {
     /// The fence at the data in PostgreSQL or MySQL/MariaDB: admit this run's token (silent;
     /// exit 6 when a higher one was admitted), or install, read, print it.
     Fence(commands::FenceArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff: `pra man | man -l -`).
+    Man,
+    /// Print the configuration pra resolved (file, PRA_* variables and flags), key by key.
+    Config,
     /// Run a full disaster-recovery drill in a scratch directory and report its KPIs.
     Drill {
         /// Where to run it [default: a new temporary directory].
@@ -126,8 +136,21 @@ fn main() -> ExitCode {
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pra: {e}");
-            ExitCode::from(exit::for_error(&e))
+            let code = exit::for_error(&e);
+            if cli.json {
+                // With --json, the error is a JSON object too (on stderr, as every error).
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                        "kind": e.kind().name(),
+                        "code": code,
+                        "message": e.to_string(),
+                    })
+                );
+            } else {
+                eprintln!("pra: {e}");
+            }
+            ExitCode::from(code)
         }
     }
 }
@@ -141,9 +164,15 @@ fn init_logs(verbose: bool) {
             "warn"
         })
     });
+    // Colours only for a person at a terminal, and never with NO_COLOR set (no-color.org): a
+    // log file, journald or a cron mail gets plain text.
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }
@@ -166,6 +195,38 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Status => commands::status(&cfg()?, &out),
         // Needs no configuration: the database is named on the command line.
         Command::Fence(args) => commands::fence(&out, args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "pra", &mut script);
+            output::stdout(&String::from_utf8_lossy(&script))?;
+            Ok(exit::OK)
+        }
+        Command::Config => {
+            let shown = cfg()?.shown();
+            out.print(&shown, || {
+                shown
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| match v {
+                        serde_json::Value::Null => format!("{k} = (not set)\n"),
+                        serde_json::Value::String(s) => format!("{k} = {s}\n"),
+                        other => format!("{k} = {other}\n"),
+                    })
+                    .collect()
+            })?;
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(|e| Error::io("render", "the manual page", e))?;
+            output::stdout(&String::from_utf8_lossy(&page))?;
+            Ok(exit::OK)
+        }
         // The drill builds its own configuration in its scratch directory.
         Command::Drill {
             dir,

@@ -746,3 +746,225 @@ fn a_store_url_naming_an_application_database_is_refused_and_leaves_it_alone() {
         .unwrap();
     assert_eq!(mode, "delete", "its journal mode is the app's");
 }
+
+/// A CLI that behaves at 3 a.m. (issue 20): what it prints and how it ends when stdout is full
+/// or closed, when stderr is not a terminal, with --json, without $USER.
+#[test]
+fn a_full_stdout_is_an_error_and_a_closed_one_a_quiet_exit() {
+    let e = Env::new();
+    ok(e.on(
+        "rbx",
+        &[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            "0",
+            "--by",
+            "t",
+        ],
+    ));
+    // /dev/full: an I/O error with its message and exit code, never a panic (101).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = e
+        .cmd(None, &["site", "show"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 12, "{}", text(&o));
+    assert!(
+        text(&o).contains("write standard output: No space left on device"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("panicked"));
+    // A reader that goes away: pra ends as coreutils do, by SIGPIPE, silently.
+    for i in 0..200 {
+        let (t, by) = (
+            2 * i + 1,
+            "someone with a long name for a long journal line",
+        );
+        ok(e.pra(&[
+            "site",
+            "deactivate",
+            "--expect-token",
+            &t.to_string(),
+            "--by",
+            by,
+        ]));
+        ok(e.pra(&[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            &(t + 1).to_string(),
+            "--by",
+            by,
+        ]));
+    }
+    let mut child = e
+        .cmd(None, &["journal", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader closes at once
+    let o = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        o.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {}",
+        o.status,
+        text(&o)
+    );
+    assert!(o.stderr.is_empty(), "{}", text(&o));
+}
+
+#[test]
+fn errors_and_logs_are_plain_text_off_a_terminal_and_json_with_json() {
+    let e = Env::with_store("redis://nowhere");
+    let o = e
+        .cmd(None, &["site", "show"])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3);
+    assert!(
+        !text(&o).contains('\u{1b}'),
+        "ANSI escapes off a terminal: {}",
+        text(&o)
+    );
+    let o = e.pra(&["--json", "site", "show"]);
+    assert_eq!(code(&o), 3);
+    let err: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(err["kind"], "invalid_argument");
+    assert_eq!(err["code"], 3);
+    assert!(err["message"].as_str().unwrap().contains("redis://nowhere"));
+    // Text output never shows Rust's Debug forms.
+    let e = Env::new();
+    for args in [&["site", "show"][..], &["config"], &["check"]] {
+        let o = e.on("rbx", args);
+        for debug in ["Some(", "None", "SiteId(", "FencingToken(", "Duration {"] {
+            assert!(
+                !text(&o).contains(debug),
+                "{args:?} shows {debug}: {}",
+                text(&o)
+            );
+        }
+    }
+}
+
+#[test]
+fn site_show_names_the_store_and_changes_are_signed_without_user() {
+    let e = Env::new();
+    let o = ok(e.pra(&["site", "show"]));
+    assert!(
+        text(&o).contains(&format!("store: {}", e.store)),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        json(&ok(e.pra(&["--json", "site", "show"])))["store"],
+        e.store.as_str()
+    );
+    // cron and systemd give no $USER: the journal still names someone.
+    let o = e
+        .cmd(None, &["site", "activate", "rbx", "--expect-token", "0"])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    ok(o);
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let who = json(&ok(e.pra(&["--json", "site", "show"])))["changed_by"].clone();
+    let who = who.as_str().unwrap();
+    assert!(
+        who == "root" || who == format!("uid {uid}") || !who.is_empty() && who != "unknown",
+        "{who}"
+    );
+    let o = e
+        .cmd(None, &["site", "deactivate", "--expect-token", "1"])
+        .env_remove("USER")
+        .env("SUDO_USER", "alice")
+        .output()
+        .unwrap();
+    ok(o);
+    assert_eq!(
+        json(&ok(e.pra(&["--json", "site", "show"])))["changed_by"],
+        "alice"
+    );
+}
+
+#[test]
+fn every_configuration_key_is_overridden_by_its_variable() {
+    let e = Env::new();
+    let keys: Vec<String> = json(&ok(e.pra(&["--json", "config"])))
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(keys.len() >= 19, "{keys:?}");
+    for key in &keys {
+        let var = format!("PRA_{}", key.to_uppercase());
+        let value = if key.ends_with("_seconds") {
+            "4242"
+        } else {
+            "/from/env"
+        };
+        let value = match key.as_str() {
+            "sites" => "par,lyo",
+            "store" => "sqlite:///from/env.db",
+            "table" => "from_env",
+            // Within the timing inequality the configuration checks (grace + heartbeat +
+            // store timeout < lost_after; the file sets 1, 1, 1 and 5).
+            "heartbeat_seconds" | "revoke_grace_seconds" | "store_timeout_seconds" => "2",
+            "lost_after_seconds" => "9",
+            _ => value,
+        };
+        let mut c = e.cmd(None, &["--json", "config"]);
+        if key == "site" {
+            c.env_remove("PRA_SITE");
+        }
+        let o = c.env(&var, value).output().unwrap();
+        let shown = json(&ok(o));
+        let got = match &shown[key] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        assert_eq!(got, value, "{var} did not set {key}");
+    }
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_parser() {
+    let e = Env::new();
+    let bash = ok(e.pra(&["completions", "bash"]));
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&bash.stdout)?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(check.success());
+    assert!(text(&bash).contains("fence") && text(&bash).contains("--expect-token"));
+    for shell in ["zsh", "fish"] {
+        assert!(!ok(e.pra(&["completions", shell])).stdout.is_empty());
+    }
+    let man = ok(e.pra(&["man"]));
+    assert!(
+        text(&man).starts_with(".ie") || text(&man).contains(".TH pra 1"),
+        "{}",
+        &text(&man)[..200]
+    );
+}

@@ -141,6 +141,26 @@ pub enum ErrorKind {
     Internal,
 }
 
+impl ErrorKind {
+    /// The kind's name in machine-readable output (`pra --json` errors): snake_case.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Refused => "refused",
+            ErrorKind::StaleToken => "stale_token",
+            ErrorKind::InvalidTransition => "invalid_transition",
+            ErrorKind::Busy => "busy",
+            ErrorKind::StoreUnavailable => "store_unavailable",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Io => "io",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 impl Error {
     /// The kind of this error.
     pub fn kind(&self) -> ErrorKind {

@@ -108,7 +108,7 @@ pub fn backup(cfg: &Config, out: &Out) -> Result<u8, Error> {
             m.map_or(0, |m| m.duration_ms),
             m.map_or("-", |m| &m.sha256[..16])
         )
-    });
+    })?;
     Ok(exit::OK)
 }
 
@@ -139,7 +139,7 @@ pub fn backups(cfg: &Config, out: &Out) -> Result<u8, Error> {
                 )
             })
             .collect()
-    });
+    })?;
     Ok(exit::OK)
 }
 
@@ -180,7 +180,7 @@ pub fn prune(cfg: &Config, out: &Out, a: &PruneArgs) -> Result<u8, Error> {
             }
         ));
         s
-    });
+    })?;
     Ok(exit::OK)
 }
 
@@ -212,7 +212,7 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
                 ));
             }
             s
-        });
+        })?;
         return Ok(exit::OK);
     }
     let opts = restore::Options {
@@ -229,6 +229,6 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
                 p.display()
             ))
         )
-    });
+    })?;
     Ok(exit::OK)
 }

@@ -40,7 +40,7 @@ pub struct FenceArgs {
 /// be used — fail closed), or installs, reads or prints it.
 pub fn fence(out: &Out, args: &FenceArgs) -> Result<u8, Error> {
     if let Some(db) = &args.sql {
-        print!("{}", Dialect::parse(db)?.install_script());
+        crate::output::stdout(&Dialect::parse(db)?.install_script())?;
         return Ok(exit::OK);
     }
     let server = match (&args.pg, &args.mysql) {
@@ -65,7 +65,7 @@ pub fn fence(out: &Out, args: &FenceArgs) -> Result<u8, Error> {
         out.print(
             &serde_json::json!({ "highest": highest.map(|t| t.0) }),
             || highest.map_or("not installed".into(), |t| t.to_string()),
-        );
+        )?;
         return Ok(exit::OK);
     }
     let token = args.token.ok_or_else(|| {

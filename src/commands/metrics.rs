@@ -137,6 +137,6 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
             );
         }
     }
-    print!("{m}");
+    crate::output::stdout(&m)?;
     Ok(exit::OK)
 }

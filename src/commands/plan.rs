@@ -3,7 +3,7 @@
 
 use pra_core::plan::{self, Applied, Event, EventKind, Needs, Runner};
 use pra_core::store::Store;
-use pra_core::{Actor, Error, SystemClock};
+use pra_core::{Error, SystemClock};
 
 use super::{Out, Who, site_name};
 use crate::config::Config;
@@ -131,12 +131,12 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
                     }
                     s
                 },
-            );
+            )?;
             return Ok(exit::OK);
         }
         PlanCmd::Report => return plan_report(cfg, out, &*store),
     };
-    let actor = Actor::new(&who.by, &who.reason)?;
+    let actor = who.actor()?;
     let applied = if wait {
         runner.drain(&actor)?
     } else {
@@ -160,7 +160,7 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
                     record.token
                 )
             },
-        ),
+        )?,
         Applied::AlreadyApplied { step } => {
             out.print(&serde_json::json!({"already_applied": step}), || {
                 format!(
@@ -170,7 +170,7 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
                     step.from,
                     step.to
                 )
-            })
+            })?
         }
     }
     Ok(exit::OK)
@@ -179,6 +179,6 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
 /// Prints the KPI report of the last plan (pra-core gathers it).
 fn plan_report(cfg: &Config, out: &Out, store: &dyn Store) -> Result<u8, Error> {
     let r = plan::report::build(store, &cfg.backup_dir, cfg.lost_after, &SystemClock)?;
-    out.print(&r, || r.table());
+    out.print(&r, || r.table())?;
     Ok(exit::OK)
 }

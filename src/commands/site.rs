@@ -2,7 +2,7 @@
 //! audited.
 
 use pra_core::store::JournalEvent;
-use pra_core::{Actor, Error, FencingToken, SiteChange, SystemClock, Verdict};
+use pra_core::{Error, FencingToken, SiteChange, SystemClock, Verdict};
 
 use super::{Out, Who, site_name};
 use crate::config::Config;
@@ -52,7 +52,7 @@ pub fn check(cfg: &Config, out: &Out) -> Result<u8, Error> {
                 site_name(active.as_ref())
             )
         }
-    });
+    })?;
     Ok(if verdict.may_run() {
         exit::OK
     } else {
@@ -79,7 +79,7 @@ pub fn site(cfg: &Config, out: &Out, cmd: &SiteCmd) -> Result<u8, Error> {
                 &SystemClock,
                 &cfg.topology.site(site)?,
                 FencingToken(*expect_token),
-                &Actor::new(&who.by, &who.reason)?,
+                &who.actor()?,
                 &pra_core::run::ActivateOptions {
                     wait: !no_wait,
                     timeout: std(cfg.drain_timeout),
@@ -104,12 +104,16 @@ pub fn site(cfg: &Config, out: &Out, cmd: &SiteCmd) -> Result<u8, Error> {
             SiteChange::Deactivate {
                 expect: FencingToken(*expect_token),
             },
-            &Actor::new(&who.by, &who.reason)?,
+            &who.actor()?,
         )?,
     };
-    out.print(&record, || {
+    // The store read goes with the answer: two hosts that disagree usually read two stores.
+    let mut shown = serde_json::to_value(&record).map_err(|e| Error::Internal(e.to_string()))?;
+    shown["store"] = serde_json::Value::from(store.url());
+    out.print(&shown, || {
         format!(
-            "active site: {}  token: {}  changed {} by {}{}",
+            "store: {}\nactive site: {}  token: {}  changed {} by {}{}",
+            store.url(),
             site_name(record.site.as_ref()),
             record.token,
             record.changed_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -120,7 +124,7 @@ pub fn site(cfg: &Config, out: &Out, cmd: &SiteCmd) -> Result<u8, Error> {
                 format!(" ({})", record.reason)
             }
         )
-    });
+    })?;
     Ok(exit::OK)
 }
 
@@ -134,7 +138,7 @@ pub fn journal(cfg: &Config, out: &Out, verify: bool) -> Result<u8, Error> {
                 "journal intact: {} entries, head {}",
                 check.entries, check.head
             )
-        });
+        })?;
         return Ok(exit::OK);
     }
     let entries = store.journal()?;
@@ -151,7 +155,7 @@ pub fn journal(cfg: &Config, out: &Out, verify: bool) -> Result<u8, Error> {
                 )
             })
             .collect()
-    });
+    })?;
     Ok(exit::OK)
 }
 

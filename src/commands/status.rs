@@ -48,7 +48,7 @@ pub fn status(cfg: &Config, out: &Out) -> Result<u8, Error> {
             t.push_str(&format!("problem: {p}\n"));
         }
         t
-    });
+    })?;
     Ok(if failing {
         exit::STATUS_FAILING
     } else {

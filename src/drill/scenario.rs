@@ -275,16 +275,15 @@ pub fn run(
     drill.write(&dir, &md)?;
     d.bar.finish_and_clear();
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&drill).map_err(|e| Error::Internal(e.to_string()))?
-        );
+        crate::output::line(
+            &serde_json::to_string_pretty(&drill).map_err(|e| Error::Internal(e.to_string()))?,
+        )?;
     } else {
-        println!("{md}");
-        println!(
+        crate::output::line(&md)?;
+        crate::output::line(&format!(
             "report: {} and report.json",
             dir.join("report.md").display()
-        );
+        ))?;
     }
     Ok(if drill.passed {
         exit::OK
