@@ -37,7 +37,7 @@ pub struct FollowArgs {
     pub verbose: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration, Error> {

@@ -71,7 +71,7 @@ pub struct RunArgs {
     pub strict_containment: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }
 
 fn validate_job(job: &str) -> pra_core::Result<()> {

@@ -968,3 +968,32 @@ fn completions_and_the_man_page_are_generated_from_the_parser() {
         &text(&man)[..200]
     );
 }
+
+#[test]
+fn run_passes_arguments_that_are_not_utf8_unchanged() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = Env::new();
+    ok(e.on(
+        "rbx",
+        &[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            "0",
+            "--by",
+            "t",
+        ],
+    ));
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9 \xff");
+    let o = e
+        .cmd(
+            Some("rbx"),
+            &["run", "--job", "bytes", "--", "printf", "%s"],
+        )
+        .arg(latin1)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.stdout, b"caf\xe9 \xff");
+}

@@ -120,6 +120,18 @@ impl Topology {
 
     /// `name` as one of the configured sites, or an [`Error::InvalidArgument`] naming the
     /// configured ones.
+    /// The sites of the front ends that have no configuration file (the C library, the Python
+    /// module): `PRA_SITES` when set ("primary,secondary"), else [`crate::defaults::SITES`] —
+    /// the same default as the command line's.
+    pub fn from_env() -> Result<Topology> {
+        match std::env::var("PRA_SITES") {
+            Ok(sites) if !sites.trim().is_empty() => Topology::parse(&sites),
+            _ => Topology::parse(crate::defaults::SITES),
+        }
+    }
+
+    /// `name` if it is one of the two sites, else [`Error::InvalidArgument`] naming them: a
+    /// misspelt site is an error, never a site that is merely standby.
     pub fn site(&self, name: &str) -> Result<SiteId> {
         let id = SiteId::new(name)?;
         if self.sites().contains(&&id) {

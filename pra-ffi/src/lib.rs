@@ -339,7 +339,7 @@ pub unsafe extern "C" fn pra_run_start(
         if out.is_null() {
             return Err(null_out("out"));
         }
-        let site = SiteId::new(site)?;
+        let site = pra_core::Topology::from_env()?.site(site)?;
         match pra_core::run::Registered::start(st.inner.clone(), &site, job, st.timings)? {
             pra_core::run::Started::Admitted(run) => {
                 let handle = Box::into_raw(Box::new(pra_run { inner: Some(run) }));
@@ -517,7 +517,7 @@ pub unsafe extern "C" fn pra_guard_check(
         if out.is_null() {
             return Err(null_out("out"));
         }
-        let site = SiteId::new(site)?;
+        let site = pra_core::Topology::from_env()?.site(site)?;
         let verdict = pra_core::check(store, &site)?;
         let (v, r) = match &verdict {
             Verdict::Run { token } => (
@@ -631,7 +631,7 @@ pub unsafe extern "C" fn pra_activate(
         let (record, _) = pra_core::run::activate(
             &*st.inner,
             &SystemClock,
-            &SiteId::new(site)?,
+            &pra_core::Topology::from_env()?.site(site)?,
             FencingToken(expect_token),
             &Actor::new(by, reason)?,
             &pra_core::run::ActivateOptions {

@@ -271,7 +271,7 @@ impl Store {
         force: bool,
     ) -> PraResult<ActiveSite> {
         let a = actor(&by, &reason)?;
-        let site = SiteId::new(&site)?;
+        let site = pra_core::Topology::from_env()?.site(&site)?;
         let timeout = match drain_timeout {
             Some(t) => seconds(t, "drain_timeout", ">= 0")?,
             None => self.opts.lost_after * 2,
@@ -373,7 +373,7 @@ impl Guard {
             .transpose()?;
         Ok(Guard {
             store: store.unbind(),
-            site: SiteId::new(site)?,
+            site: pra_core::Topology::from_env()?.site(site)?,
             job,
             timings: pra_core::run::Timings::in_process(lost_after, timeout, heartbeat),
             run: None,
@@ -509,7 +509,7 @@ impl Follower {
         let timings = pra_core::run::Timings::in_process(lost_after, timeout, heartbeat);
         let inner = pra_core::run::Follower::new(
             store.get().inner()?,
-            SiteId::new(site)?,
+            pra_core::Topology::from_env()?.site(site)?,
             &job,
             timings,
             poll,

@@ -569,3 +569,16 @@ def test_follower_works_only_while_the_site_holds_the_role(tmp_path):
         lock = tmp_path / "pra-status.lock"
         lock.write_text("ACTIVE_SITE=RBX\n")
         pra.Follower(pra.Store(f"file://{lock}"), "rbx", job="worker")
+
+
+def test_a_misspelt_site_is_an_error_not_standby(tmp_path, monkeypatch):
+    store = pra.Store(f"sqlite://{tmp_path}/state.db")
+    with pytest.raises(pra.InvalidArgumentError, match='unknown site "rxb"'):
+        pra.Guard(store, "rxb", job="j").check()
+    with pytest.raises(pra.InvalidArgumentError, match="unknown site"):
+        store.activate("rxb", expect_token=0, by="t")
+    # The two sites are PRA_SITES when set, as for the command line.
+    monkeypatch.setenv("PRA_SITES", "par,lyo")
+    assert not pra.Guard(store, "par", job="j").check().may_run
+    with pytest.raises(pra.InvalidArgumentError, match="par"):
+        pra.Guard(store, "rbx", job="j").check()

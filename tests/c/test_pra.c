@@ -70,6 +70,9 @@ static void test_error_object(void) {
   EXPECT(pra_guard_check_e(s, NULL, &v, err), PRA_RESULT_INVALID_ARGUMENT);
   CHECK(strstr(pra_error_message(err), "site is NULL") != NULL);
   EXPECT(pra_guard_check_e(s, "rbx", &v, NULL), PRA_RESULT_STANDBY); /* NULL err: as without */
+  /* A misspelt site is an error naming the sites (PRA_SITES, else rbx,sbg), never "standby". */
+  EXPECT(pra_guard_check_e(s, "rxb", &v, err), PRA_RESULT_INVALID_ARGUMENT);
+  CHECK(strstr(pra_error_message(err), "unknown site \"rxb\"") != NULL);
   pra_store_free(s);
   CHECK(pra_error_result(NULL) == PRA_RESULT_OK && strcmp(pra_error_message(NULL), "") == 0);
   pra_error_free(err);

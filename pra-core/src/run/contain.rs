@@ -106,8 +106,9 @@ pub enum Request {
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// The command and its arguments (`argv[0]` is looked up in `PATH` when it has no `/`).
-    pub argv: Vec<String>,
+    /// The command and its arguments (`argv[0]` is looked up in `PATH` when it has no `/`),
+    /// bytes as given: arguments need not be UTF-8.
+    pub argv: Vec<std::ffi::OsString>,
     /// Variables added to the wrapper's environment.
     pub env: Vec<(String, String)>,
     /// A descriptor every process of the run inherits (the `--no-overlap` lock), so that it is
@@ -227,7 +228,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Looks `program` up the way `execvp` would, before forking (the child must not allocate).
-fn resolve(program: &str) -> Result<PathBuf> {
+fn resolve(program: &std::ffi::OsStr) -> Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let not_found = || {
         Error::io(
@@ -239,7 +240,7 @@ fn resolve(program: &str) -> Result<PathBuf> {
     if program.is_empty() {
         return Err(not_found());
     }
-    if program.contains('/') {
+    if std::os::unix::ffi::OsStrExt::as_bytes(program).contains(&b'/') {
         return Ok(PathBuf::from(program));
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());

@@ -117,7 +117,7 @@ pub enum FollowEvent {
 pub fn follow(
     open: &dyn Fn() -> Result<Box<dyn Store>>,
     site: &SiteId,
-    command: &[String],
+    command: &[std::ffi::OsString],
     opts: &FollowOptions,
     control: &dyn Fn() -> Option<Control>,
     on_event: &mut dyn FnMut(FollowEvent),

@@ -156,7 +156,7 @@ impl RunEnd {
 pub fn supervise(
     store: &dyn Store,
     site: &SiteId,
-    command: &[String],
+    command: &[std::ffi::OsString],
     opts: &RunOptions,
     control: &dyn Fn() -> Option<Control>,
     on_event: &mut dyn FnMut(RunEvent),
