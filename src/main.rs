@@ -63,7 +63,7 @@ enum Command {
         verify: bool,
     },
     /// Prometheus metrics, for node_exporter's textfile collector.
-    Metrics,
+    Metrics(commands::MetricsArgs),
     /// Take a consistent, verified backup of the database.
     Backup,
     /// List the backups, newest first.
@@ -187,7 +187,7 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Site(cmd) => commands::site(&cfg()?, &out, cmd),
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
         Command::Journal { verify } => commands::journal(&cfg()?, &out, *verify),
-        Command::Metrics => commands::metrics(&cfg()?),
+        Command::Metrics(args) => commands::metrics(&cfg()?, args),
         Command::Backup => commands::backup(&cfg()?, &out),
         Command::Backups => commands::backups(&cfg()?, &out),
         Command::Prune(args) => commands::prune(&cfg()?, &out, args),

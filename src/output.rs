@@ -30,3 +30,33 @@ pub fn stdout(text: &str) -> Result<(), Error> {
 pub fn line(text: &str) -> Result<(), Error> {
     stdout(&format!("{text}\n"))
 }
+
+/// Writes `text` to `path` atomically, readable by all (0644: node_exporter runs as its own
+/// user): a temporary file beside it, fsynced, renamed over it, the directory fsynced.
+pub fn write_file_atomic(path: &std::path::Path, text: &str) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("{} is not a file name", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("write", path, e)
+    })
+}

@@ -332,8 +332,8 @@ fn run_only_on_the_active_site_with_its_token() {
         "pra_active_site{site=\"rbx\"} 1",
         "pra_fencing_token 1",
         "pra_site_active{site=\"rbx\"} 1",
-        "pra_runs_started_total{job=\"invoices\",site=\"rbx\"} 1",
-        "pra_runs_skipped_total{job=\"invoices\",site=\"sbg\"} 3",
+        "pra_runs_started_total{pra_job=\"invoices\",site=\"rbx\"} 1",
+        "pra_runs_skipped_total{pra_job=\"invoices\",site=\"sbg\"} 3",
         "pra_plan_state{state=\"normal\"} 1",
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
@@ -996,4 +996,71 @@ fn run_passes_arguments_that_are_not_utf8_unchanged() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert_eq!(o.stdout, b"caf\xe9 \xff");
+}
+
+/// Metrics by the conventions of Prometheus exporters (issue 20): `pra_job`, not `job`; times as
+/// timestamps; `pra_store_up 0` written (atomically, to --output) when the store is down, with
+/// the store's exit code.
+#[test]
+fn metrics_follow_the_exporter_conventions_and_say_when_the_store_is_down() {
+    let e = Env::new();
+    ok(e.on(
+        "rbx",
+        &[
+            "site",
+            "activate",
+            "rbx",
+            "--expect-token",
+            "0",
+            "--by",
+            "t",
+        ],
+    ));
+    ok(e.on("rbx", &["run", "--job", "invoices", "--", "true"]));
+    let file = e.path("pra.prom");
+    let f = file.to_str().unwrap();
+    ok(e.on("rbx", &["metrics", "--output", f]));
+    let m = std::fs::read_to_string(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    for line in [
+        "pra_store_up 1",
+        "pra_runs_started_total{pra_job=\"invoices\",site=\"rbx\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+    assert!(
+        !m.contains("{job="),
+        "a job label becomes exported_job: {m}"
+    );
+    let changed = m
+        .lines()
+        .find_map(|l| l.strip_prefix("pra_active_site_changed_timestamp_seconds "))
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    assert!((now - changed.parse::<i64>().unwrap()).abs() < 60, "{m}");
+    // Every sample has its HELP and TYPE.
+    for l in m.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(m.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+    }
+    // The store is gone: the file still says so, and pra exits 9.
+    let o = Env::with_store("sqlite:///nonexistent-dir/state.db")
+        .on("rbx", &["metrics", "--output", f]);
+    assert_eq!(code(&o), 9, "{}", text(&o));
+    let m = std::fs::read_to_string(&file).unwrap();
+    assert!(m.lines().any(|l| l == "pra_store_up 0"), "{m}");
+    assert!(
+        !m.contains("pra_active_site{"),
+        "nothing the store would have said: {m}"
+    );
+    let tmp: Vec<_> = std::fs::read_dir(e.dir.path())
+        .unwrap()
+        .filter_map(|d| d.ok())
+        .filter(|d| d.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "no temporary file left");
 }

@@ -1041,7 +1041,7 @@ impl Env {
 
     fn metric(&self, name: &str, site: &str) -> u64 {
         let o = self.ok(&["metrics"]);
-        let want = format!("{name}{{job=\"w\",site=\"{site}\"}} ");
+        let want = format!("{name}{{pra_job=\"w\",site=\"{site}\"}} ");
         String::from_utf8_lossy(&o.stdout)
             .lines()
             .find_map(|l| l.strip_prefix(&want)?.parse().ok())

@@ -1,4 +1,9 @@
-//! `pra metrics`: the Prometheus text exposition for node_exporter's textfile collector.
+//! `pra metrics`: the Prometheus text exposition for node_exporter's textfile collector, by the
+//! conventions of Prometheus exporters: our job label is `pra_job` (a `job` label would become
+//! `exported_job` behind node_exporter), times are `*_timestamp_seconds` gauges (an age frozen
+//! in a stale textfile would look fresh), `pra_store_up` says whether the store answered.
+
+use std::path::PathBuf;
 
 use chrono::Utc;
 use pra_core::backup;
@@ -8,13 +13,59 @@ use pra_core::{Error, SiteId};
 use crate::config::Config;
 use crate::exit;
 
-/// Prints the metrics in the Prometheus text format. A store that keeps no plan state gives no
-/// `pra_plan_state`; no verified backup gives no `pra_last_backup_age_seconds`.
-pub fn metrics(cfg: &Config) -> Result<u8, Error> {
+/// `pra metrics` options.
+#[derive(clap::Args, Debug)]
+pub struct MetricsArgs {
+    /// Write the metrics to FILE atomically (written beside it, then renamed over it: the
+    /// textfile collector never reads half a file) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+/// Prints (or writes) the metrics in the Prometheus text format. When the store cannot be read
+/// the metrics still go out, with `pra_store_up 0` and without what the store would have
+/// said, and pra exits with the store's error code (9). A store that keeps no plan state gives
+/// no `pra_plan_state`; no verified backup gives no `pra_last_backup_timestamp_seconds`.
+pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
+    let mut m = String::new();
+    let failed = collect(cfg, &mut m).err();
+    let ok = failed.is_none();
+    let mut up = String::new();
+    up.push_str("# HELP pra_store_up 1 if the store answered, 0 if it could not be read.\n");
+    up.push_str(&format!(
+        "# TYPE pra_store_up gauge\npra_store_up {}\n",
+        u8::from(ok)
+    ));
+    up.push_str(
+        "# HELP pra_metrics_timestamp_seconds When these metrics were taken (Unix time).\n",
+    );
+    up.push_str(&format!(
+        "# TYPE pra_metrics_timestamp_seconds gauge\npra_metrics_timestamp_seconds {}\n",
+        Utc::now().timestamp()
+    ));
+    if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
+        up.push_str("# HELP pra_last_backup_timestamp_seconds When the newest verified backup was taken (Unix time).\n");
+        up.push_str(&format!(
+            "# TYPE pra_last_backup_timestamp_seconds gauge\npra_last_backup_timestamp_seconds {}\n",
+            latest.id.time.timestamp()
+        ));
+    }
+    let text = format!("{up}{m}");
+    match &args.output {
+        Some(path) => crate::output::write_file_atomic(path, &text)?,
+        None => crate::output::stdout(&text)?,
+    }
+    match failed {
+        None => Ok(exit::OK),
+        Some(e) => Err(e),
+    }
+}
+
+/// The metrics that come from the store, appended to `m`.
+fn collect(cfg: &Config, m: &mut String) -> Result<(), Error> {
     let store = cfg.open_store()?;
     let record = store.load()?;
     let site = cfg.this_site().ok();
-    let mut m = String::new();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, String)>| {
         m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
         for (labels, value) in samples {
@@ -49,6 +100,12 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
         "The active-site record's fencing token.",
         "gauge",
         vec![(String::new(), record.token.to_string())],
+    );
+    metric(
+        "pra_active_site_changed_timestamp_seconds",
+        "When the active-site record last changed (Unix time): with pra_active_site{site=\"none\"}, how long no site has been active.",
+        "gauge",
+        vec![(String::new(), record.changed_at.timestamp().to_string())],
     );
     if let Some(site) = &site {
         let active = record.site.as_ref() == Some(site);
@@ -99,20 +156,11 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
                 .iter()
                 .map(|s| {
                     (
-                        label(&[("job", &s.job), ("site", s.site.as_str())]),
+                        label(&[("pra_job", &s.job), ("site", s.site.as_str())]),
                         get(s).to_string(),
                     )
                 })
                 .collect(),
-        );
-    }
-    if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
-        let age = (Utc::now() - latest.id.time).num_seconds();
-        metric(
-            "pra_last_backup_age_seconds",
-            "Age of the newest verified backup.",
-            "gauge",
-            vec![(String::new(), age.to_string())],
         );
     }
     if let Some(plans) = store.plans() {
@@ -137,6 +185,5 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
             );
         }
     }
-    crate::output::stdout(&m)?;
-    Ok(exit::OK)
+    Ok(())
 }

@@ -11,7 +11,7 @@ mod status;
 
 pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
 pub use fence::{FenceArgs, fence};
-pub use metrics::metrics;
+pub use metrics::{MetricsArgs, metrics};
 pub use plan::{PlanCmd, plan};
 pub use site::{SiteCmd, check, journal, site};
 pub use status::status;
