@@ -561,3 +561,32 @@ fn finished_runs_of_the_old_layout_are_counted_and_moved_by_the_first_drain() {
         2
     );
 }
+
+/// The compaction probe behind the warning of drains and metrics: a cluster that still keeps
+/// its first revision answers with its current revision, and once compacted, with none.
+#[test]
+fn the_compaction_probe_sees_whether_etcd_still_keeps_its_first_revision() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/compacted", Duration::from_secs(5));
+    activate(&store, "rbx");
+    let (_, revision) = keys_and_revision(&etcd, "/compacted", "record");
+    assert_eq!(store.uncompacted_revisions().unwrap(), Some(revision));
+    etcd.admin(async move |c| {
+        c.compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await?;
+        Ok(())
+    });
+    assert_eq!(store.uncompacted_revisions().unwrap(), None);
+    // The store keeps working on a compacted cluster, and the drain's probe says nothing.
+    assert!(
+        store
+            .registry()
+            .unwrap()
+            .unfinished_runs_below(FencingToken(99))
+            .unwrap()
+            .is_empty()
+    );
+}
