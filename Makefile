@@ -228,3 +228,11 @@ nemesis-broken: apt-tools
 	python3 tests/nemesis/campaign.py --minutes 1.5 --stores sqlite,etcd1 --expect-anomaly \
 	  --fault-interval 8 \
 	  $(NEMESIS_SEED_ARG) --pra target/broken/debug/pra --out target/nemesis-broken
+
+# The etcd growth table of issue 19 (benches/scale_etcd.py: its own etcd, 0 / 100 k / 1 M runs
+# of history loaded as pra leaves them; about 3 minutes and 0.5 GB of scratch disk).
+# SIZES=0,1000 for a short run.
+.PHONY: bench-scale-etcd
+bench-scale-etcd:
+	cargo build --bin pra
+	python3 benches/scale_etcd.py
