@@ -443,7 +443,7 @@ fn start_run(
     }
 }
 
-/// The year-in-production issue on etcd: a run costs two revisions, a heartbeat none; a
+/// The year-in-production issue on etcd: a run costs two revisions, a skip one, a heartbeat none; a
 /// finished run leaves no `runs/<id>` key (what a drain reads) and is counted in `runs/stats/`;
 /// finished runs older than the history window are deleted as runs finish, their counts kept.
 #[test]
@@ -472,6 +472,10 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     let (_, after_beats) = keys_and_revision(&etcd, "/bounded", "runs/0");
     assert_eq!(after_start - before, 1, "a start is one revision");
     assert_eq!(after_beats, after_start, "heartbeats cost no revision");
+    registry.note_skip("invoices", &site("sbg")).unwrap();
+    let (_, after_skip) = keys_and_revision(&etcd, "/bounded", "runs/0");
+    assert_eq!(after_skip - after_beats, 1, "a skip is one revision");
+    let after_beats = after_skip;
     let n = 20;
     for _ in 0..n {
         let id = start_run(registry, "rbx", token, "invoices");
