@@ -153,6 +153,12 @@ def main():
             load(prefix, n, template)
             print(f"{n} runs loaded in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             sizes.append((n, db_size()))
+            # pra must count what was loaded as its own (the template run included).
+            metrics = subprocess.run([PRA, "metrics"], env=env, check=True, capture_output=True,
+                                     text=True).stdout
+            started = sum(int(line.split()[-1]) for line in metrics.splitlines()
+                          if line.startswith("pra_runs_started_total"))
+            assert started == n + 1, f"pra counts {started} runs, {n + 1} were made"
             sbg = dict(env, PRA_SITE="sbg")
             row = {
                 "check": best(["check"], env),
