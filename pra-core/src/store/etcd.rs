@@ -39,7 +39,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -101,6 +101,9 @@ pub struct EtcdStore {
     opts: EtcdOptions,
     /// `etcd user NAME` when a user is configured: recorded in every change's `changed_by`.
     identity: Option<String>,
+    /// Whether this store already probed etcd's compaction: once a process is enough (a
+    /// waiting drain reads the registry on every poll).
+    compaction_probed: AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -472,6 +475,7 @@ impl EtcdStore {
             clock,
             identity: opts.security.identity(),
             opts,
+            compaction_probed: AtomicBool::new(false),
         })
     }
 
@@ -671,8 +675,12 @@ impl EtcdStore {
     /// Warns when etcd evidently is not compacted — more than [`UNCOMPACTED_WARN_AFTER`]
     /// revisions and the first still readable — since the database then grows with every
     /// run until its space quota stops all writes. Run on the drain and on metrics (not on
-    /// every `pra run`); a failed probe is left to the call's own reads to report.
+    /// every `pra run`), once per store; a failed probe is left to the call's own reads to
+    /// report.
     fn warn_if_uncompacted(&self) {
+        if self.compaction_probed.swap(true, Ordering::Relaxed) {
+            return;
+        }
         match self.uncompacted_revisions() {
             Ok(Some(revision)) if revision > UNCOMPACTED_WARN_AFTER => tracing::warn!(
                 store = %self.url,
