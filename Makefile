@@ -65,7 +65,7 @@ install: libpra
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short
+test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short bench-scale-etcd-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
@@ -228,3 +228,17 @@ nemesis-broken: apt-tools
 	python3 tests/nemesis/campaign.py --minutes 1.5 --stores sqlite,etcd1 --expect-anomaly \
 	  --fault-interval 8 \
 	  $(NEMESIS_SEED_ARG) --pra target/broken/debug/pra --out target/nemesis-broken
+
+# The etcd growth table of issue 19 (benches/scale_etcd.py: its own etcd, 0 / 100 k / 1 M runs
+# of history loaded as pra leaves them; about 3 minutes and 0.5 GB of scratch disk).
+# SIZES=0,1000 for a short run.
+# bench-scale-etcd-short (in make test, a few seconds): 1 000 runs, so that the loader keeps
+# up with the key layout — the drain, metrics and failover must succeed on what it loads.
+.PHONY: bench-scale-etcd bench-scale-etcd-short
+bench-scale-etcd:
+	$(CARGO) build --bin pra
+	python3 benches/scale_etcd.py
+
+bench-scale-etcd-short: apt-tools
+	$(CARGO) build --bin pra
+	SIZES=0,1000 python3 benches/scale_etcd.py

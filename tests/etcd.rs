@@ -443,7 +443,7 @@ fn start_run(
     }
 }
 
-/// The year-in-production issue on etcd: a run costs two revisions, a heartbeat none; a
+/// The year-in-production issue on etcd: a run costs two revisions, a skip one, a heartbeat none; a
 /// finished run leaves no `runs/<id>` key (what a drain reads) and is counted in `runs/stats/`;
 /// finished runs older than the history window are deleted as runs finish, their counts kept.
 #[test]
@@ -472,6 +472,10 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     let (_, after_beats) = keys_and_revision(&etcd, "/bounded", "runs/0");
     assert_eq!(after_start - before, 1, "a start is one revision");
     assert_eq!(after_beats, after_start, "heartbeats cost no revision");
+    registry.note_skip("invoices", &site("sbg")).unwrap();
+    let (_, after_skip) = keys_and_revision(&etcd, "/bounded", "runs/0");
+    assert_eq!(after_skip - after_beats, 1, "a skip is one revision");
+    let after_beats = after_skip;
     let n = 20;
     for _ in 0..n {
         let id = start_run(registry, "rbx", token, "invoices");
@@ -559,5 +563,34 @@ fn finished_runs_of_the_old_layout_are_counted_and_moved_by_the_first_drain() {
             .unwrap()
             .len(),
         2
+    );
+}
+
+/// The compaction probe behind the warning of drains and metrics: a cluster that still keeps
+/// its first revision answers with its current revision, and once compacted, with none.
+#[test]
+fn the_compaction_probe_sees_whether_etcd_still_keeps_its_first_revision() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/compacted", Duration::from_secs(5));
+    activate(&store, "rbx");
+    let (_, revision) = keys_and_revision(&etcd, "/compacted", "record");
+    assert_eq!(store.uncompacted_revisions().unwrap(), Some(revision));
+    etcd.admin(async move |c| {
+        c.compact(
+            revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await?;
+        Ok(())
+    });
+    assert_eq!(store.uncompacted_revisions().unwrap(), None);
+    // The store keeps working on a compacted cluster, and the drain's probe says nothing.
+    assert!(
+        store
+            .registry()
+            .unwrap()
+            .unfinished_runs_below(FencingToken(99))
+            .unwrap()
+            .is_empty()
     );
 }

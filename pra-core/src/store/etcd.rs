@@ -39,7 +39,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -101,6 +101,9 @@ pub struct EtcdStore {
     opts: EtcdOptions,
     /// `etcd user NAME` when a user is configured: recorded in every change's `changed_by`.
     identity: Option<String>,
+    /// Whether this store already probed etcd's compaction: once a process is enough (a
+    /// waiting drain reads the registry on every poll).
+    compaction_probed: AtomicBool,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -111,6 +114,11 @@ impl std::fmt::Debug for EtcdStore {
             .finish_non_exhaustive()
     }
 }
+
+/// Revisions beyond which a cluster that still keeps its first revision is evidently not
+/// compacted: with periodic compaction (`--auto-compaction-retention=1h`), revision 1 is gone an
+/// hour after the cluster's start, and 200 jobs a minute make about 24 000 revisions an hour.
+pub const UNCOMPACTED_WARN_AFTER: i64 = 100_000;
 
 /// The record as stored at `P/record`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -467,6 +475,7 @@ impl EtcdStore {
             clock,
             identity: opts.security.identity(),
             opts,
+            compaction_probed: AtomicBool::new(false),
         })
     }
 
@@ -636,6 +645,51 @@ impl EtcdStore {
             plan,
             plan_rev,
         })
+    }
+
+    /// The cluster's current revision while etcd still keeps every revision since its first
+    /// (revision 1 is readable: the cluster was never compacted), `None` once it was
+    /// compacted. One request.
+    pub fn uncompacted_revisions(&self) -> Result<Option<i64>> {
+        let key = self.key("record");
+        let mut c = self.client.clone();
+        self.once(
+            "read the cluster's first revision",
+            self.deadline(),
+            async move {
+                let opts = GetOptions::new().with_revision(1).with_count_only();
+                match c.get(key, Some(opts)).await {
+                    Ok(resp) => Ok(Some(resp.header().map_or(0, |h| h.revision()))),
+                    // "required revision has been compacted"
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.code() == tonic::Code::OutOfRange =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            },
+        )
+    }
+
+    /// Warns when etcd evidently is not compacted — more than [`UNCOMPACTED_WARN_AFTER`]
+    /// revisions and the first still readable — since the database then grows with every
+    /// run until its space quota stops all writes. Run on the drain and on metrics (not on
+    /// every `pra run`), once per store; a failed probe is left to the call's own reads to
+    /// report.
+    fn warn_if_uncompacted(&self) {
+        if self.compaction_probed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match self.uncompacted_revisions() {
+            Ok(Some(revision)) if revision > UNCOMPACTED_WARN_AFTER => tracing::warn!(
+                store = %self.url,
+                revision,
+                "etcd keeps every revision since its first: it is evidently never compacted, and grows with every run until its space quota (--quota-backend-bytes, 2 GiB by default) stops all writes; run its members with --auto-compaction-mode=periodic --auto-compaction-retention=1h (README, \"Choosing a store\")"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(store = %self.url, error = %e, "compaction probe failed"),
+        }
     }
 
     /// Every key under `P/<dir>/`, in key order, read page by page at one revision.
@@ -1219,6 +1273,7 @@ impl RunRegistry for EtcdStore {
             })
             .collect();
         runs.sort_by_key(|r| r.run.id.0);
+        self.warn_if_uncompacted();
         Ok(runs)
     }
 
@@ -1303,6 +1358,7 @@ impl RunRegistry for EtcdStore {
             }
         }
         stats.sort_by(|a, b| (&a.job, a.site.as_str()).cmp(&(&b.job, b.site.as_str())));
+        self.warn_if_uncompacted();
         Ok(stats)
     }
 }

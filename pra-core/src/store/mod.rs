@@ -46,7 +46,7 @@ use crate::fencing::{ActiveSite, Actor, SiteChange};
 
 pub use commit::{Commit, Committed, PlanHead, PlanWrite, Snapshot, StoredPlan, Writes};
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, UNCOMPACTED_WARN_AFTER};
 pub use file::{FileStore, LockFile};
 pub use journal::{
     GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, JournalHead, verify_chain,
