@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub drain_timeout_seconds: Option<u32>,
     pub store_timeout_seconds: Option<u32>,
     pub lock_dir: Option<PathBuf>,
+    /// How many days finished runs are kept in detail (default 30; older ones are counted in
+    /// per job and site counters and deleted as runs finish).
+    pub history_days: Option<u32>,
     /// etcds:// stores: the CA that signed the members' certificates (PEM).
     pub etcd_ca_file: Option<PathBuf>,
     /// The client certificate and its key (PEM), for members with `--client-cert-auth`.
@@ -72,6 +75,10 @@ pub struct Overrides {
     /// The table `count` counts [default: events].
     #[arg(long, env = "PRA_TABLE", global = true)]
     pub table: Option<String>,
+    /// Days finished runs are kept in detail; older ones are deleted as runs finish, their
+    /// counts kept for metrics [default: 30].
+    #[arg(long, env = "PRA_HISTORY_DAYS", global = true)]
+    pub history_days: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -92,6 +99,8 @@ pub struct Config {
     /// The deadline of each call to a network store (etcd).
     pub store_timeout: Duration,
     pub lock_dir: PathBuf,
+    /// How long finished runs are kept in detail (`history_days`).
+    pub history: Duration,
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
@@ -202,6 +211,15 @@ impl Config {
                 "store_timeout_seconds",
             )?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
+            history: match o.history_days.or(file.history_days) {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "history_days must be at least 1".into(),
+                    ));
+                }
+                Some(days) => Duration::days(i64::from(days)),
+                None => Duration::days(i64::from(defaults::HISTORY_DAYS)),
+            },
             etcd,
         };
         // Refused here, before anything runs: timings under which a run cut off from the store
@@ -241,6 +259,7 @@ impl Config {
             needs,
             store_group: self.store_group.clone(),
             etcd: self.etcd.clone(),
+            history: self.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
             ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)

@@ -799,3 +799,145 @@ fn sqlite_run_counters_agree_with_the_runs() {
     assert!(s.run_finish(ids[3], Some(0), "exited 0").unwrap());
     assert_eq!(counted(&s), expected(&s));
 }
+
+/// Per job and site (started, skipped, revoked, unfinished), as the store's metrics say.
+fn stats_of(r: &dyn RunRegistry) -> std::collections::BTreeMap<(String, String), [u64; 4]> {
+    r.run_stats()
+        .unwrap()
+        .into_iter()
+        .map(|x| {
+            (
+                (x.job, x.site.to_string()),
+                [x.started, x.skipped, x.revoked, x.unfinished],
+            )
+        })
+        .collect()
+}
+
+/// The same counts from the rows themselves (and `skips`), without the store's counters.
+fn stats_of_rows(
+    runs: &[pra_core::store::RunRecord],
+    skips: &[(&str, &str, u64)],
+) -> std::collections::BTreeMap<(String, String), [u64; 4]> {
+    let mut by: std::collections::BTreeMap<(String, String), [u64; 4]> = Default::default();
+    for r in runs {
+        let e = by
+            .entry((r.start.job.clone(), r.start.site.to_string()))
+            .or_default();
+        e[0] += 1;
+        e[2] += u64::from(r.outcome.as_deref() == Some("revoked"));
+        e[3] += u64::from(r.finished_at.is_none());
+    }
+    for (job, site, n) in skips {
+        by.entry((job.to_string(), site.to_string())).or_default()[1] += n;
+    }
+    by
+}
+
+/// Bounded history: runs finished before the window are deleted as later runs finish, the
+/// metrics' counters stay exact (checked against the rows counted before they were deleted),
+/// unfinished runs are never deleted and a drain still finds them — on the SQLite store
+/// (opened through the options the front ends use) and the memory store.
+#[test]
+fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let history = std::time::Duration::from_secs(2 * 86_400);
+    // Less than a day is refused.
+    let short = pra_core::store::OpenOptions {
+        history: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let e = pra_core::store::open_with(&url, &short).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let sqlite_clock = clock();
+    let sqlite = pra_core::store::open_with(
+        &url,
+        &pra_core::store::OpenOptions {
+            clock: sqlite_clock.clone(),
+            history,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let memory_clock = clock();
+    let memory =
+        pra_core::store::MemoryStore::new("pruned", memory_clock.clone()).with_history(history);
+    let stores: [(&dyn Store, Arc<ManualClock>); 2] =
+        [(&*sqlite, sqlite_clock), (&memory, memory_clock)];
+    for (s, clock) in stores {
+        let r = s.registry().unwrap();
+        s.change(
+            SiteChange::Activate {
+                site: site("rbx"),
+                expect: FencingToken(0),
+            },
+            &ops(),
+        )
+        .unwrap();
+        let start = |job: &str| RunStart {
+            job: job.into(),
+            site: site("rbx"),
+            token: FencingToken(1),
+            host: "h".into(),
+            pid: 1,
+            containment: None,
+        };
+        // 40 old runs: finished, some revoked, two never finished; and skips.
+        let old: Vec<RunId> = (0..40)
+            .map(|i| admitted(r, &start(["a", "b"][i % 2])))
+            .collect();
+        for (i, id) in old.iter().enumerate() {
+            clock.advance(Duration::seconds(1));
+            match i {
+                5 | 6 => {}
+                i if i % 7 == 0 => assert!(r.run_finish(*id, None, "revoked").unwrap()),
+                _ => assert!(r.run_finish(*id, Some(0), "exited 0").unwrap()),
+            }
+        }
+        r.note_skip("a", &site("sbg")).unwrap();
+        r.note_skip("a", &site("sbg")).unwrap();
+        let skips = [("a", "sbg", 2)];
+        let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        // Ground truth, from the rows, before anything is pruned.
+        let old_rows = r.runs(epoch).unwrap();
+        assert_eq!(old_rows.len(), 40);
+        let before = stats_of_rows(&old_rows, &skips);
+        assert_eq!(stats_of(r), before);
+
+        // Three days later, 24 new runs (ids 41 to 64): the finishes of 48 and 64 prune.
+        clock.advance(Duration::days(3));
+        let new: Vec<RunId> = (0..24).map(|_| admitted(r, &start("b"))).collect();
+        for id in &new {
+            assert!(r.run_finish(*id, Some(1), "exited 1").unwrap());
+        }
+        let rows = r.runs(epoch).unwrap();
+        let kept: Vec<RunId> = rows.iter().map(|x| x.id).collect();
+        let mut want = vec![old[5], old[6]];
+        want.extend(&new);
+        assert_eq!(kept, want, "only the unfinished old runs stay");
+        // Counters: the old rows' truth plus the new rows, exactly.
+        let mut expected = before.clone();
+        for (k, v) in stats_of_rows(&rows[2..], &[]) {
+            let e = expected.entry(k).or_default();
+            for i in 0..4 {
+                e[i] += v[i];
+            }
+        }
+        assert_eq!(stats_of(r), expected);
+        // A drain still sees the old unfinished runs.
+        let unfinished: Vec<RunId> = r
+            .unfinished_runs_below(FencingToken(2))
+            .unwrap()
+            .into_iter()
+            .map(|u| u.run.id)
+            .collect();
+        assert_eq!(unfinished, vec![old[5], old[6]]);
+        // Finishing one of them still counts.
+        assert!(r.run_finish(old[5], Some(0), "exited 0").unwrap());
+        expected
+            .get_mut(&("b".to_string(), "rbx".to_string()))
+            .unwrap()[3] -= 1;
+        assert_eq!(stats_of(r), expected);
+    }
+}

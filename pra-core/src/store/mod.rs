@@ -54,7 +54,8 @@ pub use journal::{
 };
 pub use memory::MemoryStore;
 pub use runs::{
-    Admission, Heartbeat, Pulse, RunId, RunRecord, RunRegistry, RunStart, RunStats, UnfinishedRun,
+    Admission, Heartbeat, PRUNE_BATCH, PRUNE_EVERY, Pulse, RunId, RunRecord, RunRegistry, RunStart,
+    RunStats, UnfinishedRun,
 };
 pub use security::{EtcdSecurity, Secret};
 pub use sqlite::SqliteStore;
@@ -283,6 +284,10 @@ pub struct OpenOptions {
     /// TLS material and credentials of an etcd store (empty: plaintext, no user); see
     /// [`EtcdSecurity::with_env`] for the `PRA_ETCD_*` variables front ends read.
     pub etcd: EtcdSecurity,
+    /// How long finished runs are kept in detail (`history_days`): the SQLite and memory
+    /// stores delete older ones as runs finish, a few hundred at a time, and keep their
+    /// counts (see [`runs::PRUNE_EVERY`]). At least one day.
+    pub history: std::time::Duration,
 }
 
 impl Default for OpenOptions {
@@ -294,6 +299,7 @@ impl Default for OpenOptions {
             lost_after: crate::defaults::LOST_AFTER,
             store_group: None,
             etcd: EtcdSecurity::default(),
+            history: crate::defaults::HISTORY,
         }
     }
 }
@@ -325,6 +331,12 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
             opts.timeout, opts.lost_after
         )));
     }
+    if opts.history < std::time::Duration::from_secs(86_400) {
+        return Err(Error::InvalidArgument(format!(
+            "opening {url}: the history window (history_days) must be at least 1 day (got {:?})",
+            opts.history
+        )));
+    }
     let store = open_unchecked(url, opts)?;
     if opts.needs.plans {
         store.require_plans()?;
@@ -342,7 +354,9 @@ fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
         None => crate::fsutil::Sharing::PRIVATE,
     };
     match StoreUrl::parse(url)? {
-        StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open_shared(&path, clock, sharing)?)),
+        StoreUrl::Sqlite(path) => Ok(Box::new(
+            SqliteStore::open_shared(&path, clock, sharing)?.with_history(opts.history),
+        )),
         StoreUrl::File(path) => Ok(Box::new(FileStore::open_shared(&path, clock, sharing)?)),
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd {

@@ -108,6 +108,8 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     clock: Arc<dyn Clock>,
+    // How long finished runs are kept in detail (see `runs::PRUNE_EVERY`).
+    history: std::time::Duration,
     // The device and inode the connection opened: a store file moved or replaced under a live
     // process (a restore, an operator's `mv`) must not keep taking its heartbeats and flips
     // while everyone else reads the new file.
@@ -219,10 +221,18 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             clock,
+            history: crate::defaults::HISTORY,
             identity,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The store, keeping finished runs in detail for `history` (default
+    /// [`crate::defaults::HISTORY`]; see [`super::PRUNE_EVERY`]).
+    pub fn with_history(mut self, history: std::time::Duration) -> Self {
+        self.history = history;
+        self
     }
 
     /// The database file.
@@ -613,15 +623,31 @@ impl RunRegistry for SqliteStore {
     }
 
     fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool> {
-        let conn = self.conn()?;
-        let now = time_to_us(self.now());
-        let n = conn
-            .execute(
+        let mut conn = self.conn()?;
+        let now = self.now();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin"))?;
+        let n = tx
+            .prepare_cached(
                 "UPDATE runs SET finished_at = ?2, heartbeat_at = ?2, exit_code = ?3, outcome = ?4
                  WHERE id = ?1 AND finished_at IS NULL",
-                params![id.0, now, exit_code, outcome],
             )
+            .and_then(|mut s| s.execute(params![id.0, time_to_us(now), exit_code, outcome]))
             .map_err(self.err("finish run"))?;
+        if super::runs::prunes_at(id) {
+            let cutoff = super::runs::history_start(now, self.history);
+            // The oldest finished runs first, through the index on finished_at (NULL, the
+            // unfinished, never matches `<`). No trigger fires on delete: run_counts keeps
+            // counting them.
+            tx.prepare_cached(
+                "DELETE FROM runs WHERE id IN (
+                    SELECT id FROM runs WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![time_to_us(cutoff), super::PRUNE_BATCH]))
+            .map_err(self.err("prune finished runs"))?;
+        }
+        tx.commit().map_err(self.err("finish run"))?;
         Ok(n == 1)
     }
 
