@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, TimeZone, Utc};
 use pra_core::store::{
     Admission, FileStore, Heartbeat, RunId, RunRegistry, RunStart, SqliteStore, Store, open,
+    read_archive,
 };
 use pra_core::{Actor, ErrorKind, FencingToken, ManualClock, SiteChange, SiteId, Verdict, check};
 use proptest::prelude::*;
@@ -940,4 +941,113 @@ fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
             .unwrap()[3] -= 1;
         assert_eq!(stats_of(r), expected);
     }
+}
+
+/// Journal checkpoints: the older entries go to an archive file and the store keeps one
+/// checkpoint entry carrying their head hash; the default verification starts there, the full
+/// one checks the archives and the store as one chain and finds a tampered archive or a gap.
+#[test]
+fn journal_checkpoints_archive_the_past_and_still_verify_as_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    let (a1, a2) = (dir.path().join("j1.jsonl"), dir.path().join("j2.jsonl"));
+    // An empty journal has nothing to checkpoint, and writes no archive.
+    assert_eq!(
+        s.checkpoint_journal(&a1, &ops()).unwrap_err().kind(),
+        ErrorKind::Refused
+    );
+    assert!(!a1.exists());
+    three_flips(&s);
+    let first = s.checkpoint_journal(&a1, &ops()).unwrap();
+    assert_eq!(first.entries, 3);
+    assert_eq!(read_archive(&a1).unwrap().len(), 3);
+    let live = s.journal().unwrap();
+    assert_eq!(live.len(), 1, "only the checkpoint stays: {live:?}");
+    assert_eq!(live[0].seq, 4);
+    assert_eq!(live[0].prev_hash, first.head);
+    // An existing archive is never overwritten, and the store is left as it was.
+    assert_eq!(
+        s.checkpoint_journal(&a1, &ops()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(s.journal().unwrap(), live);
+    // Life goes on after a checkpoint (also after reopening): flips chain on from it.
+    drop(s);
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    for change in [
+        SiteChange::Deactivate {
+            expect: FencingToken(3),
+        },
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(4),
+        },
+    ] {
+        s.change(change, &ops()).unwrap();
+    }
+    assert_eq!(s.verify_journal().unwrap().entries, 3);
+    assert_eq!(s.checkpoint_journal(&a2, &ops()).unwrap().entries, 3);
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(5),
+        },
+        &ops(),
+    )
+    .unwrap();
+    // From the last checkpoint: two entries, whatever the archives hold.
+    assert_eq!(s.verify_journal().unwrap().entries, 2);
+    // The whole history: 3 + 3 archived, the checkpoint and the last flip.
+    let full = s.verify_journal_full(&[a1.clone(), a2.clone()]).unwrap();
+    assert_eq!(full.entries, 8);
+    assert_eq!(full.head, s.verify_journal().unwrap().head);
+    // A gap: the first archive missing, or given out of order.
+    for archives in [vec![a2.clone()], vec![a2.clone(), a1.clone()]] {
+        let e = s.verify_journal_full(&archives).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
+    // A tampered archive: a changed reason, even re-sealed, breaks the chain.
+    let text = fs::read_to_string(&a1).unwrap();
+    let mut entries = read_archive(&a1).unwrap();
+    entries[1].reason = "nothing to see".into();
+    entries[1].hash = entries[1].compute_hash();
+    let tampered: String = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    fs::write(&a1, tampered).unwrap();
+    let e = s
+        .verify_journal_full(&[a1.clone(), a2.clone()])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("entry 3"), "{e}");
+    fs::write(&a1, text).unwrap();
+    s.verify_journal_full(&[a1.clone(), a2.clone()]).unwrap();
+    // The live journal is still guarded: a checkpoint's record edited in the store is found.
+    drop(s);
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    let body: String = conn
+        .query_row("SELECT body FROM journal ORDER BY seq LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(body.contains("\"checkpoint\""), "{body}");
+    conn.execute(
+        "UPDATE journal SET body = ?1 WHERE seq = (SELECT MIN(seq) FROM journal)",
+        [body.replace("\"token\":5", "\"token\":9")],
+    )
+    .unwrap();
+    drop(conn);
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    assert_eq!(s.verify_journal().unwrap_err().kind(), ErrorKind::Corrupt);
+    // The lock file cannot checkpoint: refused before anything is written.
+    let f = FileStore::open(&dir.path().join("pra-status.lock"), clock()).unwrap();
+    three_flips(&f);
+    let a3 = dir.path().join("j3.jsonl");
+    assert_eq!(
+        f.checkpoint_journal(&a3, &ops()).unwrap_err().kind(),
+        ErrorKind::Unsupported
+    );
+    assert!(!a3.exists());
+    assert_eq!(f.journal().unwrap().len(), 3);
 }

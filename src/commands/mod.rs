@@ -11,7 +11,7 @@ mod status;
 pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
 pub use metrics::metrics;
 pub use plan::{PlanCmd, plan};
-pub use site::{SiteCmd, check, journal, site};
+pub use site::{JournalArgs, SiteCmd, check, journal, site};
 pub use status::status;
 
 use pra_core::SiteId;

@@ -168,6 +168,7 @@ pub fn report(
                 (None, None) | (Some(_), Some(_)) => {}
             },
             JournalEvent::DrainForced { .. } => forced_drains += 1,
+            JournalEvent::Checkpoint { .. } => {}
         }
     }
     for p in &mut fenced {
@@ -399,7 +400,8 @@ pub fn build(
         }
         JournalEvent::PlanStep { .. }
         | JournalEvent::SiteChanged { .. }
-        | JournalEvent::DrainForced { .. } => None,
+        | JournalEvent::DrainForced { .. }
+        | JournalEvent::Checkpoint { .. } => None,
     });
     let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let runs = match store.registry() {

@@ -149,6 +149,11 @@ impl Backend for MemoryStore {
         true
     }
 
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        self.state().journal.retain(|e| e.seq >= seq);
+        Ok(())
+    }
+
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
         Some(self)
     }

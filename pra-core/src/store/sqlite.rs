@@ -553,7 +553,7 @@ impl Backend for SqliteStore {
         let (_, hash) = self.read_record(&tx)?;
         let entries = self.read_entries(&tx)?;
         let head = JournalHead {
-            len: entries.len() as u64,
+            len: entries.last().map_or(0, |e| e.seq),
             hash,
         };
         Ok((entries, head))
@@ -561,6 +561,23 @@ impl Backend for SqliteStore {
 
     fn keeps_plans(&self) -> bool {
         true
+    }
+
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        // A thousand entries a transaction: a writer (a flip) never waits behind a long delete.
+        loop {
+            let conn = self.conn()?;
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM journal WHERE seq IN (
+                        SELECT seq FROM journal WHERE seq < ?1 ORDER BY seq LIMIT 1000)",
+                )
+                .and_then(|mut s| s.execute([seq as i64]))
+                .map_err(self.err("remove checkpointed journal entries"))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
