@@ -383,15 +383,38 @@ impl Report {
     }
 }
 
-/// The report of the last plan, gathered from `store` (its journal and run registry) and the
-/// backups in `backup_dir` (the last one taken before the incident gives the RPO). A store that
-/// keeps no run registry gives a report without runs. Runs still going count up to the clock's
-/// now, or their last heartbeat when silent for longer than `lost_after`.
+/// Which runs a report reads: its memory and time are those of the window, not of the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// From the last incident or the start of the history window (`history` before now),
+    /// whichever is later: older runs may already be pruned ([`crate::store::PRUNE_EVERY`]).
+    Recent {
+        /// The store's history window (`history_days`).
+        history: std::time::Duration,
+    },
+    /// The runs started at or after this time.
+    Since(DateTime<Utc>),
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::Recent {
+            history: crate::defaults::HISTORY,
+        }
+    }
+}
+
+/// The report of the last plan, gathered from `store` (its journal and the runs of `window` in
+/// its run registry) and the backups in `backup_dir` (the last one taken before the incident
+/// gives the RPO). A store that keeps no run registry gives a report without runs. Runs still
+/// going count up to the clock's now, or their last heartbeat when silent for longer than
+/// `lost_after`.
 pub fn build(
     store: &dyn Store,
     backup_dir: &Path,
     lost_after: Duration,
     clock: &dyn Clock,
+    window: Window,
 ) -> Result<Report> {
     let journal = store.journal()?;
     let incident = journal.iter().rev().find_map(|e| match &e.event {
@@ -403,7 +426,13 @@ pub fn build(
         | JournalEvent::DrainForced { .. }
         | JournalEvent::Checkpoint { .. } => None,
     });
-    let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    let since = match window {
+        Window::Since(t) => t,
+        Window::Recent { history } => {
+            let start = crate::store::history_start(clock.now(), history);
+            incident.map_or(start, |i| i.max(start))
+        }
+    };
     let runs = match store.registry() {
         Some(registry) => registry.runs(since)?,
         None => Vec::new(),
@@ -484,7 +513,14 @@ mod tests {
         runner.apply(Event::IncidentDetected, &ops).unwrap();
         clock.advance(Duration::seconds(5));
 
-        let r = build(&store, &backups, Duration::seconds(60), &*clock).unwrap();
+        let r = build(
+            &store,
+            &backups,
+            Duration::seconds(60),
+            &*clock,
+            Window::default(),
+        )
+        .unwrap();
         assert_eq!(r.incident_at, Some(t0 + Duration::seconds(120)));
         assert_eq!(r.rpo_seconds, Some(30.0));
         assert_eq!(r.steps.len(), 1);
@@ -498,5 +534,71 @@ mod tests {
                 Duration::seconds(60)
             )
         );
+    }
+
+    /// The default window leaves out runs older than the history window (they may be pruned
+    /// already, and reading them would cost the history); `--since` reaches back on purpose.
+    #[test]
+    fn the_report_reads_the_runs_of_its_window_only() {
+        use crate::store::{Admission, RunStart};
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let store = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+        let ops = Actor::new("ops", "test").unwrap();
+        let registry = store.registry().unwrap();
+        // Job x runs on rbx, the site flips to sbg, and x runs there meanwhile: an overlap.
+        let mut ids = Vec::new();
+        for (site, expect) in [("rbx", 0), ("sbg", 2)] {
+            let site = SiteId::new(site).unwrap();
+            if expect > 0 {
+                store
+                    .change(
+                        SiteChange::Deactivate {
+                            expect: FencingToken(expect - 1),
+                        },
+                        &ops,
+                    )
+                    .unwrap();
+            }
+            store
+                .change(
+                    SiteChange::Activate {
+                        site: site.clone(),
+                        expect: FencingToken(expect),
+                    },
+                    &ops,
+                )
+                .unwrap();
+            let start = RunStart {
+                job: "x".into(),
+                site,
+                token: FencingToken(expect + 1),
+                host: "h".into(),
+                pid: 1,
+                containment: None,
+            };
+            match registry.run_start(&start).unwrap() {
+                Admission::Admitted { id, .. } => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+            clock.advance(Duration::seconds(10));
+        }
+        for id in ids {
+            assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+        }
+        let at = |days: i64, window: Window| {
+            clock.set(t0 + Duration::days(days));
+            build(&store, dir.path(), Duration::seconds(60), &*clock, window)
+                .unwrap()
+                .overlaps
+                .len()
+        };
+        assert_eq!(at(1, Window::default()), 1);
+        assert_eq!(at(40, Window::default()), 0);
+        assert_eq!(at(40, Window::Since(t0)), 1);
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        assert_eq!(at(6, Window::Recent { history: week }), 1);
+        assert_eq!(at(8, Window::Recent { history: week }), 0);
     }
 }

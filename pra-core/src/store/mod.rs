@@ -53,6 +53,7 @@ pub use journal::{
     verify_archived, verify_chain, verify_history,
 };
 pub use memory::MemoryStore;
+pub(crate) use runs::history_start;
 pub use runs::{
     Admission, Heartbeat, PRUNE_BATCH, PRUNE_EVERY, Pulse, RunId, RunRecord, RunRegistry, RunStart,
     RunStats, UnfinishedRun,
