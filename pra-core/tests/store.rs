@@ -33,6 +33,30 @@ fn admitted(r: &dyn RunRegistry, start: &RunStart) -> RunId {
     }
 }
 
+/// Activates rbx on a new store `s` (token 1).
+fn activate_rbx(s: &dyn Store) {
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+}
+
+/// A run of `job` on rbx under token 1.
+fn rbx_run(job: &str) -> RunStart {
+    RunStart {
+        job: job.into(),
+        site: site("rbx"),
+        token: FencingToken(1),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
+    }
+}
+
 /// Three flips on `s`: rbx active (1), none (2), sbg active (3).
 fn three_flips(s: &dyn Store) {
     for change in [
@@ -249,14 +273,7 @@ fn file_store_corrupt_file_is_an_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     let good = fs::read_to_string(&p).unwrap();
     let truncated = &good[..good.find("CHANGED_BY").unwrap()];
     fs::write(&p, truncated).unwrap();
@@ -288,14 +305,7 @@ fn file_store_lost_lock_file_does_not_restart_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     fs::remove_file(&p).unwrap();
     let e = s.load().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
@@ -316,14 +326,7 @@ fn file_store_rolls_an_interrupted_change_forward_never_back() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     let lock_before = fs::read_to_string(&p).unwrap();
     // A crash after the journal append but before the rename — or the lock file put back from
     // a copy one change old (red team, session 4): the two look the same. Do a real change,
@@ -383,14 +386,7 @@ fn file_store_journal_tampering_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     s.change(
         SiteChange::Deactivate {
             expect: FencingToken(1),
@@ -717,22 +713,8 @@ fn sqlite_run_counters_agree_with_the_runs() {
     let p = dir.path().join("state.db");
     let clock = clock();
     let s = SqliteStore::open(&p, clock.clone()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
-    let start = |job: &str| RunStart {
-        job: job.into(),
-        site: site("rbx"),
-        token: FencingToken(1),
-        host: "h".into(),
-        pid: 1,
-        containment: None,
-    };
+    activate_rbx(&s);
+    let start = rbx_run;
     let ids: Vec<RunId> = (0..12)
         .map(|i| admitted(&s, &start(["a", "b", "c"][i % 3])))
         .collect();
@@ -868,22 +850,8 @@ fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
         [(&*sqlite, sqlite_clock), (&memory, memory_clock)];
     for (s, clock) in stores {
         let r = s.registry().unwrap();
-        s.change(
-            SiteChange::Activate {
-                site: site("rbx"),
-                expect: FencingToken(0),
-            },
-            &ops(),
-        )
-        .unwrap();
-        let start = |job: &str| RunStart {
-            job: job.into(),
-            site: site("rbx"),
-            token: FencingToken(1),
-            host: "h".into(),
-            pid: 1,
-            containment: None,
-        };
+        activate_rbx(s);
+        let start = rbx_run;
         // 40 old runs: finished, some revoked, two never finished; and skips.
         let old: Vec<RunId> = (0..40)
             .map(|i| admitted(r, &start(["a", "b"][i % 2])))
