@@ -817,7 +817,7 @@ fn stats_of_rows(
     by
 }
 
-/// Bounded history: runs finished before the window are deleted as later runs finish, the
+/// Bounded history: finished runs started before the window are deleted as later runs finish, the
 /// metrics' counters stay exact (checked against the rows counted before they were deleted),
 /// unfinished runs are never deleted and a drain still finds them — on the SQLite store
 /// (opened through the options the front ends use) and the memory store.

@@ -78,13 +78,14 @@ impl State {
             .find(|r| r.id == id && r.finished_at.is_none())
     }
 
-    /// Deletes up to [`super::PRUNE_BATCH`] runs finished before `start`, oldest first,
-    /// adding them to the rolled-up counts.
+    /// Deletes up to [`super::PRUNE_BATCH`] finished runs started before `start`, oldest
+    /// first, adding them to the rolled-up counts.
     fn prune(&mut self, start: DateTime<Utc>) {
         let mut old: Vec<(DateTime<Utc>, i64)> = self
             .runs
             .iter()
-            .filter_map(|r| r.finished_at.filter(|f| *f < start).map(|f| (f, r.id.0)))
+            .filter(|r| r.finished_at.is_some() && r.started_at < start)
+            .map(|r| (r.started_at, r.id.0))
             .collect();
         old.sort();
         old.truncate(super::PRUNE_BATCH as usize);

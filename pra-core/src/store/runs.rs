@@ -149,6 +149,16 @@ pub trait RunRegistry: Send + Sync {
     /// All runs started at or after `since`, oldest first.
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>>;
 
+    /// Calls `f` on each run started at or after `since`, oldest first, stopping at its first
+    /// error: [`RunRegistry::runs`] without holding them all (the SQLite store streams them).
+    fn each_run(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.runs(since)?.into_iter().try_for_each(f)
+    }
+
     /// Runs not finished and started under a token lower than `below`, each with its liveness
     /// evidence: what a drain judges.
     fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>>;
@@ -166,7 +176,7 @@ pub trait RunRegistry: Send + Sync {
 }
 
 /// Bounded history: the finish of every `PRUNE_EVERY`-th run (by id) also deletes up to
-/// [`PRUNE_BATCH`] runs finished before the history window, in the same transaction — no
+/// [`PRUNE_BATCH`] finished runs started before the history window, in the same transaction — no
 /// separate cron, no long transaction a writer would wait behind, and room to catch up
 /// ([`PRUNE_BATCH`] / `PRUNE_EVERY` = 16 old runs per new one) with a backlog. Unfinished
 /// runs are never deleted (a drain must see them), and the per job and site counters of
