@@ -16,7 +16,7 @@ the store is checked against its own rows (counters = a GROUP BY of the runs) an
 entries and does only that check (`make test` runs it).
 
 `--year` simulates a year at 200 jobs a minute with history_days = 30: the steady state keeps 30
-days of runs (8.64 M) plus what is not pruned yet; it loads those runs plus one day beyond the
+days of runs (8.64 M) plus what is not pruned yet; it loads those runs plus two hours past the
 window, lets `pra run` prune, and prints the store's size.
 """
 import argparse
@@ -211,20 +211,23 @@ def checkpointed(entries):
 
 
 def year():
-    """200 jobs a minute for a year with history_days = 30: the store holds the window (8.64 M
-    runs) plus one day past it, which `pra run` prunes as it goes."""
+    """200 jobs a minute for a year with history_days = 30. Pruning keeps up as runs finish (256
+    every 16th finish, 16 old runs per new one), so the store of any day of the year holds the
+    window (30 days, 8.64 M runs) plus a backlog of a few hundred runs at most: this loads the
+    window plus two hours past it (a backlog, as after an upgrade), lets `pra run` prune it, and
+    prints the store's size."""
     per_day = 200 * 60 * 24
     env, db, d, loaded = scratch(0, 0)
     now = now_us()
-    # Runs older than the window (one day's worth) and the window itself.
-    load_runs(db, per_day, now - 31 * DAY_US, now - 30 * DAY_US - 60_000_000)
+    backlog = per_day // 12
+    load_runs(db, backlog, now - 30 * DAY_US - 3 * 3600 * 1_000_000, now - 30 * DAY_US - 3600 * 1_000_000)
     load_runs(db, 30 * per_day, now - 30 * DAY_US + 60_000_000, now - 60_000_000)
     check_consistent(db, env)
     full = size_mb(db)
+    cutoff = now - 30 * DAY_US
     c = sqlite3.connect(db)
-    old = c.execute("SELECT COUNT(*) FROM runs WHERE finished_at < ?", (now - 30 * DAY_US,)).fetchone()[0]
+    old = c.execute("SELECT COUNT(*) FROM runs WHERE started_at < ?", (cutoff,)).fetchone()[0]
     c.close()
-    # Enough runs to prune what is past the window: 256 every 16th finish.
     n = old // 16 + 32
     t = time.perf_counter()
     for _ in range(n):
@@ -232,14 +235,15 @@ def year():
         assert code == 0, err
     spent = time.perf_counter() - t
     c = sqlite3.connect(db)
-    left = c.execute("SELECT COUNT(*) FROM runs WHERE finished_at < ?", (now - 30 * DAY_US,)).fetchone()[0]
+    left = c.execute("SELECT COUNT(*) FROM runs WHERE started_at < ?", (cutoff,)).fetchone()[0]
     total = c.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
     free = c.execute("PRAGMA freelist_count").fetchone()[0] * c.execute("PRAGMA page_size").fetchone()[0] / 1e6
     c.close()
     check_consistent(db, env)
-    print(f"year at 200 jobs/min, history_days=30: {total:,} runs kept, {old:,} past the window pruned by "
-          f"{n} `pra run` ({spent:.0f} s), {left} left; store {size_mb(db):.0f} MB "
-          f"({free:.0f} MB of it free pages SQLite reuses; {full:.0f} MB before pruning)")
+    print(f"year at 200 jobs/min, history_days=30: {total:,} runs kept; {old:,} past the window pruned by "
+          f"{n} `pra run` ({spent:.0f} s, {spent / n * 1000:.0f} ms each), {left} left; store {size_mb(db):.0f} MB "
+          f"({free:.0f} MB of it free pages SQLite reuses; {full:.0f} MB before pruning; "
+          f"{size_mb(db) * 1e6 / total:.0f} bytes a run)")
     shutil.rmtree(d)
 
 
