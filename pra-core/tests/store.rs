@@ -1008,14 +1008,37 @@ fn journal_checkpoints_archive_the_past_and_still_verify_as_one_chain() {
     drop(conn);
     let s = SqliteStore::open(&p, clock()).unwrap();
     assert_eq!(s.verify_journal().unwrap_err().kind(), ErrorKind::Corrupt);
-    // The lock file cannot checkpoint: refused before anything is written.
-    let f = FileStore::open(&dir.path().join("pra-status.lock"), clock()).unwrap();
+    // The lock file checkpoints too: its journal file keeps the checkpoint on, and changes
+    // (with their write-ahead check of what follows the file's head) number on from it.
+    let lock = dir.path().join("pra-status.lock");
+    let f = FileStore::open(&lock, clock()).unwrap();
     three_flips(&f);
     let a3 = dir.path().join("j3.jsonl");
+    assert_eq!(f.checkpoint_journal(&a3, &ops()).unwrap().entries, 3);
+    let journal_file = fs::read_to_string(dir.path().join("pra-status.lock.journal")).unwrap();
+    assert_eq!(journal_file.lines().count(), 1, "{journal_file}");
+    drop(f);
+    let f = FileStore::open(&lock, clock()).unwrap();
+    f.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(3),
+        },
+        &ops(),
+    )
+    .unwrap();
+    assert_eq!(f.load().unwrap().token, FencingToken(4));
+    assert_eq!(f.verify_journal().unwrap().entries, 2);
+    assert_eq!(f.verify_journal_full(&[a3.clone()]).unwrap().entries, 5);
     assert_eq!(
-        f.checkpoint_journal(&a3, &ops()).unwrap_err().kind(),
-        ErrorKind::Unsupported
+        f.verify_journal_full(&[]).unwrap_err().kind(),
+        ErrorKind::Corrupt
     );
-    assert!(!a3.exists());
-    assert_eq!(f.journal().unwrap().len(), 3);
+    // An existing archive is refused before anything is written (here on the memory store).
+    let m = pra_core::store::MemoryStore::new("cp", clock());
+    three_flips(&m);
+    assert_eq!(
+        m.checkpoint_journal(&a3, &ops()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(m.journal().unwrap().len(), 3);
 }
