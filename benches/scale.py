@@ -3,7 +3,7 @@
 more and more history, as ratios to an empty store (BENCHMARKS.md, "Growth with history").
 
 Usage: scale.py [--runs 1000,100000,10000000] [--journal 1000,100000] [--rounds 5]
-                [--year] [--check-only]
+                [--year] [--check-only] [--backups N]
   PRA (default target/debug/pra) is the build measured.
 
 The bulk loader writes history straight into the store, keeping it consistent the way pra's write
@@ -110,15 +110,17 @@ def check_consistent(db, env):
 
 
 def measured(args, env):
-    """(milliseconds, peak RSS in MiB, exit code) of one `pra args` process."""
+    """(milliseconds, peak RSS in MiB, exit code, stderr) of one `pra args` process. The peak
+    comes from GNU time, whose own small process starts pra: a child forked from this Python
+    would count Python's memory as its own until its exec."""
     t = time.perf_counter()
-    p = subprocess.Popen([PRA] + args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(p.pid, 0)
+    r = subprocess.run(["/usr/bin/time", "-f", "maxrss %M", PRA] + args, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ms = (time.perf_counter() - t) * 1000
-    p.returncode = os.waitstatus_to_exitcode(status)
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    return ms, usage.ru_maxrss / 1024, p.returncode, err
+    err, _, last = r.stderr.rstrip("\n").rpartition("\n")
+    if not last.startswith("maxrss "):
+        err, last = r.stderr, "maxrss 0"
+    return ms, int(last.split()[1]) / 1024, r.returncode, err
 
 
 OPS = [
@@ -173,12 +175,16 @@ def size_mb(db):
 def growth(sizes, rounds):
     rows = []
     base = None
-    for runs, entries in sizes:
+    for runs, entries, checkpoint in sizes:
         env, db, d, loaded = scratch(runs, entries)
+        if checkpoint:
+            archive = os.path.join(d, "journal-archive.jsonl")
+            subprocess.run([PRA, "journal", "--checkpoint", "--archive", archive], env=env,
+                           check=True, capture_output=True)
         before = size_mb(db)
         m = measure(env, rounds)
         base = base or m
-        rows.append((runs, entries, before, loaded, m))
+        rows.append((runs, f"{entries:,}" + (" (checkpointed)" if checkpoint else ""), before, loaded, m))
         print(f"# {runs} runs, {entries} journal entries: loaded in {loaded:.1f} s, {before:.1f} MB", file=sys.stderr)
         shutil.rmtree(d)
     names = [n for n, _ in OPS] + ["drain"]
@@ -190,7 +196,7 @@ def growth(sizes, rounds):
             ms, rss = m[n]
             b_ms, b_rss = base[n]
             cells.append(f"{ms:.1f} ms ({ms / b_ms:.2f}x), {rss:.0f} MiB ({rss / b_rss:.2f}x)")
-        print(f"| {runs:,} | {entries:,} | {mb:.1f} | " + " | ".join(cells) + " |")
+        print(f"| {runs:,} | {entries} | {mb:.1f} | " + " | ".join(cells) + " |")
 
 
 def checkpointed(entries):
@@ -247,6 +253,34 @@ def year():
     shutil.rmtree(d)
 
 
+def backups(n, rounds):
+    """`pra status` with `n` backups in a directory of their own: from the index `pra backup`
+    keeps, and listing the directory (the index removed before each call)."""
+    env, db, d, _ = scratch(0, 0)
+    bdir = os.path.join(d, "backups")
+    os.mkdir(bdir)
+    env = dict(env, PRA_BACKUP_DIR=bdir)
+    base = time.time() - 2 * 86_400
+    for i in range(n):
+        t = time.gmtime(base + i)
+        open(os.path.join(bdir, time.strftime("backup-%Y-%m-%d-%H-%M-%S.db", t)), "w").close()
+    subprocess.run([PRA, "backup"], env=env, check=True, capture_output=True)
+    index = os.path.join(bdir, ".pra", "index.json")
+    assert os.path.exists(index)
+    fresh, listed = [], []
+    for _ in range(rounds):
+        fresh.append(measured(["status"], env))
+        os.remove(index)
+        listed.append(measured(["status"], env))
+        # The listing wrote the index back.
+        assert os.path.exists(index)
+    med = lambda v: (statistics.median(x[0] for x in v), max(x[1] for x in v))  # noqa: E731
+    f, l_ = med(fresh), med(listed)
+    print(f"`pra status`, {n:,} backups: from the index {f[0]:.1f} ms, {f[1]:.0f} MiB; "
+          f"listing the directory {l_[0]:.1f} ms, {l_[1]:.0f} MiB")
+    shutil.rmtree(d)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="1000,100000,10000000")
@@ -254,15 +288,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--year", action="store_true")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--backups", type=int, default=0, help="only `pra status` over this many backups")
     a = ap.parse_args()
     if a.check_only:
         env, db, d, _ = scratch(1000, 1000)
         shutil.rmtree(d)
         print("bulk loader: 1,000 runs and 1,000 journal entries, store consistent")
         return
+    if a.backups:
+        backups(a.backups, a.rounds)
+        return
     runs = [int(x) for x in a.runs.split(",") if x]
     entries = [int(x) for x in a.journal.split(",") if x]
-    sizes = [(0, 0)] + [(r, 0) for r in runs] + [(0, e) for e in entries]
+    sizes = ([(0, 0, False)] + [(r, 0, False) for r in runs] + [(0, e, False) for e in entries]
+             + [(0, e, True) for e in entries])
     growth(sizes, a.rounds)
     print()
     print("| journal entries | verify | checkpoint | verify after | verify --full with the archive |")
