@@ -1028,7 +1028,12 @@ fn journal_checkpoints_archive_the_past_and_still_verify_as_one_chain() {
     .unwrap();
     assert_eq!(f.load().unwrap().token, FencingToken(4));
     assert_eq!(f.verify_journal().unwrap().entries, 2);
-    assert_eq!(f.verify_journal_full(&[a3.clone()]).unwrap().entries, 5);
+    assert_eq!(
+        f.verify_journal_full(std::slice::from_ref(&a3))
+            .unwrap()
+            .entries,
+        5
+    );
     assert_eq!(
         f.verify_journal_full(&[]).unwrap_err().kind(),
         ErrorKind::Corrupt
