@@ -1047,3 +1047,42 @@ fn journal_checkpoints_archive_the_past_and_still_verify_as_one_chain() {
     );
     assert_eq!(m.journal().unwrap().len(), 3);
 }
+
+/// A backlog of old runs (after an upgrade, say) is pruned a batch at a time: one finish deletes
+/// at most `PRUNE_BATCH` runs, so no writer waits behind a long delete, and later finishes take
+/// the rest.
+#[test]
+fn a_backlog_of_old_runs_is_pruned_a_batch_per_finish() {
+    use pra_core::store::{PRUNE_BATCH, PRUNE_EVERY};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let s = SqliteStore::open(&dir.path().join("state.db"), clock.clone())
+        .unwrap()
+        .with_history(std::time::Duration::from_secs(86_400));
+    activate_rbx(&s);
+    let old = 2 * PRUNE_BATCH + 10;
+    for _ in 0..old {
+        let id = admitted(&s, &rbx_run("a"));
+        // Finishing them prunes nothing yet: they are all within the window.
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+    }
+    let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    assert_eq!(s.runs(epoch).unwrap().len() as i64, old);
+    clock.advance(Duration::days(2));
+    let mut left = vec![];
+    for _ in 0..3 * PRUNE_EVERY {
+        let id = admitted(&s, &rbx_run("b"));
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+        if id.0 % PRUNE_EVERY == 0 {
+            left.push(
+                s.runs(epoch)
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.start.job == "a")
+                    .count() as i64,
+            );
+        }
+    }
+    assert_eq!(left, [old - PRUNE_BATCH, old - 2 * PRUNE_BATCH, 0]);
+    assert_eq!(s.run_stats().unwrap()[0].started as i64, old);
+}
