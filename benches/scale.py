@@ -8,7 +8,9 @@ Usage: scale.py [--runs 1000,100000,10000000] [--journal 1000,100000] [--rounds 
 
 The bulk loader writes history straight into the store, keeping it consistent the way pra's write
 path would: runs go through the `runs` table's insert trigger (so the per job and site counters of
-`run_counts` count them), spread over the history window so that none is pruned; journal entries
+`run_counts` count them), spread over the history window so that none is pruned, and none
+outlives its token (no flip while they run: the store's `outlived` notes stay empty, and say so
+from the first run on); journal entries
 are sealed and chained exactly as pra seals them (SHA-256 of the entry's compact JSON without its
 hash, chained by prev_hash) and the record's journal_head anchored to the last one. After loading,
 the store is checked against its own rows (counters = a GROUP BY of the runs) and with
@@ -61,6 +63,10 @@ def load_runs(db, n, start_us, end_us, jobs=JOBS):
             " exit_code, outcome, beats, containment)"
             f" VALUES (?, 'rbx', 1, '{HOST}', 4242, ?, ?3, ?3, 0, ?4, 0, 'cgroup')", rows)
         c.commit()
+    # None of these runs outlived its token (no change of the record while they ran): what a
+    # store noting them (schema v6) since before the first of them would hold.
+    c.execute("UPDATE meta SET value = 0 WHERE key = 'outlived_since'")
+    c.commit()
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()
 

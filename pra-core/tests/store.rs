@@ -772,7 +772,9 @@ fn sqlite_run_counters_agree_with_the_runs() {
     // A store of schema 3 (no counters): the migration builds them from its runs.
     let conn = rusqlite::Connection::open(&p).unwrap();
     conn.execute_batch(
-        "DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
+        "DROP TRIGGER runs_pruned; DROP TABLE outlived; DROP TABLE meta;
+         DROP INDEX runs_unfinished; CREATE INDEX runs_unfinished ON runs (finished_at, token);
+         DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
          PRAGMA user_version = 3;",
     )
     .unwrap();
@@ -1085,4 +1087,96 @@ fn a_backlog_of_old_runs_is_pruned_a_batch_per_finish() {
     }
     assert_eq!(left, [old - PRUNE_BATCH, old - 2 * PRUNE_BATCH, 0]);
     assert_eq!(s.run_stats().unwrap()[0].started as i64, old);
+}
+
+/// The SQLite store notes the runs still going when the record moves past their token (schema
+/// v6), so that the report reads only those and the runs started while they went on: the same
+/// double execution as a sweep over every run, from a fraction of them.
+#[test]
+fn the_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let clock = clock();
+    let s = SqliteStore::open(&p, clock.clone()).unwrap();
+    // Noting began before this test's clock (a store created now notes from now).
+    rusqlite::Connection::open(&p)
+        .unwrap()
+        .execute("UPDATE meta SET value = 0 WHERE key = 'outlived_since'", [])
+        .unwrap();
+    activate_rbx(&s);
+    let at = |job: &str, site_name: &str, token: u64| RunStart {
+        job: job.into(),
+        site: site(site_name),
+        token: FencingToken(token),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
+    };
+    let step = |secs| clock.advance(Duration::seconds(secs));
+    let short = |job: &str, site_name: &str, token: u64, secs| {
+        let id = admitted(&s, &at(job, site_name, token));
+        step(secs);
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+    };
+    for _ in 0..20 {
+        short("a", "rbx", 1, 1);
+    }
+    let long = admitted(&s, &at("a", "rbx", 1));
+    step(10);
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    step(1);
+    s.change(
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+        &ops(),
+    )
+    .unwrap();
+    short("a", "sbg", 3, 5); // overlaps the long run
+    short("c", "sbg", 3, 1); // started while it went on, but another job
+    step(4);
+    assert!(s.run_finish(long, Some(0), "exited 0").unwrap());
+    step(1);
+    for _ in 0..30 {
+        short("b", "sbg", 3, 1);
+    }
+    let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    let all = s.runs(epoch).unwrap();
+    let mut read = Vec::new();
+    s.each_run_that_may_overlap(epoch, &mut |r| {
+        read.push(r.id);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        read.len(),
+        3,
+        "the long run, and the two started while it went on: {read:?}"
+    );
+    let now = pra_core::Clock::now(&*clock);
+    let full = pra_core::plan::report::report(
+        &s.journal().unwrap(),
+        &all,
+        None,
+        now,
+        Duration::seconds(60),
+    );
+    let built = pra_core::plan::report::build(
+        &s,
+        dir.path(),
+        Duration::seconds(60),
+        &*clock,
+        pra_core::plan::report::Window::Since(epoch),
+    )
+    .unwrap();
+    assert_eq!(built.overlaps, full.overlaps);
+    assert_eq!(built.overlaps.len(), 1);
+    assert_eq!(built.double_execution_seconds, 5.0);
 }

@@ -496,7 +496,7 @@ pub fn build(
     let now = clock.now();
     let mut sweep = RunSweep::default();
     if let Some(registry) = store.registry() {
-        registry.each_run(since, &mut |run| {
+        registry.each_run_that_may_overlap(since, &mut |run| {
             sweep.add(&run, now, lost_after);
             Ok(())
         })?;

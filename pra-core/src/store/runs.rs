@@ -159,6 +159,18 @@ pub trait RunRegistry: Send + Sync {
         self.runs(since)?.into_iter().try_for_each(f)
     }
 
+    /// [`RunRegistry::each_run`], but a store may leave out runs that cannot overlap a run of
+    /// another site: a run that ended before the record moved past its token, and started
+    /// while no such run went on (the SQLite store notes the runs that outlive their token at
+    /// each change). What the double-execution report reads.
+    fn each_run_that_may_overlap(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.each_run(since, f)
+    }
+
     /// Runs not finished and started under a token lower than `below`, each with its liveness
     /// evidence: what a drain judges.
     fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>>;

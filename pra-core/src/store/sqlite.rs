@@ -1,6 +1,7 @@
 //! The embedded default store: one SQLite database (WAL mode) holding the active-site record,
 //! the journal, the plan state and the run registry; every change is one IMMEDIATE transaction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -103,6 +104,23 @@ const MIGRATIONS: &[&str] = &[
     // start times.
     "DROP INDEX runs_unfinished;
      CREATE INDEX runs_unfinished ON runs (finished_at, token) WHERE finished_at IS NULL;",
+    // v6: the runs that were still going when the record moved past their token (the only
+    // ones another site's runs can overlap), noted at each change, so that the report reads
+    // those and the runs started while they went on, not a month of runs. `outlived_since`:
+    // when the noting began (before it, the report reads every run).
+    "CREATE TABLE outlived (
+        id INTEGER PRIMARY KEY,
+        token_end INTEGER NOT NULL
+     );
+     CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );
+     INSERT INTO meta VALUES ('outlived_since',
+        CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER));
+     CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
+        DELETE FROM outlived WHERE id = OLD.id;
+     END;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -423,6 +441,8 @@ const PRA_TABLES: &[&str] = &[
     "runs",
     "skips",
     "run_counts",
+    "outlived",
+    "meta",
 ];
 
 /// Refuses a database that has tables but is not a pra store: a table pra does not create, or
@@ -523,6 +543,14 @@ impl Backend for SqliteStore {
                 ],
             )
             .map_err(self.err("write the active-site record"))?;
+            // The runs still going under older tokens outlive them from now (drains read the
+            // same partial index).
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO outlived (id, token_end)
+                 SELECT id, ?2 FROM runs WHERE finished_at IS NULL AND token < ?1",
+            )
+            .and_then(|mut st| st.execute(params![r.token.0 as i64, time_to_us(r.changed_at)]))
+            .map_err(self.err("note the runs that outlive their token"))?;
         }
         if let Some(plan) = &writes.plan {
             tx.execute(
@@ -702,6 +730,100 @@ impl RunRegistry for SqliteStore {
             f(row.map_err(self.err("list runs"))??)?;
         }
         Ok(())
+    }
+
+    fn each_run_that_may_overlap(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        let since = time_to_us(since);
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(self.err("begin"))?;
+        let noted_from: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'outlived_since'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err("read the report's bounds"))?;
+        // Started runs' time ranges to read: before the noting began, all of them; then, from
+        // each outliving run's token end to its end (open while it goes on).
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        if since < noted_from {
+            ranges.push((since, noted_from));
+        }
+        let mut outliving: Vec<i64> = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "SELECT o.id, o.token_end, r.finished_at FROM outlived o JOIN runs r ON r.id = o.id
+                     WHERE r.started_at >= ?1",
+                )
+                .map_err(self.err("list runs"))?;
+            let rows = st
+                .query_map([since], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(self.err("list runs"))?;
+            for row in rows {
+                let (id, token_end, finished) = row.map_err(self.err("list runs"))?;
+                outliving.push(id);
+                // A run marked finished still counts up to its last heartbeat or so: the end
+                // is widened to the end of time rather than guessed.
+                ranges.push((
+                    token_end.max(since),
+                    finished.map_or(i64::MAX, |f| f.max(token_end) + 1),
+                ));
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some((_, h)) if lo <= *h => *h = (*h).max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let mut runs: BTreeMap<i64, RunRecord> = BTreeMap::new();
+        let mut add = |run: Result<RunRecord>| -> Result<()> {
+            let run = run?;
+            runs.insert(run.id.0, run);
+            Ok(())
+        };
+        {
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "{RUN_COLUMNS} WHERE started_at >= ?1 AND started_at < ?2"
+                ))
+                .map_err(self.err("list runs"))?;
+            for (lo, hi) in merged {
+                let rows = st
+                    .query_map([lo, hi], run_from_row)
+                    .map_err(self.err("list runs"))?;
+                for row in rows {
+                    add(row.map_err(self.err("list runs"))?)?;
+                }
+            }
+            let mut st = tx
+                .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))
+                .map_err(self.err("list runs"))?;
+            for id in outliving {
+                let rows = st
+                    .query_map([id], run_from_row)
+                    .map_err(self.err("list runs"))?;
+                for row in rows {
+                    add(row.map_err(self.err("list runs"))?)?;
+                }
+            }
+        }
+        let mut runs: Vec<RunRecord> = runs.into_values().collect();
+        runs.sort_by_key(|r| (r.started_at, r.id.0));
+        runs.into_iter().try_for_each(f)
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
