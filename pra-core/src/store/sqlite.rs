@@ -757,8 +757,9 @@ impl RunRegistry for SqliteStore {
         {
             let mut st = tx
                 .prepare_cached(
-                    "SELECT o.id, o.token_end, r.finished_at FROM outlived o JOIN runs r ON r.id = o.id
-                     WHERE r.started_at >= ?1",
+                    // CROSS JOIN: from the few noted runs to theirs, never the other way round.
+                    "SELECT o.id, o.token_end, r.finished_at FROM outlived o CROSS JOIN runs r
+                     ON r.id = o.id WHERE r.started_at >= ?1",
                 )
                 .map_err(self.err("list runs"))?;
             let rows = st
