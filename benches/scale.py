@@ -135,6 +135,11 @@ def measured(args, env):
     return ms, int(last.split()[1]) / 1024, r.returncode, err
 
 
+def median_peak(samples):
+    """(median milliseconds, highest peak RSS) of `measured` samples."""
+    return statistics.median(x[0] for x in samples), max(x[1] for x in samples)
+
+
 OPS = [
     ("check", ["check"]),
     ("run -- true", ["run", "--job", "bench", "--", "true"]),
@@ -221,8 +226,7 @@ def checkpointed(entries):
     after = [measured(["journal", "--verify"], env) for _ in range(3)]
     full = measured(["journal", "--verify", "--full", "--archive", archive], env)
     assert full[2] == 0, full[3]
-    med = lambda v: (statistics.median(x[0] for x in v), max(x[1] for x in v))  # noqa: E731
-    b, a = med(before), med(after)
+    b, a = median_peak(before), median_peak(after)
     print(f"| {entries:,} | {b[0]:.1f} ms, {b[1]:.0f} MiB | {ms:.1f} ms | {a[0]:.1f} ms, {a[1]:.0f} MiB"
           f" | {full[0]:.1f} ms, {full[1]:.0f} MiB |")
     shutil.rmtree(d)
@@ -293,8 +297,7 @@ def backups(n, rounds):
         listed.append(measured(["status"], env))
         # The listing wrote the index back.
         assert os.path.exists(index)
-    med = lambda v: (statistics.median(x[0] for x in v), max(x[1] for x in v))  # noqa: E731
-    f, l_ = med(fresh), med(listed)
+    f, l_ = median_peak(fresh), median_peak(listed)
     print(f"`pra status`, {n:,} backups: from the index {f[0]:.1f} ms, {f[1]:.0f} MiB; "
           f"listing the directory {l_[0]:.1f} ms, {l_[1]:.0f} MiB")
     shutil.rmtree(d)
