@@ -12,7 +12,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: demo build libpra install deb test-deb wheel test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: bench-scale bench-scale-short demo build libpra install deb test-deb wheel test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -65,7 +65,7 @@ install: libpra
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short bench-scale-etcd-short
+test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short bench-scale-short bench-scale-etcd-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
@@ -82,6 +82,21 @@ test-rust: apt-tools
 test-c: apt-tools
 	$(CARGO) build --bin pra
 	tests/c/run.sh
+
+## The growth table of issue 19 (BENCHMARKS.md): SQLite stores of 1 k, 100 k and 10 M runs and of
+## 1 k / 100 k journal entries against an empty one, then a year at 200 jobs/min; then
+## benches/scale_etcd.py, the same on etcd, when it exists. Long (≈ 30 min); ≈ 3 GB of scratch
+## disk under TMPDIR.
+bench-scale:
+	$(CARGO) build --bin pra
+	python3 benches/scale.py --year
+	if [ -f benches/scale_etcd.py ]; then python3 benches/scale_etcd.py; fi
+
+## In `make test`: the scale benchmark's bulk loader on 1,000 runs and entries, and the store it
+## builds checked against its own rows (counters, journal chain).
+bench-scale-short:
+	$(CARGO) build --bin pra
+	python3 benches/scale.py --check-only
 
 ## The C ABI from Go (cgo), with Debian's Go toolchain, built through pkg-config against libpra
 ## installed (debug build) in a scratch prefix.

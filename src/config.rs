@@ -28,6 +28,7 @@ pub const KEYS: &[&str] = &[
     "revoke_grace_seconds",
     "drain_timeout_seconds",
     "store_timeout_seconds",
+    "history_days",
     "lock_dir",
     "etcd_ca_file",
     "etcd_cert_file",
@@ -61,6 +62,9 @@ pub struct FileConfig {
     pub drain_timeout_seconds: Option<u32>,
     pub store_timeout_seconds: Option<u32>,
     pub lock_dir: Option<PathBuf>,
+    /// How many days finished runs are kept in detail (default 30; older ones are counted in
+    /// per job and site counters and deleted as runs finish).
+    pub history_days: Option<u32>,
     /// etcds:// stores: the CA that signed the members' certificates (PEM).
     pub etcd_ca_file: Option<PathBuf>,
     /// The client certificate and its key (PEM), for members with `--client-cert-auth`.
@@ -101,6 +105,10 @@ pub struct Overrides {
     /// The table `count` counts [default: events].
     #[arg(long, env = "PRA_TABLE", global = true)]
     pub table: Option<String>,
+    /// Days finished runs are kept in detail; older ones are deleted as runs finish, their
+    /// counts kept for metrics [default: 30].
+    #[arg(long, env = "PRA_HISTORY_DAYS", global = true)]
+    pub history_days: Option<u32>,
 }
 
 /// The resolved configuration.
@@ -121,6 +129,8 @@ pub struct Config {
     /// The deadline of each call to a network store (etcd).
     pub store_timeout: Duration,
     pub lock_dir: PathBuf,
+    /// How long finished runs are kept in detail (`history_days`).
+    pub history: Duration,
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
@@ -146,6 +156,7 @@ impl Config {
             "revoke_grace_seconds": secs(self.revoke_grace),
             "drain_timeout_seconds": secs(self.drain_timeout),
             "store_timeout_seconds": secs(self.store_timeout),
+            "history_days": self.history.num_days(),
             "lock_dir": self.lock_dir.display().to_string(),
             "etcd_ca_file": path(&self.etcd.ca_file),
             "etcd_cert_file": path(&self.etcd.cert_file),
@@ -262,6 +273,15 @@ impl Config {
                 "store_timeout_seconds",
             )?,
             lock_dir: file.lock_dir.unwrap_or_else(std::env::temp_dir),
+            history: match o.history_days.or(file.history_days) {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "history_days must be at least 1".into(),
+                    ));
+                }
+                Some(days) => Duration::days(i64::from(days)),
+                None => Duration::days(i64::from(defaults::HISTORY_DAYS)),
+            },
             etcd,
         };
         // Refused here, before anything runs: timings under which a run cut off from the store
@@ -301,6 +321,7 @@ impl Config {
             needs,
             store_group: self.store_group.clone(),
             etcd: self.etcd.clone(),
+            history: self.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
             ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)
@@ -347,9 +368,9 @@ fn with_env(text: Option<(String, String)>) -> Result<FileConfig> {
         let value = value
             .into_string()
             .map_err(|_| Error::InvalidArgument(format!("{var} is not UTF-8")))?;
-        let value = if key.ends_with("_seconds") {
+        let value = if key.ends_with("_seconds") || key.ends_with("_days") {
             let n: u32 = value.trim().parse().map_err(|_| {
-                Error::InvalidArgument(format!("{var}={value:?}: expected a number of seconds"))
+                Error::InvalidArgument(format!("{var}={value:?}: expected a whole number"))
             })?;
             toml::Value::Integer(i64::from(n))
         } else {
@@ -372,7 +393,7 @@ mod tests {
         let all: String = KEYS
             .iter()
             .map(|k| {
-                if k.ends_with("_seconds") {
+                if k.ends_with("_seconds") || k.ends_with("_days") {
                     format!("{k} = 7\n")
                 } else {
                     format!("{k} = \"x\"\n")

@@ -56,12 +56,8 @@ enum Command {
     /// The failover/failback plan.
     #[command(subcommand)]
     Plan(commands::PlanCmd),
-    /// Print the audit journal, or check its hash chain.
-    Journal {
-        /// Check the hash chain instead of printing the journal.
-        #[arg(long)]
-        verify: bool,
-    },
+    /// Print the audit journal, check its hash chain, or checkpoint it.
+    Journal(commands::JournalArgs),
     /// Prometheus metrics, for node_exporter's textfile collector.
     Metrics(commands::MetricsArgs),
     /// Take a consistent, verified backup of the database.
@@ -186,7 +182,7 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Follow(args) => follow::follow(&cfg()?, args),
         Command::Site(cmd) => commands::site(&cfg()?, &out, cmd),
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
-        Command::Journal { verify } => commands::journal(&cfg()?, &out, *verify),
+        Command::Journal(args) => commands::journal(&cfg()?, &out, args),
         Command::Metrics(args) => commands::metrics(&cfg()?, args),
         Command::Backup => commands::backup(&cfg()?, &out),
         Command::Backups => commands::backups(&cfg()?, &out),

@@ -262,6 +262,35 @@ fn journal_lists_and_verifies_and_detects_tampering() {
     assert_eq!(code(&o), 10, "{}", text(&o));
 }
 
+/// `pra journal --checkpoint --archive FILE` moves the journal so far to FILE; `--verify`
+/// starts at the checkpoint, `--verify --full --archive FILE` checks FILE and the store as one
+/// chain, and finds the archive missing or edited.
+#[test]
+fn journal_checkpoint_archives_and_full_verify_checks_the_archive() {
+    let e = Env::new();
+    ok(e.pra(&["site", "activate", "rbx", "--expect-token", "0"]));
+    ok(e.pra(&["site", "deactivate", "--expect-token", "1"]));
+    let archive = e.path("journal-1.jsonl");
+    let a = archive.to_str().unwrap();
+    let o = ok(e.pra(&["journal", "--checkpoint", "--archive", a]));
+    assert!(text(&o).contains("2 entries archived"), "{}", text(&o));
+    let o = ok(e.pra(&["journal"]));
+    assert!(text(&o).contains("checkpoint"), "{}", text(&o));
+    ok(e.pra(&["site", "activate", "sbg", "--expect-token", "2"]));
+    assert!(text(&ok(e.pra(&["journal", "--verify"]))).contains("2 entries"));
+    let o = ok(e.pra(&["journal", "--verify", "--full", "--archive", a]));
+    assert!(text(&o).contains("4 entries"), "{}", text(&o));
+    // Without the archive, the full history has a gap.
+    let o = e.pra(&["journal", "--verify", "--full"]);
+    assert_eq!(code(&o), 10, "{}", text(&o));
+    let edited = std::fs::read_to_string(&archive)
+        .unwrap()
+        .replace("\"token\":1", "\"token\":7");
+    std::fs::write(&archive, edited).unwrap();
+    let o = e.pra(&["journal", "--verify", "--full", "--archive", a]);
+    assert_eq!(code(&o), 10, "{}", text(&o));
+}
+
 #[test]
 fn run_only_on_the_active_site_with_its_token() {
     let e = Env::new();
@@ -913,7 +942,7 @@ fn every_configuration_key_is_overridden_by_its_variable() {
     assert!(keys.len() >= 19, "{keys:?}");
     for key in &keys {
         let var = format!("PRA_{}", key.to_uppercase());
-        let value = if key.ends_with("_seconds") {
+        let value = if key.ends_with("_seconds") || key.ends_with("_days") {
             "4242"
         } else {
             "/from/env"

@@ -266,6 +266,7 @@ fn the_journal_is_one_chain(s: &Subject) {
             JournalEvent::SiteChanged { .. } => "site",
             JournalEvent::DrainForced { .. } => "forced",
             JournalEvent::PlanStep { .. } => "step",
+            JournalEvent::Checkpoint { .. } => "checkpoint",
         })
         .collect();
     assert_eq!(kinds, ["site", "site", "forced", "forced"]);

@@ -14,9 +14,11 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub const REVOKE_GRACE: Duration = Duration::from_secs(30);
 /// How long a flip waits for the old site's runs to end.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long finished runs are kept in detail (for `pra plan report`); beyond it they live on
-/// only in per-job, per-site counters.
-pub const HISTORY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How many days finished runs are kept in detail (`history_days`): older ones are deleted as
+/// runs finish, their counts kept in per job and site counters.
+pub const HISTORY_DAYS: u32 = 30;
+/// [`HISTORY_DAYS`] as a duration.
+pub const HISTORY: Duration = Duration::from_secs(HISTORY_DAYS as u64 * 86_400);
 /// The seed's backup cadence.
 pub const BACKUP_INTERVAL: Duration = Duration::from_secs(60);
 /// The application's table that `status` counts.

@@ -177,7 +177,7 @@ fn a_file_copy_is_taken_only_when_the_snapshot_is_the_file_alone() {
     let leftovers: Vec<_> = fs::read_dir(&bdir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && n != backup::index::STATE_DIR)
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -198,12 +198,15 @@ fn backups_and_manifests_are_private_and_checksummed() {
     assert_eq!(m.size, fs::metadata(&b.path).unwrap().len());
     assert_eq!(m.verification, "ok");
     assert_eq!(m.sha256.len(), 64);
-    // Self-contained: no -wal or -shm beside the backup, and no temp file left.
+    // Self-contained: no -wal or -shm beside the backup, and no temp file left; pra's own
+    // files (the index) are in a private subdirectory.
     let names: Vec<String> = fs::read_dir(&bdir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != backup::index::STATE_DIR)
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(mode(&bdir.join(backup::index::STATE_DIR)), 0o700);
 }
 
 #[test]
@@ -1083,4 +1086,90 @@ fn a_symlinked_backup_is_never_opened_nor_trusted() {
         list.iter().all(|e| e.health != Health::Verified),
         "a symlink was trusted: {list:?}"
     );
+}
+
+/// The backup directory's index: `pra backup` keeps the newest backups' names in it, and status
+/// finds the newest backup there without listing the directory — until the directory changes
+/// behind pra's back (stale), or the index is missing, unreadable or names a file that is gone:
+/// then the full scan, which writes the index back.
+#[test]
+fn status_finds_the_newest_backup_through_the_index_and_lists_the_directory_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 10);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap());
+        c.advance(Duration::seconds(1));
+    }
+    let newest = |bdir: &Path| {
+        let (n, found, _) = backup::newest_verified(bdir).unwrap();
+        (n, found.unwrap().name)
+    };
+    assert_eq!(newest(&bdir), (3, taken[2].name.clone()));
+    // A verified backup put in by hand, one hour newer, with its manifest.
+    let slip_in = |hours: i64| {
+        let name = backup::BackupName {
+            time: pra_core::Clock::now(&c) + Duration::hours(hours),
+            seq: 0,
+        }
+        .file_name();
+        fs::copy(&taken[2].path, bdir.join(&name)).unwrap();
+        let mut m: serde_json::Value = serde_json::from_slice(
+            &fs::read(bdir.join(format!("{}.json", taken[2].name))).unwrap(),
+        )
+        .unwrap();
+        m["file"] = name.clone().into();
+        fs::write(bdir.join(format!("{name}.json")), m.to_string()).unwrap();
+        name
+    };
+    let mtime = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+    let set_mtime = |p: &Path, t| {
+        fs::File::open(p).unwrap().set_modified(t).unwrap();
+    };
+    // With the directory's mtime put back, the index is fresh: the slipped-in file is not seen,
+    // which shows the directory was not listed.
+    let stamp = mtime(&bdir);
+    let hidden = slip_in(1);
+    set_mtime(&bdir, stamp);
+    assert_eq!(newest(&bdir), (3, taken[2].name.clone()));
+    // Stale: the directory changed since the index was written (its mtime moved).
+    set_mtime(&bdir, stamp + std::time::Duration::from_secs(5));
+    assert_eq!(newest(&bdir), (4, hidden.clone()));
+    // ... and the scan wrote the index back: fresh again, another hidden file is not seen.
+    let stamp = mtime(&bdir);
+    let hidden2 = slip_in(2);
+    set_mtime(&bdir, stamp);
+    assert_eq!(newest(&bdir), (4, hidden.clone()));
+    // Missing: the scan.
+    let index = bdir.join(backup::index::STATE_DIR).join("index.json");
+    fs::remove_file(&index).unwrap();
+    assert_eq!(newest(&bdir), (5, hidden2.clone()));
+    assert!(index.exists(), "the scan writes the index back");
+    // Unreadable, though stamped as fresh: the scan.
+    let hidden3 = slip_in(3);
+    let stamp = mtime(&bdir);
+    fs::write(&index, b"{ not json").unwrap();
+    set_mtime(&index, stamp);
+    assert_eq!(newest(&bdir), (6, hidden3.clone()));
+    // Naming a file that is gone, though fresh: the scan.
+    let stamp = mtime(&bdir);
+    fs::remove_file(bdir.join(&hidden3)).unwrap();
+    fs::remove_file(bdir.join(format!("{hidden3}.json"))).unwrap();
+    set_mtime(&bdir, stamp);
+    assert_eq!(newest(&bdir), (5, hidden2.clone()));
+    // A backup taken on a stale index lists the directory and counts right; on a fresh one, it
+    // adds itself.
+    set_mtime(&bdir, stamp + std::time::Duration::from_secs(9));
+    c.advance(Duration::hours(5));
+    let b = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    assert_eq!(newest(&bdir), (6, b.name.clone()));
+    c.advance(Duration::seconds(1));
+    let b = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    let stamp = mtime(&bdir);
+    slip_in(9);
+    set_mtime(&bdir, stamp);
+    assert_eq!(newest(&bdir), (7, b.name));
 }

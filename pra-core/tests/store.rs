@@ -8,6 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, TimeZone, Utc};
 use pra_core::store::{
     Admission, FileStore, Heartbeat, RunId, RunRegistry, RunStart, SqliteStore, Store, open,
+    read_archive,
 };
 use pra_core::{Actor, ErrorKind, FencingToken, ManualClock, SiteChange, SiteId, Verdict, check};
 use proptest::prelude::*;
@@ -29,6 +30,30 @@ fn admitted(r: &dyn RunRegistry, start: &RunStart) -> RunId {
     match r.run_start(start).unwrap() {
         Admission::Admitted { id, .. } => id,
         other => panic!("not admitted: {other:?}"),
+    }
+}
+
+/// Activates rbx on a new store `s` (token 1).
+fn activate_rbx(s: &dyn Store) {
+    s.change(
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(0),
+        },
+        &ops(),
+    )
+    .unwrap();
+}
+
+/// A run of `job` on rbx under token 1.
+fn rbx_run(job: &str) -> RunStart {
+    RunStart {
+        job: job.into(),
+        site: site("rbx"),
+        token: FencingToken(1),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
     }
 }
 
@@ -248,14 +273,7 @@ fn file_store_corrupt_file_is_an_error_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     let good = fs::read_to_string(&p).unwrap();
     let truncated = &good[..good.find("CHANGED_BY").unwrap()];
     fs::write(&p, truncated).unwrap();
@@ -287,14 +305,7 @@ fn file_store_lost_lock_file_does_not_restart_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     fs::remove_file(&p).unwrap();
     let e = s.load().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
@@ -315,14 +326,7 @@ fn file_store_rolls_an_interrupted_change_forward_never_back() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     let lock_before = fs::read_to_string(&p).unwrap();
     // A crash after the journal append but before the rename — or the lock file put back from
     // a copy one change old (red team, session 4): the two look the same. Do a real change,
@@ -382,14 +386,7 @@ fn file_store_journal_tampering_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("pra-status.lock");
     let s = FileStore::open(&p, clock()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
+    activate_rbx(&s);
     s.change(
         SiteChange::Deactivate {
             expect: FencingToken(1),
@@ -716,22 +713,8 @@ fn sqlite_run_counters_agree_with_the_runs() {
     let p = dir.path().join("state.db");
     let clock = clock();
     let s = SqliteStore::open(&p, clock.clone()).unwrap();
-    s.change(
-        SiteChange::Activate {
-            site: site("rbx"),
-            expect: FencingToken(0),
-        },
-        &ops(),
-    )
-    .unwrap();
-    let start = |job: &str| RunStart {
-        job: job.into(),
-        site: site("rbx"),
-        token: FencingToken(1),
-        host: "h".into(),
-        pid: 1,
-        containment: None,
-    };
+    activate_rbx(&s);
+    let start = rbx_run;
     let ids: Vec<RunId> = (0..12)
         .map(|i| admitted(&s, &start(["a", "b", "c"][i % 3])))
         .collect();
@@ -789,7 +772,9 @@ fn sqlite_run_counters_agree_with_the_runs() {
     // A store of schema 3 (no counters): the migration builds them from its runs.
     let conn = rusqlite::Connection::open(&p).unwrap();
     conn.execute_batch(
-        "DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
+        "DROP TRIGGER runs_pruned; DROP TABLE outlived; DROP TABLE meta;
+         DROP INDEX runs_unfinished; CREATE INDEX runs_unfinished ON runs (finished_at, token);
+         DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
          PRAGMA user_version = 3;",
     )
     .unwrap();
@@ -798,4 +783,400 @@ fn sqlite_run_counters_agree_with_the_runs() {
     assert_eq!(counted(&s), expected(&s));
     assert!(s.run_finish(ids[3], Some(0), "exited 0").unwrap());
     assert_eq!(counted(&s), expected(&s));
+}
+
+/// Per job and site (started, skipped, revoked, unfinished), as the store's metrics say.
+fn stats_of(r: &dyn RunRegistry) -> std::collections::BTreeMap<(String, String), [u64; 4]> {
+    r.run_stats()
+        .unwrap()
+        .into_iter()
+        .map(|x| {
+            (
+                (x.job, x.site.to_string()),
+                [x.started, x.skipped, x.revoked, x.unfinished],
+            )
+        })
+        .collect()
+}
+
+/// The same counts from the rows themselves (and `skips`), without the store's counters.
+fn stats_of_rows(
+    runs: &[pra_core::store::RunRecord],
+    skips: &[(&str, &str, u64)],
+) -> std::collections::BTreeMap<(String, String), [u64; 4]> {
+    let mut by: std::collections::BTreeMap<(String, String), [u64; 4]> = Default::default();
+    for r in runs {
+        let e = by
+            .entry((r.start.job.clone(), r.start.site.to_string()))
+            .or_default();
+        e[0] += 1;
+        e[2] += u64::from(r.outcome.as_deref() == Some("revoked"));
+        e[3] += u64::from(r.finished_at.is_none());
+    }
+    for (job, site, n) in skips {
+        by.entry((job.to_string(), site.to_string())).or_default()[1] += n;
+    }
+    by
+}
+
+/// Bounded history: finished runs started before the window are deleted as later runs finish, the
+/// metrics' counters stay exact (checked against the rows counted before they were deleted),
+/// unfinished runs are never deleted and a drain still finds them — on the SQLite store
+/// (opened through the options the front ends use) and the memory store.
+#[test]
+fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/state.db", dir.path().display());
+    let history = std::time::Duration::from_secs(2 * 86_400);
+    // Less than a day is refused.
+    let short = pra_core::store::OpenOptions {
+        history: std::time::Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let e = pra_core::store::open_with(&url, &short).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let sqlite_clock = clock();
+    let sqlite = pra_core::store::open_with(
+        &url,
+        &pra_core::store::OpenOptions {
+            clock: sqlite_clock.clone(),
+            history,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let memory_clock = clock();
+    let memory =
+        pra_core::store::MemoryStore::new("pruned", memory_clock.clone()).with_history(history);
+    let stores: [(&dyn Store, Arc<ManualClock>); 2] =
+        [(&*sqlite, sqlite_clock), (&memory, memory_clock)];
+    for (s, clock) in stores {
+        let r = s.registry().unwrap();
+        activate_rbx(s);
+        let start = rbx_run;
+        // 40 old runs: finished, some revoked, two never finished; and skips.
+        let old: Vec<RunId> = (0..40)
+            .map(|i| admitted(r, &start(["a", "b"][i % 2])))
+            .collect();
+        for (i, id) in old.iter().enumerate() {
+            clock.advance(Duration::seconds(1));
+            match i {
+                5 | 6 => {}
+                i if i % 7 == 0 => assert!(r.run_finish(*id, None, "revoked").unwrap()),
+                _ => assert!(r.run_finish(*id, Some(0), "exited 0").unwrap()),
+            }
+        }
+        r.note_skip("a", &site("sbg")).unwrap();
+        r.note_skip("a", &site("sbg")).unwrap();
+        let skips = [("a", "sbg", 2)];
+        let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+        // Ground truth, from the rows, before anything is pruned.
+        let old_rows = r.runs(epoch).unwrap();
+        assert_eq!(old_rows.len(), 40);
+        let before = stats_of_rows(&old_rows, &skips);
+        assert_eq!(stats_of(r), before);
+
+        // Three days later, 24 new runs (ids 41 to 64): the finishes of 48 and 64 prune.
+        clock.advance(Duration::days(3));
+        let new: Vec<RunId> = (0..24).map(|_| admitted(r, &start("b"))).collect();
+        for id in &new {
+            assert!(r.run_finish(*id, Some(1), "exited 1").unwrap());
+        }
+        let rows = r.runs(epoch).unwrap();
+        let kept: Vec<RunId> = rows.iter().map(|x| x.id).collect();
+        let mut want = vec![old[5], old[6]];
+        want.extend(&new);
+        assert_eq!(kept, want, "only the unfinished old runs stay");
+        // Counters: the old rows' truth plus the new rows, exactly.
+        let mut expected = before.clone();
+        for (k, v) in stats_of_rows(&rows[2..], &[]) {
+            let e = expected.entry(k).or_default();
+            for i in 0..4 {
+                e[i] += v[i];
+            }
+        }
+        assert_eq!(stats_of(r), expected);
+        // A drain still sees the old unfinished runs.
+        let unfinished: Vec<RunId> = r
+            .unfinished_runs_below(FencingToken(2))
+            .unwrap()
+            .into_iter()
+            .map(|u| u.run.id)
+            .collect();
+        assert_eq!(unfinished, vec![old[5], old[6]]);
+        // Finishing one of them still counts.
+        assert!(r.run_finish(old[5], Some(0), "exited 0").unwrap());
+        expected
+            .get_mut(&("b".to_string(), "rbx".to_string()))
+            .unwrap()[3] -= 1;
+        assert_eq!(stats_of(r), expected);
+    }
+}
+
+/// Journal checkpoints: the older entries go to an archive file and the store keeps one
+/// checkpoint entry carrying their head hash; the default verification starts there, the full
+/// one checks the archives and the store as one chain and finds a tampered archive or a gap.
+#[test]
+fn journal_checkpoints_archive_the_past_and_still_verify_as_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    let (a1, a2) = (dir.path().join("j1.jsonl"), dir.path().join("j2.jsonl"));
+    // An empty journal has nothing to checkpoint, and writes no archive.
+    assert_eq!(
+        s.checkpoint_journal(&a1, &ops()).unwrap_err().kind(),
+        ErrorKind::Refused
+    );
+    assert!(!a1.exists());
+    three_flips(&s);
+    let first = s.checkpoint_journal(&a1, &ops()).unwrap();
+    assert_eq!(first.entries, 3);
+    assert_eq!(read_archive(&a1).unwrap().len(), 3);
+    let live = s.journal().unwrap();
+    assert_eq!(live.len(), 1, "only the checkpoint stays: {live:?}");
+    assert_eq!(live[0].seq, 4);
+    assert_eq!(live[0].prev_hash, first.head);
+    // An existing archive is never overwritten, and the store is left as it was.
+    assert_eq!(
+        s.checkpoint_journal(&a1, &ops()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(s.journal().unwrap(), live);
+    // Life goes on after a checkpoint (also after reopening): flips chain on from it.
+    drop(s);
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    for change in [
+        SiteChange::Deactivate {
+            expect: FencingToken(3),
+        },
+        SiteChange::Activate {
+            site: site("rbx"),
+            expect: FencingToken(4),
+        },
+    ] {
+        s.change(change, &ops()).unwrap();
+    }
+    assert_eq!(s.verify_journal().unwrap().entries, 3);
+    assert_eq!(s.checkpoint_journal(&a2, &ops()).unwrap().entries, 3);
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(5),
+        },
+        &ops(),
+    )
+    .unwrap();
+    // From the last checkpoint: two entries, whatever the archives hold.
+    assert_eq!(s.verify_journal().unwrap().entries, 2);
+    // The whole history: 3 + 3 archived, the checkpoint and the last flip.
+    let full = s.verify_journal_full(&[a1.clone(), a2.clone()]).unwrap();
+    assert_eq!(full.entries, 8);
+    assert_eq!(full.head, s.verify_journal().unwrap().head);
+    // A gap: the first archive missing, or given out of order.
+    for archives in [vec![a2.clone()], vec![a2.clone(), a1.clone()]] {
+        let e = s.verify_journal_full(&archives).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    }
+    // A tampered archive: a changed reason, even re-sealed, breaks the chain.
+    let text = fs::read_to_string(&a1).unwrap();
+    let mut entries = read_archive(&a1).unwrap();
+    entries[1].reason = "nothing to see".into();
+    entries[1].hash = entries[1].compute_hash();
+    let tampered: String = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap() + "\n")
+        .collect();
+    fs::write(&a1, tampered).unwrap();
+    let e = s
+        .verify_journal_full(&[a1.clone(), a2.clone()])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("entry 3"), "{e}");
+    fs::write(&a1, text).unwrap();
+    s.verify_journal_full(&[a1.clone(), a2.clone()]).unwrap();
+    // The live journal is still guarded: a checkpoint's record edited in the store is found.
+    drop(s);
+    let conn = rusqlite::Connection::open(&p).unwrap();
+    let body: String = conn
+        .query_row("SELECT body FROM journal ORDER BY seq LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(body.contains("\"checkpoint\""), "{body}");
+    conn.execute(
+        "UPDATE journal SET body = ?1 WHERE seq = (SELECT MIN(seq) FROM journal)",
+        [body.replace("\"token\":5", "\"token\":9")],
+    )
+    .unwrap();
+    drop(conn);
+    let s = SqliteStore::open(&p, clock()).unwrap();
+    assert_eq!(s.verify_journal().unwrap_err().kind(), ErrorKind::Corrupt);
+    // The lock file checkpoints too: its journal file keeps the checkpoint on, and changes
+    // (with their write-ahead check of what follows the file's head) number on from it.
+    let lock = dir.path().join("pra-status.lock");
+    let f = FileStore::open(&lock, clock()).unwrap();
+    three_flips(&f);
+    let a3 = dir.path().join("j3.jsonl");
+    assert_eq!(f.checkpoint_journal(&a3, &ops()).unwrap().entries, 3);
+    let journal_file = fs::read_to_string(dir.path().join("pra-status.lock.journal")).unwrap();
+    assert_eq!(journal_file.lines().count(), 1, "{journal_file}");
+    drop(f);
+    let f = FileStore::open(&lock, clock()).unwrap();
+    f.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(3),
+        },
+        &ops(),
+    )
+    .unwrap();
+    assert_eq!(f.load().unwrap().token, FencingToken(4));
+    assert_eq!(f.verify_journal().unwrap().entries, 2);
+    assert_eq!(
+        f.verify_journal_full(std::slice::from_ref(&a3))
+            .unwrap()
+            .entries,
+        5
+    );
+    assert_eq!(
+        f.verify_journal_full(&[]).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    // An existing archive is refused before anything is written (here on the memory store).
+    let m = pra_core::store::MemoryStore::new("cp", clock());
+    three_flips(&m);
+    assert_eq!(
+        m.checkpoint_journal(&a3, &ops()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(m.journal().unwrap().len(), 3);
+}
+
+/// A backlog of old runs (after an upgrade, say) is pruned a batch at a time: one finish deletes
+/// at most `PRUNE_BATCH` runs, so no writer waits behind a long delete, and later finishes take
+/// the rest.
+#[test]
+fn a_backlog_of_old_runs_is_pruned_a_batch_per_finish() {
+    use pra_core::store::{PRUNE_BATCH, PRUNE_EVERY};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let s = SqliteStore::open(&dir.path().join("state.db"), clock.clone())
+        .unwrap()
+        .with_history(std::time::Duration::from_secs(86_400));
+    activate_rbx(&s);
+    let old = 2 * PRUNE_BATCH + 10;
+    for _ in 0..old {
+        let id = admitted(&s, &rbx_run("a"));
+        // Finishing them prunes nothing yet: they are all within the window.
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+    }
+    let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    assert_eq!(s.runs(epoch).unwrap().len() as i64, old);
+    clock.advance(Duration::days(2));
+    let mut left = vec![];
+    for _ in 0..3 * PRUNE_EVERY {
+        let id = admitted(&s, &rbx_run("b"));
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+        if id.0 % PRUNE_EVERY == 0 {
+            left.push(
+                s.runs(epoch)
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r.start.job == "a")
+                    .count() as i64,
+            );
+        }
+    }
+    assert_eq!(left, [old - PRUNE_BATCH, old - 2 * PRUNE_BATCH, 0]);
+    assert_eq!(s.run_stats().unwrap()[0].started as i64, old);
+}
+
+/// The SQLite store notes the runs still going when the record moves past their token (schema
+/// v6), so that the report reads only those and the runs started while they went on: the same
+/// double execution as a sweep over every run, from a fraction of them.
+#[test]
+fn the_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_execution() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("state.db");
+    let clock = clock();
+    let s = SqliteStore::open(&p, clock.clone()).unwrap();
+    // Noting began before this test's clock (a store created now notes from now).
+    rusqlite::Connection::open(&p)
+        .unwrap()
+        .execute("UPDATE meta SET value = 0 WHERE key = 'outlived_since'", [])
+        .unwrap();
+    activate_rbx(&s);
+    let at = |job: &str, site_name: &str, token: u64| RunStart {
+        job: job.into(),
+        site: site(site_name),
+        token: FencingToken(token),
+        host: "h".into(),
+        pid: 1,
+        containment: None,
+    };
+    let step = |secs| clock.advance(Duration::seconds(secs));
+    let short = |job: &str, site_name: &str, token: u64, secs| {
+        let id = admitted(&s, &at(job, site_name, token));
+        step(secs);
+        assert!(s.run_finish(id, Some(0), "exited 0").unwrap());
+    };
+    for _ in 0..20 {
+        short("a", "rbx", 1, 1);
+    }
+    let long = admitted(&s, &at("a", "rbx", 1));
+    step(10);
+    s.change(
+        SiteChange::Deactivate {
+            expect: FencingToken(1),
+        },
+        &ops(),
+    )
+    .unwrap();
+    step(1);
+    s.change(
+        SiteChange::Activate {
+            site: site("sbg"),
+            expect: FencingToken(2),
+        },
+        &ops(),
+    )
+    .unwrap();
+    short("a", "sbg", 3, 5); // overlaps the long run
+    short("c", "sbg", 3, 1); // started while it went on, but another job
+    step(4);
+    assert!(s.run_finish(long, Some(0), "exited 0").unwrap());
+    step(1);
+    for _ in 0..30 {
+        short("b", "sbg", 3, 1);
+    }
+    let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    let all = s.runs(epoch).unwrap();
+    let mut read = Vec::new();
+    s.each_run_that_may_overlap(epoch, &mut |r| {
+        read.push(r.id);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        read.len(),
+        3,
+        "the long run, and the two started while it went on: {read:?}"
+    );
+    let now = pra_core::Clock::now(&*clock);
+    let full = pra_core::plan::report::report(
+        &s.journal().unwrap(),
+        &all,
+        None,
+        now,
+        Duration::seconds(60),
+    );
+    let built = pra_core::plan::report::build(
+        &s,
+        dir.path(),
+        Duration::seconds(60),
+        &*clock,
+        pra_core::plan::report::Window::Since(epoch),
+    )
+    .unwrap();
+    assert_eq!(built.overlaps, full.overlaps);
+    assert_eq!(built.overlaps.len(), 1);
+    assert_eq!(built.double_execution_seconds, 5.0);
 }

@@ -76,8 +76,8 @@ fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
         .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
-/// Parses a `--before` time: RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" in UTC.
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+/// Parses a time option (`--before`, `--since`): RFC 3339, or "YYYY-MM-DD HH:MM[:SS]" in UTC.
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }

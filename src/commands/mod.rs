@@ -13,7 +13,7 @@ pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
 pub use fence::{FenceArgs, fence};
 pub use metrics::{MetricsArgs, metrics};
 pub use plan::{PlanCmd, plan};
-pub use site::{SiteCmd, check, journal, site};
+pub use site::{JournalArgs, SiteCmd, check, journal, site};
 pub use status::status;
 
 use pra_core::{Error, SiteId};

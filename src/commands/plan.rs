@@ -45,7 +45,12 @@ pub enum PlanCmd {
     /// The plan's state and steps.
     Status,
     /// The KPIs of the last plan: RTO, RPO, failback time, fenced time, double execution.
-    Report,
+    Report {
+        /// Read the runs started from this UTC time (RFC 3339, or "YYYY-MM-DD HH:MM[:SS]")
+        /// [default: the last incident or the start of the history window, whichever is later].
+        #[arg(long, value_parser = super::backup::parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 /// How an event is written on the command line, with what it needs: `failover-decided
@@ -134,7 +139,7 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
             )?;
             return Ok(exit::OK);
         }
-        PlanCmd::Report => return plan_report(cfg, out, &*store),
+        PlanCmd::Report { since } => return plan_report(cfg, out, &*store, *since),
     };
     let actor = who.actor()?;
     let applied = if wait {
@@ -177,8 +182,19 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
 }
 
 /// Prints the KPI report of the last plan (pra-core gathers it).
-fn plan_report(cfg: &Config, out: &Out, store: &dyn Store) -> Result<u8, Error> {
-    let r = plan::report::build(store, &cfg.backup_dir, cfg.lost_after, &SystemClock)?;
+fn plan_report(
+    cfg: &Config,
+    out: &Out,
+    store: &dyn Store,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<u8, Error> {
+    let window = match since {
+        Some(t) => plan::report::Window::Since(t),
+        None => plan::report::Window::Recent {
+            history: cfg.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
+        },
+    };
+    let r = plan::report::build(store, &cfg.backup_dir, cfg.lost_after, &SystemClock, window)?;
     out.print(&r, || r.table())?;
     Ok(exit::OK)
 }

@@ -128,11 +128,58 @@ pub fn site(cfg: &Config, out: &Out, cmd: &SiteCmd) -> Result<u8, Error> {
     Ok(exit::OK)
 }
 
-/// Prints the audit journal, one line per entry, or checks its hash chain.
-pub fn journal(cfg: &Config, out: &Out, verify: bool) -> Result<u8, Error> {
+/// What `pra journal` does besides printing.
+#[derive(clap::Args, Debug)]
+pub struct JournalArgs {
+    /// Check the hash chain (from the last checkpoint) instead of printing the journal.
+    #[arg(long)]
+    pub verify: bool,
+    /// With --verify: check the whole history, the --archive files (oldest first) followed by
+    /// the store's journal, as one chain.
+    #[arg(long, requires = "verify")]
+    pub full: bool,
+    /// Archive the journal so far to --archive FILE (a new file, written atomically) and keep
+    /// only a checkpoint entry carrying its head hash in the store (SQLite stores).
+    #[arg(long, conflicts_with = "verify", requires = "archive")]
+    pub checkpoint: bool,
+    /// The archive to write (--checkpoint) or the archives to read (--verify --full).
+    #[arg(long, num_args = 1..)]
+    pub archive: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    pub who: super::Who,
+}
+
+/// Prints the audit journal, one line per entry, checks its hash chain, or checkpoints it.
+pub fn journal(cfg: &Config, out: &Out, args: &JournalArgs) -> Result<u8, Error> {
     let store = cfg.open_store()?;
-    if verify {
-        let check = store.verify_journal()?;
+    if args.checkpoint {
+        let [archive] = args.archive.as_slice() else {
+            return Err(Error::InvalidArgument(
+                "--checkpoint writes one --archive FILE".into(),
+            ));
+        };
+        let check = store.checkpoint_journal(archive, &args.who.actor()?)?;
+        out.print(&check, || {
+            format!(
+                "journal checkpointed: {} entries archived to {}, head {}",
+                check.entries,
+                archive.display(),
+                check.head
+            )
+        })?;
+        return Ok(exit::OK);
+    }
+    if args.verify {
+        let check = if args.full {
+            store.verify_journal_full(&args.archive)?
+        } else if !args.archive.is_empty() {
+            return Err(Error::InvalidArgument(
+                "--verify --archive needs --full (the archives and the store's journal as one chain)"
+                    .into(),
+            ));
+        } else {
+            store.verify_journal()?
+        };
         out.print(&check, || {
             format!(
                 "journal intact: {} entries, head {}",
@@ -189,5 +236,11 @@ pub fn describe(event: &JournalEvent) -> String {
         JournalEvent::DrainForced { plan, alive_runs } => {
             format!("plan {plan}: drain FORCED past {alive_runs} live run(s)")
         }
+        JournalEvent::Checkpoint { continues, record } => format!(
+            "checkpoint: older entries archived, chain continues from {} (record: {} at token {})",
+            &continues[..continues.len().min(12)],
+            site_name(record.site.as_ref()),
+            record.token
+        ),
     }
 }

@@ -242,7 +242,15 @@ pub fn run(
         pra_core::backup::BackupName::parse(&report.backup).map_or(lost_at, |n| n.time);
 
     d.phase("report");
-    let plan_report = plan::report::build(&*store, &cfg.backup_dir, cfg.lost_after, &clock)?;
+    let plan_report = plan::report::build(
+        &*store,
+        &cfg.backup_dir,
+        cfg.lost_after,
+        &clock,
+        plan::report::Window::Recent {
+            history: cfg.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
+        },
+    )?;
     let business = job_db.business_rows()?;
     let jobs = harness::job_figures(&*store, &business)?;
     let restore_kpis = RestoreKpis {

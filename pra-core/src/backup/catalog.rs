@@ -126,9 +126,16 @@ pub fn scan(dir: &Path) -> Result<Vec<(BackupName, String)>> {
 
 /// How many backups `dir` holds, the newest *verified* one (its checksum matched its manifest,
 /// see [`verify`]), and the backups newer than it that are not (corrupt, or without a manifest),
-/// inspected on the way. One pass over the directory, no sort: what status needs.
+/// inspected on the way: what status needs. From the directory's index when it is fresh
+/// (nothing listed, see [`super::index`]); else one pass over the directory, no sort, which
+/// writes the index back.
 pub fn newest_verified(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<BackupEntry>)> {
+    if let Some(found) = newest_verified_indexed(dir) {
+        return Ok(found);
+    }
+    let seen = super::index::dir_stamp(dir);
     let mut all = scan_unsorted(dir)?;
+    super::index::write_if_unchanged(dir, seen, &all);
     let names: Vec<String> = all.iter().map(|(_, n)| n.clone()).collect();
     let count = all.len();
     let mut verifier = verify::Verifier::load(dir);
@@ -143,8 +150,30 @@ pub fn newest_verified(dir: &Path) -> Result<(usize, Option<BackupEntry>, Vec<Ba
         }
         skipped.push(entry);
     }
-    verifier.save(names.iter().map(String::as_str));
+    verifier.save(Some(names.iter().map(String::as_str)));
     Ok((count, found, skipped))
+}
+
+/// [`newest_verified`] from a fresh index: `None` when there is none, it names a file that is
+/// gone, or none of the backups it names is verified (the caller lists the directory).
+fn newest_verified_indexed(dir: &Path) -> Option<(usize, Option<BackupEntry>, Vec<BackupEntry>)> {
+    let index = super::index::read_fresh(dir)?;
+    let mut verifier = verify::Verifier::load(dir);
+    let mut skipped = Vec::new();
+    for name in &index.newest {
+        let id = BackupName::parse(name)?;
+        if !fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_file() || m.is_symlink()) {
+            tracing::debug!(backup = %name, "the backup index names a file that is gone: listing the directory");
+            return None;
+        }
+        let entry = verifier.check(inspect(dir, id, name));
+        if entry.health == Health::Verified {
+            verifier.save(None::<std::iter::Empty<&str>>);
+            return Some((index.count, Some(entry), skipped));
+        }
+        skipped.push(entry);
+    }
+    None
 }
 
 /// Inspects one backup file: SQLite header, page size, size against the header's page count
@@ -265,7 +294,7 @@ fn list_verified(dir: &Path, mut verifier: verify::Verifier) -> Result<Vec<Backu
         .iter()
         .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
         .collect();
-    verifier.save(names.iter().map(|(_, n)| n.as_str()));
+    verifier.save(Some(names.iter().map(|(_, n)| n.as_str())));
     Ok(out)
 }
 

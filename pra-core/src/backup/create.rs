@@ -76,7 +76,15 @@ pub fn create_from(
 ) -> Result<BackupEntry> {
     let started = Instant::now();
     create_private_dir(dir)?;
-    crate::fsutil::remove_dead_temps(dir, TEMP_PREFIX);
+    // Backups of one directory are taken one at a time, so that each adds itself to the index
+    // the directory had before it (see [`super::index`]).
+    let held = super::index::lock(dir)?;
+    let index = super::index::read_fresh(dir);
+    if index.is_none() {
+        // The index is stale: the directory is listed anyway; a crashed backup's temporary
+        // file (which made it stale) goes now.
+        crate::fsutil::remove_dead_temps(dir, TEMP_PREFIX);
+    }
     let now = clock.now();
     let tmp = dir.join(format!(
         "{TEMP_PREFIX}{}-{}.db",
@@ -151,6 +159,16 @@ pub fn create_from(
         fs::remove_file(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
         sync_dir(dir)?;
         tracing::info!(backup = %name, size, ms = manifest.duration_ms, "backup taken");
+        let indexed = match index {
+            Some(index) => super::index::write(dir, &index.with(id, &name), &held),
+            None => super::scan(dir).and_then(|names| {
+                super::index::write(dir, &super::index::Index::of(&names), &held)
+            }),
+        };
+        if let Err(e) = indexed {
+            // The backup is in place; the next reader lists the directory instead.
+            tracing::warn!(error = %e, "backup index not written");
+        }
         Ok(inspect(dir, id, &name))
     })();
     if result.is_err() {

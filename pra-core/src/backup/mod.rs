@@ -14,6 +14,7 @@
 
 mod catalog;
 mod create;
+pub mod index;
 mod name;
 pub mod restore;
 pub mod retention;

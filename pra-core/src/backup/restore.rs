@@ -65,7 +65,7 @@ pub fn select(dir: &Path, point: &RestorePoint) -> Result<BackupEntry> {
                 .filter(|(id, _)| limit.is_none_or(|t| id.time <= t))
                 .map(|(id, name)| verifier.check(inspect(dir, *id, name)))
                 .find(BackupEntry::usable);
-            verifier.save(names.iter().map(|(_, n)| n.as_str()));
+            verifier.save(Some(names.iter().map(|(_, n)| n.as_str())));
             found.ok_or_else(|| {
                 Error::NotFound(match limit {
                     Some(t) => format!(

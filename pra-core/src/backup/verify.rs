@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{BackupEntry, Health, open_regular, sha256_file};
 use crate::fsutil::write_atomic;
 
-/// The cache's file name in a backup directory (hidden, and not `*.json`: neither a backup
-/// nor a manifest).
-pub const CACHE_FILE: &str = ".pra-verified.cache";
+/// The cache's file name in pra's subdirectory of a backup directory ([`super::index::STATE_DIR`]:
+/// writing it changes nothing in the backup directory, so that the index stays fresh).
+pub const CACHE_FILE: &str = "verified.cache";
 
 /// What identifies one state of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// Loads the cache of `dir`; a missing or unreadable one is empty (everything is hashed).
     pub(crate) fn load(dir: &Path) -> Verifier {
-        let path = dir.join(CACHE_FILE);
+        let path = dir.join(super::index::STATE_DIR).join(CACHE_FILE);
         let doc = open_regular(&path)
             .and_then(|mut f| {
                 let mut b = Vec::new();
@@ -133,22 +133,30 @@ impl Verifier {
     }
 
     /// Writes the cache back if it changed (atomically), forgetting files no longer in
-    /// `present`. Best effort: a directory this process may not write (an application reading
-    /// the status) keeps its old cache.
-    pub(crate) fn save<'a>(mut self, present: impl IntoIterator<Item = &'a str>) {
-        let present: BTreeSet<&str> = present.into_iter().collect();
+    /// `present` (when the caller listed the directory; `None`: it read only some files).
+    /// Best effort: a directory this process may not write (an application reading the status)
+    /// keeps its old cache.
+    pub(crate) fn save<'a>(mut self, present: Option<impl IntoIterator<Item = &'a str>>) {
         let before = self.doc.files.len();
-        self.doc.files.retain(|n, _| present.contains(n.as_str()));
+        if let Some(present) = present {
+            let present: BTreeSet<&str> = present.into_iter().collect();
+            self.doc.files.retain(|n, _| present.contains(n.as_str()));
+        }
         if !self.dirty && self.doc.files.len() == before {
             return;
         }
         self.doc.format = 1;
-        let path = self.dir.join(CACHE_FILE);
-        // What a process killed while writing it left behind.
-        crate::fsutil::remove_dead_temps(&self.dir, &format!("{CACHE_FILE}.tmp."));
-        let written = serde_json::to_vec(&self.doc)
-            .map_err(|e| crate::error::Error::Internal(e.to_string()))
-            .and_then(|json| write_atomic(&path, &json, crate::fsutil::Sharing::PRIVATE));
+        let written = super::index::state_dir(&self.dir).and_then(|state| {
+            // What a process killed while writing it left behind.
+            crate::fsutil::remove_dead_temps(&state, &format!("{CACHE_FILE}.tmp."));
+            let json = serde_json::to_vec(&self.doc)
+                .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+            write_atomic(
+                &state.join(CACHE_FILE),
+                &json,
+                crate::fsutil::Sharing::PRIVATE,
+            )
+        });
         if let Err(e) = written {
             tracing::debug!(error = %e, "verification cache not written");
         }

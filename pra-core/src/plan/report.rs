@@ -119,6 +119,22 @@ pub fn report(
     now: DateTime<Utc>,
     lost_after: Duration,
 ) -> Report {
+    let mut sorted: Vec<&RunRecord> = runs.iter().collect();
+    sorted.sort_by_key(|r| r.started_at);
+    let mut sweep = RunSweep::default();
+    for r in sorted {
+        sweep.add(r, now, lost_after);
+    }
+    report_swept(journal, sweep, last_backup, now)
+}
+
+/// [`report`], the runs already swept (in the order they started) by `sweep`.
+fn report_swept(
+    journal: &[JournalEntry],
+    sweep: RunSweep,
+    last_backup: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Report {
     let secs = |d: Duration| {
         d.num_microseconds()
             .map_or(d.num_seconds() as f64, |us| us as f64 / 1e6)
@@ -168,6 +184,7 @@ pub fn report(
                 (None, None) | (Some(_), Some(_)) => {}
             },
             JournalEvent::DrainForced { .. } => forced_drains += 1,
+            JournalEvent::Checkpoint { .. } => {}
         }
     }
     for p in &mut fenced {
@@ -182,7 +199,8 @@ pub fn report(
         (Some(i), Some(b)) if b <= i => Some(secs(i - b)),
         _ => None,
     };
-    let (double, overlaps) = ground_truth(&run_units(runs, now, lost_after));
+    let overlaps = sweep.finish();
+    let double = union_seconds(overlaps.iter().map(|o| (o.start, o.end)).collect());
     let check = |name: &str, v: Option<f64>, target: &str, limit: f64| Check {
         name: name.into(),
         value_seconds: v,
@@ -227,18 +245,60 @@ fn event_key(event: &str) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// The registry's runs as units of work (a run still going counts up to `now`, or its last
-/// heartbeat when silent for longer than `lost_after`).
-fn run_units(runs: &[RunRecord], now: DateTime<Utc>, lost_after: Duration) -> Vec<WorkUnit> {
-    let end = |r: &RunRecord| crate::run::reported_end(r, now, lost_after).unwrap_or(now);
-    runs.iter()
-        .map(|r| WorkUnit {
-            job: r.start.job.clone(),
-            site: r.start.site.clone(),
-            start: r.started_at,
-            end: end(r),
-        })
-        .collect()
+/// The windows in which one job ran on two sites at once, found in one pass over the runs in
+/// the order they started, keeping per job and site only where its runs so far end: memory
+/// O(jobs × sites + overlaps), whatever the number of runs. A run still going counts up to
+/// `now`, or its last heartbeat when silent for longer than `lost_after`.
+#[derive(Debug, Default)]
+struct RunSweep {
+    jobs: BTreeMap<String, JobSweep>,
+    done: Vec<Overlap>,
+}
+
+/// Per site, the latest end of a job's runs so far; and the overlap being extended.
+type JobSweep = (BTreeMap<SiteId, DateTime<Utc>>, Option<Overlap>);
+
+impl RunSweep {
+    /// Adds `run`, which started no earlier than every run added before it.
+    fn add(&mut self, run: &RunRecord, now: DateTime<Utc>, lost_after: Duration) {
+        let start = run.started_at;
+        let end = crate::run::reported_end(run, now, lost_after).unwrap_or(now);
+        if start >= end {
+            return;
+        }
+        let (ends, open) = self.jobs.entry(run.start.job.clone()).or_default();
+        // Another site's latest end past this start: the run that reaches it started earlier,
+        // so it covers all of [start, that end].
+        for (site, until) in ends.iter() {
+            if *site == run.start.site || *until <= start {
+                continue;
+            }
+            let piece_end = end.min(*until);
+            match open {
+                Some(o) if start < o.end => o.end = o.end.max(piece_end),
+                _ => {
+                    self.done.extend(open.take());
+                    *open = Some(Overlap {
+                        job: run.start.job.clone(),
+                        sites: (site.clone(), run.start.site.clone()),
+                        start,
+                        end: piece_end,
+                    });
+                }
+            }
+        }
+        let e = ends.entry(run.start.site.clone()).or_insert(end);
+        *e = (*e).max(end);
+    }
+
+    /// The overlaps, by job, then time.
+    fn finish(mut self) -> Vec<Overlap> {
+        self.done
+            .extend(self.jobs.into_values().filter_map(|(_, open)| open));
+        self.done
+            .sort_by(|a, b| (&a.job, a.start).cmp(&(&b.job, b.start)));
+        self.done
+    }
 }
 
 /// A stretch of work as the job itself recorded it in the application's database: the ground
@@ -382,15 +442,39 @@ impl Report {
     }
 }
 
-/// The report of the last plan, gathered from `store` (its journal and run registry) and the
-/// backups in `backup_dir` (the last one taken before the incident gives the RPO). A store that
-/// keeps no run registry gives a report without runs. Runs still going count up to the clock's
-/// now, or their last heartbeat when silent for longer than `lost_after`.
+/// Which runs a report reads: its time is that of the window, not of the history (its memory
+/// that of the number of jobs: the runs are swept as they are read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// From the last incident or the start of the history window (`history` before now),
+    /// whichever is later: older runs may already be pruned ([`crate::store::PRUNE_EVERY`]).
+    Recent {
+        /// The store's history window (`history_days`).
+        history: std::time::Duration,
+    },
+    /// The runs started at or after this time.
+    Since(DateTime<Utc>),
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window::Recent {
+            history: crate::defaults::HISTORY,
+        }
+    }
+}
+
+/// The report of the last plan, gathered from `store` (its journal and the runs of `window` in
+/// its run registry) and the backups in `backup_dir` (the last one taken before the incident
+/// gives the RPO). A store that keeps no run registry gives a report without runs. Runs still
+/// going count up to the clock's now, or their last heartbeat when silent for longer than
+/// `lost_after`.
 pub fn build(
     store: &dyn Store,
     backup_dir: &Path,
     lost_after: Duration,
     clock: &dyn Clock,
+    window: Window,
 ) -> Result<Report> {
     let journal = store.journal()?;
     let incident = journal.iter().rev().find_map(|e| match &e.event {
@@ -399,13 +483,24 @@ pub fn build(
         }
         JournalEvent::PlanStep { .. }
         | JournalEvent::SiteChanged { .. }
-        | JournalEvent::DrainForced { .. } => None,
+        | JournalEvent::DrainForced { .. }
+        | JournalEvent::Checkpoint { .. } => None,
     });
-    let since = incident.unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
-    let runs = match store.registry() {
-        Some(registry) => registry.runs(since)?,
-        None => Vec::new(),
+    let since = match window {
+        Window::Since(t) => t,
+        Window::Recent { history } => {
+            let start = crate::store::history_start(clock.now(), history);
+            incident.map_or(start, |i| i.max(start))
+        }
     };
+    let now = clock.now();
+    let mut sweep = RunSweep::default();
+    if let Some(registry) = store.registry() {
+        registry.each_run_that_may_overlap(since, &mut |run| {
+            sweep.add(&run, now, lost_after);
+            Ok(())
+        })?;
+    }
     // An unreadable backup directory leaves the RPO unmeasured rather than failing the report.
     let last_backup = incident.and_then(|i| {
         crate::backup::scan(backup_dir)
@@ -414,13 +509,7 @@ pub fn build(
             .map(|(id, _)| id.time)
             .find(|t| *t <= i)
     });
-    Ok(report(
-        &journal,
-        &runs,
-        last_backup,
-        clock.now(),
-        lost_after,
-    ))
+    Ok(report_swept(&journal, sweep, last_backup, now))
 }
 
 /// Seconds as `1h02m03s`, `2m03s` or `1.234s`.
@@ -482,7 +571,14 @@ mod tests {
         runner.apply(Event::IncidentDetected, &ops).unwrap();
         clock.advance(Duration::seconds(5));
 
-        let r = build(&store, &backups, Duration::seconds(60), &*clock).unwrap();
+        let r = build(
+            &store,
+            &backups,
+            Duration::seconds(60),
+            &*clock,
+            Window::default(),
+        )
+        .unwrap();
         assert_eq!(r.incident_at, Some(t0 + Duration::seconds(120)));
         assert_eq!(r.rpo_seconds, Some(30.0));
         assert_eq!(r.steps.len(), 1);
@@ -496,5 +592,123 @@ mod tests {
                 Duration::seconds(60)
             )
         );
+    }
+
+    /// The default window leaves out runs older than the history window (they may be pruned
+    /// already, and reading them would cost the history); `--since` reaches back on purpose.
+    #[test]
+    fn the_report_reads_the_runs_of_its_window_only() {
+        use crate::store::{Admission, RunStart};
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 2, 0, 0).unwrap();
+        let clock = Arc::new(ManualClock::new(t0));
+        let store = SqliteStore::open(&dir.path().join("state.db"), clock.clone()).unwrap();
+        let ops = Actor::new("ops", "test").unwrap();
+        let registry = store.registry().unwrap();
+        // Job x runs on rbx, the site flips to sbg, and x runs there meanwhile: an overlap.
+        let mut ids = Vec::new();
+        for (site, expect) in [("rbx", 0), ("sbg", 2)] {
+            let site = SiteId::new(site).unwrap();
+            if expect > 0 {
+                store
+                    .change(
+                        SiteChange::Deactivate {
+                            expect: FencingToken(expect - 1),
+                        },
+                        &ops,
+                    )
+                    .unwrap();
+            }
+            store
+                .change(
+                    SiteChange::Activate {
+                        site: site.clone(),
+                        expect: FencingToken(expect),
+                    },
+                    &ops,
+                )
+                .unwrap();
+            let start = RunStart {
+                job: "x".into(),
+                site,
+                token: FencingToken(expect + 1),
+                host: "h".into(),
+                pid: 1,
+                containment: None,
+            };
+            match registry.run_start(&start).unwrap() {
+                Admission::Admitted { id, .. } => ids.push(id),
+                other => panic!("{other:?}"),
+            }
+            clock.advance(Duration::seconds(10));
+        }
+        for id in ids {
+            assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+        }
+        let at = |days: i64, window: Window| {
+            clock.set(t0 + Duration::days(days));
+            build(&store, dir.path(), Duration::seconds(60), &*clock, window)
+                .unwrap()
+                .overlaps
+                .len()
+        };
+        assert_eq!(at(1, Window::default()), 1);
+        assert_eq!(at(40, Window::default()), 0);
+        assert_eq!(at(40, Window::Since(t0)), 1);
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        assert_eq!(at(6, Window::Recent { history: week }), 1);
+        assert_eq!(at(8, Window::Recent { history: week }), 0);
+    }
+
+    proptest::proptest! {
+        /// The report's one-pass sweep over the runs finds the same double execution as the
+        /// ground truth's merge-and-sweep over the same stretches: per job, the same union.
+        #[test]
+        fn the_run_sweep_agrees_with_the_ground_truth(
+            runs in proptest::collection::vec((0usize..3, 0usize..2, 0i64..500, 1i64..80), 0..60)
+        ) {
+            let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+            let sites = [SiteId::new("rbx").unwrap(), SiteId::new("sbg").unwrap()];
+            let records: Vec<RunRecord> = runs
+                .iter()
+                .enumerate()
+                .map(|(i, &(job, site, start, len))| RunRecord {
+                    id: crate::store::RunId(i as i64),
+                    start: crate::store::RunStart {
+                        job: format!("j{job}"),
+                        site: sites[site].clone(),
+                        token: FencingToken(1),
+                        host: "h".into(),
+                        pid: 1,
+                        containment: None,
+                    },
+                    started_at: t0 + Duration::seconds(start),
+                    heartbeat_at: t0 + Duration::seconds(start + len),
+                    beats: 0,
+                    finished_at: Some(t0 + Duration::seconds(start + len)),
+                    exit_code: Some(0),
+                    outcome: Some("exited 0".into()),
+                })
+                .collect();
+            let units: Vec<WorkUnit> = records
+                .iter()
+                .map(|r| WorkUnit {
+                    job: r.start.job.clone(),
+                    site: r.start.site.clone(),
+                    start: r.started_at,
+                    end: r.finished_at.unwrap(),
+                })
+                .collect();
+            let now = t0 + Duration::seconds(1000);
+            let swept = report(&[], &records, None, now, Duration::seconds(60));
+            let (double, truth) = ground_truth(&units);
+            proptest::prop_assert!((swept.double_execution_seconds - double).abs() < 1e-6);
+            for job in ["j0", "j1", "j2"] {
+                let of = |v: &[Overlap]| {
+                    union_seconds(v.iter().filter(|o| o.job == job).map(|o| (o.start, o.end)).collect())
+                };
+                proptest::prop_assert!((of(&swept.overlaps) - of(&truth)).abs() < 1e-6, "{}", job);
+            }
+        }
     }
 }

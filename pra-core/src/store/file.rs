@@ -258,6 +258,25 @@ struct JournalFile {
     torn_at: Option<u64>,
 }
 
+impl JournalFile {
+    /// The number of the last committed entry (0 for an empty journal).
+    fn end(&self) -> u64 {
+        self.committed.last().map_or(0, |e| e.seq)
+    }
+}
+
+/// The record the last of `entries` to state one left: a site change's new record, or a
+/// checkpoint's.
+fn record_left<'a>(
+    entries: impl DoubleEndedIterator<Item = &'a JournalEntry>,
+) -> Option<&'a ActiveSite> {
+    entries.rev().find_map(|e| match &e.event {
+        JournalEvent::SiteChanged { new, .. } => Some(new),
+        JournalEvent::Checkpoint { record, .. } => Some(record),
+        _ => None,
+    })
+}
+
 impl FileStore {
     /// Opens the lock-file store at `path`. The file need not exist yet (no site active, token
     /// 0), but its directory must. A symbolic link is followed to its target, which is the
@@ -455,12 +474,7 @@ impl FileStore {
             offsets.push(start);
             entries.push(Some(entry));
         }
-        let last_record = || {
-            entries.iter().flatten().rev().find_map(|e| match &e.event {
-                JournalEvent::SiteChanged { new, .. } => Some(new),
-                _ => None,
-            })
-        };
+        let last_record = || record_left(entries.iter().flatten());
         if current.seed && !entries.is_empty() {
             return Err(self.disagrees(
                 &current.lock.record,
@@ -496,10 +510,7 @@ impl FileStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let record = &current.lock.record;
-        let written = committed.iter().rev().find_map(|e| match &e.event {
-            JournalEvent::SiteChanged { new, .. } => Some(new),
-            _ => None,
-        });
+        let written = record_left(committed.iter());
         // Before pra's first change, the record is the seed's: any site, token 0.
         let agrees = written.map_or(record.token == FencingToken::ZERO, |w| {
             (&w.site, w.token) == (&record.site, record.token)
@@ -512,6 +523,8 @@ impl FileStore {
             ));
         }
         let pending = &entries[committed_len..];
+        // Entries are numbered on from the checkpoint the journal starts at, if any.
+        let base = committed.last().map_or(0, |e| e.seq);
         let Some(first) = pending.first() else {
             return Ok(JournalFile {
                 committed,
@@ -530,7 +543,7 @@ impl FileStore {
                     _ => pending[i - 1].as_ref().map(|p| p.hash.as_str()),
                 };
                 let chained = prev == Some(e.prev_hash.as_str())
-                    && e.seq == (committed_len + i + 1) as u64
+                    && e.seq == base + i as u64 + 1
                     && first.as_ref().is_some_and(|f| f.at == e.at);
                 let from_record = match &e.event {
                     JournalEvent::SiteChanged { old, .. } => {
@@ -649,7 +662,7 @@ impl Backend for FileStore {
         let journal = self.read_journal_file(&current)?;
         Ok(Snapshot {
             head: JournalHead {
-                len: journal.committed.len() as u64,
+                len: journal.end(),
                 hash: current.lock.journal_head,
             },
             record: current.lock.record,
@@ -701,7 +714,7 @@ impl Backend for FileStore {
         let writes = decide(&Snapshot {
             record: current.lock.record.clone(),
             head: JournalHead {
-                len: journal.committed.len() as u64,
+                len: journal.end(),
                 hash: current.lock.journal_head.clone(),
             },
             plan: None,
@@ -748,7 +761,7 @@ impl Backend for FileStore {
             tracing::warn!(store = %self.url, "the journal ends with a change the lock file does not show yet (interrupted, or the file was put back from a copy); the next change rolls it forward");
         }
         let head = JournalHead {
-            len: journal.committed.len() as u64,
+            len: journal.end(),
             hash: current.lock.journal_head,
         };
         Ok((journal.committed, head))
@@ -756,6 +769,24 @@ impl Backend for FileStore {
 
     fn keeps_plans(&self) -> bool {
         false
+    }
+
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        if seq == 0 {
+            return Ok(());
+        }
+        let _guard = self.lock(true)?;
+        let bytes = crate::fsutil::read_regular(&self.journal_path, u64::MAX)
+            .map_err(|e| self.explain(Error::io("read", &self.journal_path, e)))?;
+        let text = String::from_utf8_lossy(&bytes);
+        // Whole lines only; what cannot be read (a torn end) is left for the next change.
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|line| {
+                serde_json::from_str::<JournalEntry>(line).map_or(true, |e| e.seq >= seq)
+            })
+            .collect();
+        write_atomic(&self.journal_path, kept.as_bytes(), self.sharing).map_err(|e| self.explain(e))
     }
 }
 

@@ -42,6 +42,15 @@ pub enum JournalEvent {
         /// How many runs were still alive.
         alive_runs: u64,
     },
+    /// The entries before this one were archived to a file and removed from the store
+    /// (`pra journal --checkpoint`): the chain continues from `continues`, the hash of the
+    /// last archived entry (this entry's `prev_hash`), and the record history from `record`.
+    Checkpoint {
+        /// The hash of the last archived entry.
+        continues: String,
+        /// The active-site record when the checkpoint was written.
+        record: ActiveSite,
+    },
 }
 
 /// One journal entry. `hash` is the SHA-256 of the entry's other fields (canonical JSON), and
@@ -121,13 +130,24 @@ pub struct JournalCheck {
     pub head: String,
 }
 
-/// Checks that `entries` form one unbroken chain from the genesis hash and that the chain ends
-/// at `anchor`, the head hash the store recorded beside the active-site record (so that removing
-/// the newest entries is detected too). Any break is an [`Error::Corrupt`] naming the entry.
+/// Checks that `entries` form one unbroken chain and that the chain ends at `anchor`, the head
+/// hash the store recorded beside the active-site record (so that removing the newest entries is
+/// detected too). The chain starts at the genesis hash with entry 1 or, for a checkpointed
+/// journal, at its first entry's [`JournalEvent::Checkpoint`], which vouches for the archived
+/// entries before it (checked against them by [`verify_archived`]). Any break is an
+/// [`Error::Corrupt`] naming the entry.
 pub fn verify_chain(entries: &[JournalEntry], anchor: &str) -> Result<JournalCheck> {
-    let mut prev = GENESIS_HASH.to_string();
+    let (mut prev, first) = match entries.first() {
+        Some(
+            e @ JournalEntry {
+                event: JournalEvent::Checkpoint { .. },
+                ..
+            },
+        ) => (e.prev_hash.clone(), e.seq),
+        _ => (GENESIS_HASH.to_string(), 1),
+    };
     for (i, e) in entries.iter().enumerate() {
-        let want_seq = i as u64 + 1;
+        let want_seq = first + i as u64;
         let corrupt = |detail: String| Error::Corrupt {
             what: format!("journal entry {}", e.seq),
             detail,
@@ -145,6 +165,13 @@ pub fn verify_chain(entries: &[JournalEntry], anchor: &str) -> Result<JournalChe
         if e.compute_hash() != e.hash {
             return Err(corrupt(
                 "its content does not match its hash: the entry was edited".into(),
+            ));
+        }
+        if let JournalEvent::Checkpoint { continues, .. } = &e.event
+            && *continues != e.prev_hash
+        {
+            return Err(corrupt(
+                "it is a checkpoint that continues from another hash than its prev_hash".into(),
             ));
         }
         prev = e.hash.clone();
@@ -172,6 +199,21 @@ pub fn verify_chain(entries: &[JournalEntry], anchor: &str) -> Result<JournalChe
 pub fn verify_history(entries: &[JournalEntry], record: &ActiveSite) -> Result<()> {
     let mut last: Option<(&JournalEntry, &ActiveSite)> = None;
     for e in entries {
+        if let JournalEvent::Checkpoint { record, .. } = &e.event {
+            // A checkpoint restates the record; within a chain it must be the one left.
+            if let Some((prev, left)) = last
+                && record != left
+            {
+                return Err(Error::Corrupt {
+                    what: format!("journal entry {}", e.seq),
+                    detail: format!(
+                        "it is a checkpoint of the record at token {} but entry {} left it at token {}",
+                        record.token, prev.seq, left.token
+                    ),
+                });
+            }
+            last = Some((e, record));
+        }
         if let JournalEvent::SiteChanged { old, new } = &e.event {
             if let Some((prev, left)) = last
                 && old != left
@@ -208,6 +250,56 @@ pub fn verify_history(entries: &[JournalEntry], record: &ActiveSite) -> Result<(
         }),
         Some(_) | None => Ok(()),
     }
+}
+
+/// Checks the whole history: the archives `pra journal --checkpoint` wrote (`segments`, oldest
+/// first, each a list of entries) followed by the store's `live` entries, as one chain from the
+/// genesis hash to `anchor`, and its record history up to `record`. A segment missing, one
+/// edited, or entries left out between two segments is an [`Error::Corrupt`].
+pub fn verify_archived(
+    segments: &[Vec<JournalEntry>],
+    live: &[JournalEntry],
+    anchor: &str,
+    record: &ActiveSite,
+) -> Result<JournalCheck> {
+    let all: Vec<JournalEntry> = segments.iter().flatten().chain(live).cloned().collect();
+    if let Some(first) = all.first()
+        && first.seq != 1
+    {
+        return Err(Error::Corrupt {
+            what: format!("journal entry {}", first.seq),
+            detail: "the full history must start at entry 1: an older archive is missing".into(),
+        });
+    }
+    let check = verify_chain(&all, anchor)?;
+    verify_history(&all, record)?;
+    Ok(check)
+}
+
+/// Writes `entries` to `path` as an archive (one JSON entry a line), atomically (the caller
+/// refused an existing `path`).
+pub(crate) fn write_archive(path: &std::path::Path, entries: &[JournalEntry]) -> Result<()> {
+    let mut text = String::new();
+    for e in entries {
+        text.push_str(&serde_json::to_string(e).map_err(|e| Error::Internal(e.to_string()))?);
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(path, text.as_bytes(), crate::fsutil::Sharing::PRIVATE)
+}
+
+/// Reads an archive [`write_archive`] wrote.
+pub fn read_archive(path: &std::path::Path) -> Result<Vec<JournalEntry>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::Corrupt {
+                what: format!("journal archive {}, line {}", path.display(), i + 1),
+                detail: format!("unreadable: {e}"),
+            })
+        })
+        .collect()
 }
 
 fn short(hash: &str) -> &str {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::commit::admit;
-use super::runs::tally;
+use super::runs::tally_with;
 use super::{
     Admission, Backend, Heartbeat, JournalEntry, JournalHead, Pulse, RunId, RunRecord, RunRegistry,
     RunStart, RunStats, Snapshot, UnfinishedRun, Writes,
@@ -23,7 +23,10 @@ struct State {
     snap: Snapshot,
     journal: Vec<JournalEntry>,
     runs: Vec<RunRecord>,
+    next_id: i64,
     skips: BTreeMap<(String, SiteId), u64>,
+    // The counts of the runs deleted from the history, per job and site.
+    rolled: BTreeMap<(String, SiteId), RunStats>,
 }
 
 /// A store that lives in this process only (it is gone with it): every store's rules, no
@@ -32,6 +35,7 @@ struct State {
 pub struct MemoryStore {
     url: String,
     clock: Arc<dyn Clock>,
+    history: std::time::Duration,
     state: Mutex<State>,
 }
 
@@ -41,13 +45,23 @@ impl MemoryStore {
         MemoryStore {
             url: format!("memory://{name}"),
             clock,
+            history: crate::defaults::HISTORY,
             state: Mutex::new(State {
                 snap: Snapshot::initial(),
                 journal: Vec::new(),
                 runs: Vec::new(),
+                next_id: 1,
                 skips: BTreeMap::new(),
+                rolled: BTreeMap::new(),
             }),
         }
+    }
+
+    /// The store, keeping finished runs in detail for `history` (default
+    /// [`crate::defaults::HISTORY`]; see [`super::PRUNE_EVERY`]).
+    pub fn with_history(mut self, history: std::time::Duration) -> Self {
+        self.history = history;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -62,6 +76,39 @@ impl State {
         self.runs
             .iter_mut()
             .find(|r| r.id == id && r.finished_at.is_none())
+    }
+
+    /// Deletes up to [`super::PRUNE_BATCH`] finished runs started before `start`, oldest
+    /// first, adding them to the rolled-up counts.
+    fn prune(&mut self, start: DateTime<Utc>) {
+        let mut old: Vec<(DateTime<Utc>, i64)> = self
+            .runs
+            .iter()
+            .filter(|r| r.finished_at.is_some() && r.started_at < start)
+            .map(|r| (r.started_at, r.id.0))
+            .collect();
+        old.sort();
+        old.truncate(super::PRUNE_BATCH as usize);
+        let gone: std::collections::HashSet<i64> = old.into_iter().map(|(_, id)| id).collect();
+        let rolled = &mut self.rolled;
+        self.runs.retain(|r| {
+            if !gone.contains(&r.id.0) {
+                return true;
+            }
+            let c = rolled
+                .entry((r.start.job.clone(), r.start.site.clone()))
+                .or_insert_with(|| RunStats {
+                    job: r.start.job.clone(),
+                    site: r.start.site.clone(),
+                    started: 0,
+                    skipped: 0,
+                    revoked: 0,
+                    unfinished: 0,
+                });
+            c.started += 1;
+            c.revoked += u64::from(r.outcome.as_deref() == Some("revoked"));
+            false
+        });
     }
 }
 
@@ -103,6 +150,11 @@ impl Backend for MemoryStore {
         true
     }
 
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        self.state().journal.retain(|e| e.seq >= seq);
+        Ok(())
+    }
+
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
         Some(self)
     }
@@ -119,7 +171,8 @@ impl RunRegistry for MemoryStore {
                 token: record.token,
             });
         }
-        let id = RunId(state.runs.len() as i64 + 1);
+        let id = RunId(state.next_id);
+        state.next_id += 1;
         state.runs.push(RunRecord {
             id,
             start: run.clone(),
@@ -150,7 +203,8 @@ impl RunRegistry for MemoryStore {
 
     fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool> {
         let now = self.clock.now();
-        Ok(match self.state().unfinished(id) {
+        let mut state = self.state();
+        let finished = match state.unfinished(id) {
             Some(r) => {
                 r.finished_at = Some(now);
                 r.heartbeat_at = now;
@@ -159,7 +213,11 @@ impl RunRegistry for MemoryStore {
                 true
             }
             None => false,
-        })
+        };
+        if super::runs::prunes_at(id) {
+            state.prune(super::runs::history_start(now, self.history));
+        }
+        Ok(finished)
     }
 
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
@@ -218,6 +276,7 @@ impl RunRegistry for MemoryStore {
             .iter()
             .map(|((job, site), n)| (job.clone(), site.clone(), *n))
             .collect();
-        Ok(tally(&state.runs, &skips))
+        let rolled: Vec<RunStats> = state.rolled.values().cloned().collect();
+        Ok(tally_with(&state.runs, &skips, &rolled))
     }
 }

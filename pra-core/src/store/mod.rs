@@ -49,12 +49,14 @@ pub use commit::{Commit, Committed, PlanHead, PlanWrite, Snapshot, StoredPlan, W
 pub use etcd::{EtcdOptions, EtcdStore, UNCOMPACTED_WARN_AFTER};
 pub use file::{FileStore, LockFile};
 pub use journal::{
-    GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, JournalHead, verify_chain,
-    verify_history,
+    GENESIS_HASH, JournalCheck, JournalEntry, JournalEvent, JournalHead, read_archive,
+    verify_archived, verify_chain, verify_history,
 };
 pub use memory::MemoryStore;
+pub(crate) use runs::history_start;
 pub use runs::{
-    Admission, Heartbeat, Pulse, RunId, RunRecord, RunRegistry, RunStart, RunStats, UnfinishedRun,
+    Admission, Heartbeat, PRUNE_BATCH, PRUNE_EVERY, Pulse, RunId, RunRecord, RunRegistry, RunStart,
+    RunStats, UnfinishedRun,
 };
 pub use security::{EtcdSecurity, Secret};
 pub use sqlite::SqliteStore;
@@ -75,11 +77,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`commit::decide`].
     fn commit(&self, commit: &Commit) -> Result<Committed>;
 
-    /// The whole journal, oldest first.
+    /// The journal the store keeps, oldest first: all of it, or from its last checkpoint
+    /// ([`Store::checkpoint_journal`]) on.
     fn journal(&self) -> Result<Vec<JournalEntry>>;
 
-    /// Checks the journal's hash chain and its anchor in the record.
+    /// Checks the journal's hash chain and its anchor in the record — from the last checkpoint,
+    /// so the cost does not grow with what was archived.
     fn verify_journal(&self) -> Result<JournalCheck>;
+
+    /// Checks the whole history: the checkpoint archives at `archives` (oldest first) and the
+    /// store's journal, as one chain from the first entry ([`verify_archived`]).
+    fn verify_journal_full(&self, archives: &[std::path::PathBuf]) -> Result<JournalCheck>;
+
+    /// Checkpoints the journal: appends a [`JournalEvent::Checkpoint`] carrying the head hash,
+    /// writes every entry before it to the new file `archive` atomically, then removes those
+    /// entries from the store (a crash in between leaves them in both: harmless, the next
+    /// checkpoint archives them again). Returns what was archived. [`Error::Unsupported`] on a
+    /// store whose journal cannot be checkpointed (etcd, for now).
+    fn checkpoint_journal(&self, archive: &Path, actor: &Actor) -> Result<JournalCheck>;
 
     /// The plan state, if this store keeps one.
     fn plans(&self) -> Option<&dyn Plans>;
@@ -151,6 +166,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Whether the backend stores plan states.
     fn keeps_plans(&self) -> bool;
 
+    /// Removes the journal entries before `seq` (archived by a checkpoint), in small
+    /// transactions; [`Error::Unsupported`] by default (the backend cannot checkpoint).
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        let _ = seq;
+        Err(Error::Unsupported(format!(
+            "{}: this store's journal cannot be checkpointed (SQLite and lock-file stores can)",
+            self.url()
+        )))
+    }
+
     /// The run registry, if the backend keeps one.
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
         None
@@ -216,12 +241,13 @@ impl<B: Backend> Store for B {
             let before = self.load_record()?;
             let (entries, head) = self.read_journal()?;
             let check = verify_chain(&entries, &head.hash)?;
-            if check.entries != head.len {
+            let last = entries.last().map_or(0, |e| e.seq);
+            if last != head.len {
                 return Err(Error::Corrupt {
                     what: "journal".into(),
                     detail: format!(
-                        "the record counts {} entries but the chain has {}",
-                        head.len, check.entries
+                        "the record counts {} entries but the chain ends at entry {last}",
+                        head.len
                     ),
                 });
             }
@@ -235,6 +261,77 @@ impl<B: Backend> Store for B {
             "{}: the record kept changing while the journal was verified",
             Backend::url(self)
         )))
+    }
+
+    fn verify_journal_full(&self, archives: &[std::path::PathBuf]) -> Result<JournalCheck> {
+        let segments = archives
+            .iter()
+            .map(|p| journal::read_archive(p))
+            .collect::<Result<Vec<_>>>()?;
+        for _ in 0..5 {
+            let before = self.load_record()?;
+            let (entries, head) = self.read_journal()?;
+            if self.load_record()? != before {
+                continue;
+            }
+            return verify_archived(&segments, &entries, &head.hash, &before);
+        }
+        Err(Error::Busy(format!(
+            "{}: the record kept changing while the journal was verified",
+            Backend::url(self)
+        )))
+    }
+
+    fn checkpoint_journal(&self, archive: &Path, actor: &Actor) -> Result<JournalCheck> {
+        // Removing nothing (no entry is before 0) asks the backend whether it can checkpoint,
+        // before anything is written.
+        self.drop_journal_before(0)?;
+        if std::fs::symlink_metadata(archive).is_ok() {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists: give each checkpoint's archive a new file",
+                archive.display()
+            )));
+        }
+        let at = self.clock().now().trunc_subsecs(6);
+        let writes = self.transact(&mut |snap| {
+            if snap.head.len == 0 {
+                return Err(Error::Refused(
+                    "the journal is empty: nothing to checkpoint".into(),
+                ));
+            }
+            let entry = JournalEntry::seal(
+                snap.head.len + 1,
+                at,
+                actor,
+                JournalEvent::Checkpoint {
+                    continues: snap.head.hash.clone(),
+                    record: snap.record.clone(),
+                },
+                &snap.head.hash,
+            );
+            Ok(Writes {
+                record: snap.record.clone(),
+                record_changed: false,
+                head: JournalHead {
+                    len: entry.seq,
+                    hash: entry.hash.clone(),
+                },
+                entries: vec![entry],
+                plan: None,
+            })
+        })?;
+        let checkpoint = &writes.entries[0];
+        let (entries, _) = self.read_journal()?;
+        let older: Vec<JournalEntry> = entries
+            .into_iter()
+            .filter(|e| e.seq < checkpoint.seq)
+            .collect();
+        // What goes to the archive must be whole: a broken chain is not archived away.
+        let check = verify_chain(&older, &checkpoint.prev_hash)?;
+        journal::write_archive(archive, &older)?;
+        self.drop_journal_before(checkpoint.seq)?;
+        tracing::info!(store = %Backend::url(self), archived = check.entries, archive = %archive.display(), "journal checkpointed");
+        Ok(check)
     }
 
     fn plans(&self) -> Option<&dyn Plans> {
@@ -283,7 +380,10 @@ pub struct OpenOptions {
     /// TLS material and credentials of an etcd store (empty: plaintext, no user); see
     /// [`EtcdSecurity::with_env`] for the `PRA_ETCD_*` variables front ends read.
     pub etcd: EtcdSecurity,
-    /// How long finished runs are kept in detail (etcd; beyond it, only counters).
+    /// How long finished runs are kept in detail (`history_days`): the SQLite and memory
+    /// stores delete older ones as runs finish, a few hundred at a time, and keep their
+    /// counts (see [`runs::PRUNE_EVERY`]); the etcd store deletes them as runs finish too
+    /// (its finished runs live under `P/runs/done/`). At least one day.
     pub history: std::time::Duration,
 }
 
@@ -328,6 +428,12 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
             opts.timeout, opts.lost_after
         )));
     }
+    if opts.history < std::time::Duration::from_secs(86_400) {
+        return Err(Error::InvalidArgument(format!(
+            "opening {url}: the history window (history_days) must be at least 1 day (got {:?})",
+            opts.history
+        )));
+    }
     let store = open_unchecked(url, opts)?;
     if opts.needs.plans {
         store.require_plans()?;
@@ -345,7 +451,9 @@ fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
         None => crate::fsutil::Sharing::PRIVATE,
     };
     match StoreUrl::parse(url)? {
-        StoreUrl::Sqlite(path) => Ok(Box::new(SqliteStore::open_shared(&path, clock, sharing)?)),
+        StoreUrl::Sqlite(path) => Ok(Box::new(
+            SqliteStore::open_shared(&path, clock, sharing)?.with_history(opts.history),
+        )),
         StoreUrl::File(path) => Ok(Box::new(FileStore::open_shared(&path, clock, sharing)?)),
         #[cfg(feature = "etcd")]
         StoreUrl::Etcd {

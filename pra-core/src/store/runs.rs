@@ -149,6 +149,28 @@ pub trait RunRegistry: Send + Sync {
     /// All runs started at or after `since`, oldest first.
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>>;
 
+    /// Calls `f` on each run started at or after `since`, oldest first, stopping at its first
+    /// error: [`RunRegistry::runs`] without holding them all (the SQLite store streams them).
+    fn each_run(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.runs(since)?.into_iter().try_for_each(f)
+    }
+
+    /// [`RunRegistry::each_run`], but a store may leave out runs that cannot overlap a run of
+    /// another site: a run that ended before the record moved past its token, and started
+    /// while no such run went on (the SQLite store notes the runs that outlive their token at
+    /// each change). What the double-execution report reads.
+    fn each_run_that_may_overlap(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        self.each_run(since, f)
+    }
+
     /// Runs not finished and started under a token lower than `below`, each with its liveness
     /// evidence: what a drain judges.
     fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>>;
@@ -165,10 +187,45 @@ pub trait RunRegistry: Send + Sync {
     fn run_stats(&self) -> Result<Vec<RunStats>>;
 }
 
+/// Bounded history: the finish of every `PRUNE_EVERY`-th run (by id) also deletes up to
+/// [`PRUNE_BATCH`] finished runs started before the history window, in the same transaction — no
+/// separate cron, no long transaction a writer would wait behind, and room to catch up
+/// ([`PRUNE_BATCH`] / `PRUNE_EVERY` = 16 old runs per new one) with a backlog. Unfinished
+/// runs are never deleted (a drain must see them), and the per job and site counters of
+/// metrics keep counting the deleted runs.
+pub const PRUNE_EVERY: i64 = 16;
+/// The most runs one finish deletes (see [`PRUNE_EVERY`]).
+pub const PRUNE_BATCH: i64 = 256;
+
+/// Whether the finish of run `id` also prunes the history (see [`PRUNE_EVERY`]).
+pub(crate) fn prunes_at(id: RunId) -> bool {
+    id.0 % PRUNE_EVERY == 0
+}
+
+/// The start of the history window `history` long that ends `now` (the epoch if it reaches
+/// further back).
+pub(crate) fn history_start(now: DateTime<Utc>, history: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(history)
+        .ok()
+        .and_then(|h| now.checked_sub_signed(h))
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
 /// Counts, per job and site (ordered by job, then site name), the runs started, revoked and
 /// unfinished among `runs`, and the skips of `skips` (job, site, count): the one tally of the
 /// stores that cannot ask a database to do it.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub(crate) fn tally(runs: &[RunRecord], skips: &[(String, SiteId, u64)]) -> Vec<RunStats> {
+    tally_with(runs, skips, &[])
+}
+
+/// [`tally`], plus the runs of `rolled` (runs deleted from the history, counted per job and
+/// site: their `started` and `revoked` add up; they were all finished).
+pub(crate) fn tally_with(
+    runs: &[RunRecord],
+    skips: &[(String, SiteId, u64)],
+    rolled: &[RunStats],
+) -> Vec<RunStats> {
     use std::collections::BTreeMap;
     fn of<'a>(
         stats: &'a mut BTreeMap<(String, String), RunStats>,
@@ -195,6 +252,11 @@ pub(crate) fn tally(runs: &[RunRecord], skips: &[(String, SiteId, u64)]) -> Vec<
     }
     for (job, site, n) in skips {
         of(&mut stats, job, site).skipped += n;
+    }
+    for r in rolled {
+        let s = of(&mut stats, &r.job, &r.site);
+        s.started += r.started;
+        s.revoked += r.revoked;
     }
     stats.into_values().collect()
 }

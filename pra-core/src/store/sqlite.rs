@@ -1,6 +1,7 @@
 //! The embedded default store: one SQLite database (WAL mode) holding the active-site record,
 //! the journal, the plan state and the run registry; every change is one IMMEDIATE transaction.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -98,6 +99,28 @@ const MIGRATIONS: &[&str] = &[
             unfinished = unfinished - (OLD.finished_at IS NULL) + (NEW.finished_at IS NULL)
         WHERE job = NEW.job AND site = NEW.site;
     END;",
+    // v5: bounded history keeps a month of finished runs (millions): the index drains read
+    // holds only the unfinished ones (a fifth of a run's bytes saved), and pruning walks the
+    // start times.
+    "DROP INDEX runs_unfinished;
+     CREATE INDEX runs_unfinished ON runs (finished_at, token) WHERE finished_at IS NULL;",
+    // v6: the runs that were still going when the record moved past their token (the only
+    // ones another site's runs can overlap), noted at each change, so that the report reads
+    // those and the runs started while they went on, not a month of runs. `outlived_since`:
+    // when the noting began (before it, the report reads every run).
+    "CREATE TABLE outlived (
+        id INTEGER PRIMARY KEY,
+        token_end INTEGER NOT NULL
+     );
+     CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );
+     INSERT INTO meta VALUES ('outlived_since',
+        CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER));
+     CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
+        DELETE FROM outlived WHERE id = OLD.id;
+     END;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -108,6 +131,8 @@ pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
     clock: Arc<dyn Clock>,
+    // How long finished runs are kept in detail (see `runs::PRUNE_EVERY`).
+    history: std::time::Duration,
     // The device and inode the connection opened: a store file moved or replaced under a live
     // process (a restore, an operator's `mv`) must not keep taking its heartbeats and flips
     // while everyone else reads the new file.
@@ -219,10 +244,18 @@ impl SqliteStore {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             clock,
+            history: crate::defaults::HISTORY,
             identity,
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The store, keeping finished runs in detail for `history` (default
+    /// [`crate::defaults::HISTORY`]; see [`super::PRUNE_EVERY`]).
+    pub fn with_history(mut self, history: std::time::Duration) -> Self {
+        self.history = history;
+        self
     }
 
     /// The database file.
@@ -408,6 +441,8 @@ const PRA_TABLES: &[&str] = &[
     "runs",
     "skips",
     "run_counts",
+    "outlived",
+    "meta",
 ];
 
 /// Refuses a database that has tables but is not a pra store: a table pra does not create, or
@@ -508,6 +543,14 @@ impl Backend for SqliteStore {
                 ],
             )
             .map_err(self.err("write the active-site record"))?;
+            // The runs still going under older tokens outlive them from now (drains read the
+            // same partial index).
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO outlived (id, token_end)
+                 SELECT id, ?2 FROM runs WHERE finished_at IS NULL AND token < ?1",
+            )
+            .and_then(|mut st| st.execute(params![r.token.0 as i64, time_to_us(r.changed_at)]))
+            .map_err(self.err("note the runs that outlive their token"))?;
         }
         if let Some(plan) = &writes.plan {
             tx.execute(
@@ -543,7 +586,7 @@ impl Backend for SqliteStore {
         let (_, hash) = self.read_record(&tx)?;
         let entries = self.read_entries(&tx)?;
         let head = JournalHead {
-            len: entries.len() as u64,
+            len: entries.last().map_or(0, |e| e.seq),
             hash,
         };
         Ok((entries, head))
@@ -551,6 +594,23 @@ impl Backend for SqliteStore {
 
     fn keeps_plans(&self) -> bool {
         true
+    }
+
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        // A thousand entries a transaction: a writer (a flip) never waits behind a long delete.
+        loop {
+            let conn = self.conn()?;
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM journal WHERE seq IN (
+                        SELECT seq FROM journal WHERE seq < ?1 ORDER BY seq LIMIT 1000)",
+                )
+                .and_then(|mut s| s.execute([seq as i64]))
+                .map_err(self.err("remove checkpointed journal entries"))?;
+            if n == 0 {
+                return Ok(());
+            }
+        }
     }
 
     fn run_registry(&self) -> Option<&dyn RunRegistry> {
@@ -613,21 +673,52 @@ impl RunRegistry for SqliteStore {
     }
 
     fn run_finish(&self, id: RunId, exit_code: Option<i32>, outcome: &str) -> Result<bool> {
-        let conn = self.conn()?;
-        let now = time_to_us(self.now());
-        let n = conn
-            .execute(
+        let mut conn = self.conn()?;
+        let now = self.now();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err("begin"))?;
+        let n = tx
+            .prepare_cached(
                 "UPDATE runs SET finished_at = ?2, heartbeat_at = ?2, exit_code = ?3, outcome = ?4
                  WHERE id = ?1 AND finished_at IS NULL",
-                params![id.0, now, exit_code, outcome],
             )
+            .and_then(|mut s| s.execute(params![id.0, time_to_us(now), exit_code, outcome]))
             .map_err(self.err("finish run"))?;
+        if super::runs::prunes_at(id) {
+            let cutoff = super::runs::history_start(now, self.history);
+            // The oldest first, through the index on started_at; unfinished runs are passed
+            // over. No trigger fires on delete: run_counts keeps counting them.
+            tx.prepare_cached(
+                "DELETE FROM runs WHERE id IN (
+                    SELECT id FROM runs WHERE started_at < ?1 AND finished_at IS NOT NULL
+                    ORDER BY started_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![time_to_us(cutoff), super::PRUNE_BATCH]))
+            .map_err(self.err("prune finished runs"))?;
+        }
+        tx.commit().map_err(self.err("finish run"))?;
         Ok(n == 1)
     }
 
     fn runs(&self, since: DateTime<Utc>) -> Result<Vec<RunRecord>> {
-        let conn = self.conn()?;
-        let mut stmt = conn
+        let mut out = Vec::new();
+        self.each_run(since, &mut |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn each_run(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        let mut conn = self.conn()?;
+        // One read transaction (WAL: writers go on meanwhile), one row at a time.
+        let tx = conn.transaction().map_err(self.err("begin"))?;
+        let mut stmt = tx
             .prepare_cached(&format!(
                 "{RUN_COLUMNS} WHERE started_at >= ?1 ORDER BY started_at, id"
             ))
@@ -635,8 +726,105 @@ impl RunRegistry for SqliteStore {
         let rows = stmt
             .query_map([time_to_us(since)], run_from_row)
             .map_err(self.err("list runs"))?;
-        rows.map(|r| r.map_err(self.err("list runs")).and_then(|r| r))
-            .collect()
+        for row in rows {
+            f(row.map_err(self.err("list runs"))??)?;
+        }
+        Ok(())
+    }
+
+    fn each_run_that_may_overlap(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        let since = time_to_us(since);
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(self.err("begin"))?;
+        let noted_from: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'outlived_since'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err("read the report's bounds"))?;
+        // Started runs' time ranges to read: before the noting began, all of them; then, from
+        // each outliving run's token end to its end (open while it goes on).
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        if since < noted_from {
+            ranges.push((since, noted_from));
+        }
+        let mut outliving: Vec<i64> = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached(
+                    // CROSS JOIN: from the few noted runs to theirs, never the other way round.
+                    "SELECT o.id, o.token_end, r.finished_at FROM outlived o CROSS JOIN runs r
+                     ON r.id = o.id WHERE r.started_at >= ?1",
+                )
+                .map_err(self.err("list runs"))?;
+            let rows = st
+                .query_map([since], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .map_err(self.err("list runs"))?;
+            for row in rows {
+                let (id, token_end, finished) = row.map_err(self.err("list runs"))?;
+                outliving.push(id);
+                // A run marked finished still counts up to its last heartbeat or so: the end
+                // is widened to the end of time rather than guessed.
+                ranges.push((
+                    token_end.max(since),
+                    finished.map_or(i64::MAX, |f| f.max(token_end) + 1),
+                ));
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(i64, i64)> = Vec::new();
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some((_, h)) if lo <= *h => *h = (*h).max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let mut runs: BTreeMap<i64, RunRecord> = BTreeMap::new();
+        let mut add = |run: Result<RunRecord>| -> Result<()> {
+            let run = run?;
+            runs.insert(run.id.0, run);
+            Ok(())
+        };
+        {
+            let mut st = tx
+                .prepare_cached(&format!(
+                    "{RUN_COLUMNS} WHERE started_at >= ?1 AND started_at < ?2"
+                ))
+                .map_err(self.err("list runs"))?;
+            for (lo, hi) in merged {
+                let rows = st
+                    .query_map([lo, hi], run_from_row)
+                    .map_err(self.err("list runs"))?;
+                for row in rows {
+                    add(row.map_err(self.err("list runs"))?)?;
+                }
+            }
+            let mut st = tx
+                .prepare_cached(&format!("{RUN_COLUMNS} WHERE id = ?1"))
+                .map_err(self.err("list runs"))?;
+            for id in outliving {
+                let rows = st
+                    .query_map([id], run_from_row)
+                    .map_err(self.err("list runs"))?;
+                for row in rows {
+                    add(row.map_err(self.err("list runs"))?)?;
+                }
+            }
+        }
+        let mut runs: Vec<RunRecord> = runs.into_values().collect();
+        runs.sort_by_key(|r| (r.started_at, r.id.0));
+        runs.into_iter().try_for_each(f)
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {

@@ -130,7 +130,12 @@ class _DrainForced(TypedDict):
     plan: str
     alive_runs: int
 
-_JournalEvent = Union[_SiteChanged, _PlanStep, _DrainForced]
+class _Checkpoint(TypedDict):
+    type: Literal["checkpoint"]
+    continues: str
+    record: _RecordDict
+
+_JournalEvent = Union[_SiteChanged, _PlanStep, _DrainForced, _Checkpoint]
 
 @final
 class JournalEntry:
