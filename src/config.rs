@@ -368,6 +368,10 @@ fn with_env(text: Option<(String, String)>) -> Result<FileConfig> {
         let value = value
             .into_string()
             .map_err(|_| Error::InvalidArgument(format!("{var} is not UTF-8")))?;
+        // Empty is unset, as for the PRA_ETCD_* variables: `PRA_X= pra ...` leaves the file's.
+        if value.is_empty() {
+            continue;
+        }
         let value = if key.ends_with("_seconds") || key.ends_with("_days") {
             let n: u32 = value.trim().parse().map_err(|_| {
                 Error::InvalidArgument(format!("{var}={value:?}: expected a whole number"))
