@@ -499,6 +499,11 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
     assert_eq!(done.len(), 1, "only the run inside the window: {done:?}");
+    // The live run wrote nothing for two days, yet its lease says it runs now: the report
+    // must see it running until now (it would end it at its start and miss an overlap).
+    let runs = registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap();
+    let running = runs.iter().find(|r| r.id == live).unwrap();
+    assert_eq!(running.heartbeat_at, pra_core::clock::Clock::now(&*clock));
     assert_eq!(
         registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap().len(),
         2

@@ -60,6 +60,11 @@ fn dbapi_admit(dialect: Dialect) -> String {
 
 /// `fence_admit` for a PostgreSQL or MySQL connection.
 pub fn admit(conn: &Bound<'_, PyAny>, dialect: Dialect, token: u64) -> PyResult<u64> {
+    if i64::try_from(token).is_err() {
+        return Err(InvalidArgumentError::new_err(format!(
+            "fencing token {token} is out of range (a token is below 2^63)"
+        )));
+    }
     if !in_caller_transaction(conn, dialect)? {
         return Err(InvalidArgumentError::new_err(
             "fence admission must run inside the transaction that writes the job's results: \
@@ -73,7 +78,14 @@ pub fn admit(conn: &Bound<'_, PyAny>, dialect: Dialect, token: u64) -> PyResult<
     match done {
         Ok(_) => Ok(token),
         Err(e) => match refusal(&e.value(conn.py()).to_string()) {
-            Some(stale) => Err(PraErr(stale).into()),
+            Some(stale) => {
+                // A refused admission ends the transaction, with the writes made in it before:
+                // PostgreSQL has aborted it already, MySQL would commit them on the app's next
+                // commit. (psycopg refuses an explicit rollback inside `with conn.transaction()`:
+                // there the exception leaving the block rolls it back.)
+                let _ = conn.call_method0("rollback");
+                Err(PraErr(stale).into())
+            }
             None => Err(e),
         },
     }

@@ -330,3 +330,46 @@ def test_the_drill_with_its_job_writing_to_postgresql(pg):
     assert report["ground_truth"]["units"] == work > 0
     assert fence == tokens[-1]
     assert sum(j["job_rows_written"] for j in report["jobs"]) == len(tokens)
+
+
+def test_the_fence_cannot_be_shadowed_deleted_or_replaced(db):
+    """Red-team findings: a schema named after the user (first on PostgreSQL's default
+    search_path) must neither shadow the fence nor get a second one from a reinstall; a DELETE,
+    a TRUNCATE or a REPLACE INTO must not put it back at 0."""
+    db.reset("work")
+    high = db.highest() + 10
+    conn = db.connect()
+    pra.fence_admit(conn, high)
+    conn.commit()
+    cur = conn.cursor()
+    if db.kind == "pg":
+        cur.execute("CREATE SCHEMA IF NOT EXISTS pra")  # the user is `pra`: "$user" is on the path
+        cur.execute("CREATE TABLE IF NOT EXISTS pra.pra_fence (id smallint PRIMARY KEY, token bigint, schema_version integer)")
+        cur.execute("INSERT INTO pra.pra_fence VALUES (1, 0, 1) ON CONFLICT DO NOTHING")
+        conn.commit()
+        pra.fence_install(conn)  # the documented, idempotent upgrade
+        with pytest.raises(pra.StaleTokenError):
+            pra.fence_admit(conn, high - 5)
+        for statement in ("DELETE FROM public.pra_fence", "TRUNCATE public.pra_fence"):
+            with pytest.raises(Exception, match="the fence only rises"):
+                cur.execute(statement)
+            conn.rollback()
+        cur.execute("DROP SCHEMA pra CASCADE")
+        conn.commit()
+    else:
+        for statement in ("DELETE FROM pra_fence", "REPLACE INTO pra_fence VALUES (1, 0, 1)"):
+            with pytest.raises(Exception, match="the fence only rises"):
+                cur.execute(statement)
+            conn.rollback()
+    assert db.highest() == high
+    # A refused admission takes the writes made before it in its transaction with it, on MySQL
+    # too (where the server leaves the transaction open).
+    cur.execute("INSERT INTO work (round, token) VALUES (99, %s)", (high - 5,))
+    with pytest.raises(pra.StaleTokenError):
+        pra.fence_admit(conn, high - 5)
+    conn.commit()
+    assert all(r != 99 for (r, _) in db.rows("work"))
+    with pytest.raises(pra.InvalidArgumentError, match="2\\^63"):
+        pra.fence_admit(conn, 2**63)
+    conn.close()
+    assert db.highest() == high

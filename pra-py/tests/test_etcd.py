@@ -1,10 +1,9 @@
 """The pra Python module on etcd:// stores, against a real etcd server started here."""
 
 import os
-import random
 import shutil
-import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -12,21 +11,8 @@ import pytest
 
 import pra
 
-
-def free_ports(n):
-    """n loopback ports free a moment ago, below the kernel's ephemeral range (32768-60999) so
-    that no outgoing connection is handed one before etcd binds it."""
-    ports = []
-    while len(ports) < n:
-        port = random.randrange(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        if port not in ports:
-            ports.append(port)
-    return ports
+sys.path.insert(0, os.path.dirname(__file__))
+from servers import free_ports  # noqa: E402
 
 
 @pytest.fixture(scope="module")

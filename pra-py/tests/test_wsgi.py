@@ -34,6 +34,9 @@ def test_a_stale_token_is_refused_with_409_and_the_fence_never_lowers(tmp_path):
     assert client.post("/invoices").status_code == 200
     assert client.post("/invoices", headers={pra.wsgi.HEADER: "-2"}).status_code == 400
     assert client.post("/invoices", headers={pra.wsgi.HEADER: "x"}).status_code == 400
+    # ASCII digits below 2^63 only: no '+7', '1_000', other scripts' digits, or a lock-out token.
+    for odd in ["+7", "1_000", "\u0665", str(2**63), "9" * 40]:
+        assert client.post("/invoices", headers={pra.wsgi.HEADER: odd}).status_code == 400, odd
     assert writes() == [3, 3, 5, None]
 
 

@@ -53,14 +53,17 @@ impl Dialect {
     /// token; placeholder `$1` for PostgreSQL, `?` for MySQL).
     pub fn admit_statement(self) -> &'static str {
         match self {
-            Dialect::Postgres => "SELECT pra_fence_admit($1)",
+            Dialect::Postgres => "SELECT public.pra_fence_admit($1)",
             Dialect::MySql => "CALL pra_fence_admit(?)",
         }
     }
 
     /// The statement reading the highest admitted token (no row: not installed).
     pub fn highest_statement(self) -> &'static str {
-        "SELECT token FROM pra_fence WHERE id = 1"
+        match self {
+            Dialect::Postgres => "SELECT token FROM public.pra_fence WHERE id = 1",
+            Dialect::MySql => "SELECT token FROM pra_fence WHERE id = 1",
+        }
     }
 
     /// The install statements as one script for the server's own client (`psql -f`, or
@@ -122,39 +125,48 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The token as the servers' signed 64-bit integer (PostgreSQL has no unsigned type).
-#[cfg(feature = "fence-postgres")]
+#[cfg(any(feature = "fence-postgres", feature = "fence-mysql"))]
 pub(crate) fn as_i64(token: FencingToken) -> Result<i64> {
     i64::try_from(token.0)
         .map_err(|_| Error::InvalidArgument(format!("fencing token {token} is out of range")))
 }
 
+// PostgreSQL: every object in schema `public`, named with it, and the functions run with a
+// fixed search_path: a caller's search_path (a schema named after the user, one an attacker
+// can create) can neither shadow the fence nor make an install create a second one at 0.
 const POSTGRES_INSTALL: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS pra_fence (
+    "CREATE TABLE IF NOT EXISTS public.pra_fence (
   id smallint PRIMARY KEY CHECK (id = 1),
   token bigint NOT NULL CHECK (token >= 0),
   schema_version integer NOT NULL
 )",
-    "INSERT INTO pra_fence (id, token, schema_version) VALUES (1, 0, 1) ON CONFLICT (id) DO NOTHING",
-    "UPDATE pra_fence SET schema_version = 1 WHERE id = 1 AND schema_version <> 1",
-    // Whatever writes the table (a hand-made UPDATE included), the token never goes down.
-    "CREATE OR REPLACE FUNCTION pra_fence_never_lowered() RETURNS trigger LANGUAGE plpgsql AS $$
+    "INSERT INTO public.pra_fence (id, token, schema_version) VALUES (1, 0, 1) ON CONFLICT (id) DO NOTHING",
+    "UPDATE public.pra_fence SET schema_version = 1 WHERE id = 1 AND schema_version <> 1",
+    // Whatever writes the table (a hand-made UPDATE, a DELETE and INSERT, a TRUNCATE and a
+    // reinstall), the token never goes down and the row never goes away.
+    "CREATE OR REPLACE FUNCTION public.pra_fence_never_lowered() RETURNS trigger LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  IF NEW.token < OLD.token THEN
-    RAISE EXCEPTION 'pra: the fence only rises (% to %)', OLD.token, NEW.token USING ERRCODE = 'PRA02';
+  IF TG_OP = 'UPDATE' AND NEW.token >= OLD.token THEN
+    RETURN NEW;
   END IF;
-  RETURN NEW;
+  RAISE EXCEPTION 'pra: the fence only rises (% refused)', TG_OP USING ERRCODE = 'PRA02';
 END
 $$",
-    "DROP TRIGGER IF EXISTS pra_fence_never_lowered ON pra_fence",
-    "CREATE TRIGGER pra_fence_never_lowered BEFORE UPDATE ON pra_fence
-  FOR EACH ROW EXECUTE FUNCTION pra_fence_never_lowered()",
+    "DROP TRIGGER IF EXISTS pra_fence_never_lowered ON public.pra_fence",
+    "CREATE TRIGGER pra_fence_never_lowered BEFORE UPDATE OR DELETE ON public.pra_fence
+  FOR EACH ROW EXECUTE FUNCTION public.pra_fence_never_lowered()",
+    "DROP TRIGGER IF EXISTS pra_fence_never_truncated ON public.pra_fence",
+    "CREATE TRIGGER pra_fence_never_truncated BEFORE TRUNCATE ON public.pra_fence
+  FOR EACH STATEMENT EXECUTE FUNCTION public.pra_fence_never_lowered()",
     // The row lock taken here is held until the caller's transaction ends: an admission and
     // the writes it guards commit together, and no lower token commits after a higher one.
-    "CREATE OR REPLACE FUNCTION pra_fence_admit(presented bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+    "CREATE OR REPLACE FUNCTION public.pra_fence_admit(presented bigint) RETURNS bigint LANGUAGE plpgsql
+  SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
   highest bigint;
 BEGIN
-  SELECT token INTO highest FROM pra_fence WHERE id = 1 FOR UPDATE;
+  SELECT token INTO highest FROM public.pra_fence WHERE id = 1 FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'pra: the fence is not installed (pra fence --install)' USING ERRCODE = 'PRA03';
   END IF;
@@ -162,12 +174,13 @@ BEGIN
     RAISE EXCEPTION 'stale fencing token %: token % has already been admitted', presented, highest
       USING ERRCODE = 'PRA01';
   END IF;
-  UPDATE pra_fence SET token = presented WHERE id = 1 AND token < presented;
+  UPDATE public.pra_fence SET token = presented WHERE id = 1 AND token < presented;
   RETURN presented;
 END
 $$",
 ];
 
+// MySQL/MariaDB: routines resolve tables in their own database, whatever the caller's default.
 const MYSQL_INSTALL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS pra_fence (
   id TINYINT NOT NULL PRIMARY KEY CHECK (id = 1),
@@ -183,11 +196,20 @@ BEGIN
     SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'pra: the fence only rises';
   END IF;
 END",
+    // A DELETE (and REPLACE INTO, which deletes first) would put the fence back at 0.
+    "DROP TRIGGER IF EXISTS pra_fence_never_deleted",
+    "CREATE TRIGGER pra_fence_never_deleted BEFORE DELETE ON pra_fence FOR EACH ROW
+BEGIN
+  SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'pra: the fence only rises (DELETE refused)';
+END",
     "DROP PROCEDURE IF EXISTS pra_fence_admit",
     "CREATE PROCEDURE pra_fence_admit(IN presented BIGINT UNSIGNED)
 BEGIN
   DECLARE highest BIGINT UNSIGNED DEFAULT NULL;
   DECLARE msg VARCHAR(255);
+  IF presented > 9223372036854775807 THEN
+    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'pra: a fencing token is below 2^63';
+  END IF;
   SELECT token INTO highest FROM pra_fence WHERE id = 1 FOR UPDATE;
   IF highest IS NULL THEN
     SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'pra: the fence is not installed (pra fence --install)';

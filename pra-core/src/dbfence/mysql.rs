@@ -39,6 +39,7 @@ pub fn install(conn: &mut Conn) -> Result<()> {
 /// Admits `token` inside `tx`: [`Error::StaleToken`] if a higher token was admitted, else
 /// records it. The server holds the fence's row lock until `tx` ends.
 pub fn admit(tx: &mut Transaction<'_>, token: FencingToken) -> Result<FencingToken> {
+    super::as_i64(token)?; // as PostgreSQL: a token is below 2^63
     tx.exec_drop(Dialect::MySql.admit_statement(), (token.0,))
         .map_err(|e| map("mysql", e))?;
     Ok(token)

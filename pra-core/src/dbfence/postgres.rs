@@ -50,7 +50,7 @@ pub fn admit(tx: &mut Transaction<'_>, token: FencingToken) -> Result<FencingTok
 /// The highest token admitted so far; `None` when the fence is not installed.
 pub fn highest(client: &mut Client) -> Result<Option<FencingToken>> {
     let installed: bool = client
-        .query_one("SELECT to_regclass('pra_fence') IS NOT NULL", &[])
+        .query_one("SELECT to_regclass('public.pra_fence') IS NOT NULL", &[])
         .map_err(|e| map("postgres", e))?
         .get(0);
     if !installed {

@@ -131,7 +131,10 @@ struct StoredRecord {
     commit_id: String,
 }
 
-/// The counters of one job on one site at `P/stats/<site>/<job>`.
+/// Finished runs of the old layout moved per drain (see `unfinished_runs_below`).
+const MIGRATE_PER_READ: usize = 256;
+
+/// The counters of one job on one site at `P/runs/stats/<site>/<job>`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Finished {
     finished: u64,
@@ -810,6 +813,7 @@ impl EtcdStore {
         deadline: Instant,
     ) -> Result<bool> {
         let stats_key = self.stats_key(&run.start.site, &run.start.job);
+        let mut attempts = 0u64;
         loop {
             let resp = self.retrying("read the run counters", deadline, |mut c| {
                 let key = stats_key.clone();
@@ -860,6 +864,17 @@ impl EtcdStore {
                     self.url, run.start.job, run.start.site
                 )));
             }
+            // Many runs of one job finishing at once contend for its counter: back off a
+            // little, differently in each process, instead of retrying in lockstep.
+            let jitter = u64::from(std::process::id() % 17) + (attempts % 8) * 5;
+            attempts += 1;
+            std::thread::sleep(Duration::from_millis(
+                jitter.min(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .as_millis() as u64,
+                ),
+            ));
         }
     }
 
@@ -911,17 +926,9 @@ impl EtcdStore {
 
     /// Reads run `id` with its mod_revision; `None` if unknown or finished.
     fn unfinished_run(&self, id: RunId, deadline: Instant) -> Result<Option<(RunRecord, i64)>> {
-        let key = self.run_key(id);
-        let resp = self.retrying("read the run", deadline, |mut c| {
-            let key = key.clone();
-            async move { c.get(key, None).await }
-        })?;
-        let Some(kv) = resp.kvs().first() else {
-            return Ok(None);
-        };
-        let run: RunRecord =
-            serde_json::from_slice(kv.value()).map_err(|e| self.corrupt("the run registry", e))?;
-        Ok(run.finished_at.is_none().then(|| (run, kv.mod_revision())))
+        Ok(self
+            .stored_run(id, deadline)?
+            .filter(|(run, _)| run.finished_at.is_none()))
     }
 
     fn json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -1230,10 +1237,24 @@ impl RunRegistry for EtcdStore {
                     .map_err(|e| self.corrupt("the run history", e))
             })
             .collect::<Result<_>>()?;
+        // A live run's heartbeat is its lease, which writes nothing: one whose lease is alive
+        // has beaten now (the report counts it running until now, not until it started).
+        let alive: HashSet<Vec<u8>> = self
+            .range("alive", deadline)?
+            .into_iter()
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        let now = self.clock.now();
         runs.extend(
             self.runs_all(deadline)?
                 .into_iter()
-                .filter(|r| r.started_at >= since),
+                .filter(|r| r.started_at >= since)
+                .map(|mut r| {
+                    if r.finished_at.is_none() && alive.contains(self.alive_key(r.id).as_bytes()) {
+                        r.heartbeat_at = now;
+                    }
+                    r
+                }),
         );
         runs.sort_by_key(|r| (r.started_at, r.id.0));
         Ok(runs)
@@ -1255,8 +1276,10 @@ impl RunRegistry for EtcdStore {
             .into_iter()
             .partition(|(r, _)| r.finished_at.is_some());
         // Finished runs an earlier version left under runs/: moved to done/ and counted, so
-        // that this read stays bounded by the live runs from now on.
-        for (run, rev) in legacy {
+        // that this read stays bounded by the live runs from now on — a few hundred per drain,
+        // so that the first drain after an upgrade does not take the history's time (the
+        // others are skipped as finished until a later drain moves them).
+        for (run, rev) in legacy.into_iter().take(MIGRATE_PER_READ) {
             if let Err(e) = self.retire(&run, rev, Vec::new(), Vec::new(), self.deadline()) {
                 tracing::warn!(store = %self.url, run = run.id.0, error = %e, "a finished run of the old layout not moved (the next drain retries)");
             }

@@ -6,7 +6,8 @@ service's own SQLite file, under the same rule as ``pra.fence_admit``.
     app.wsgi_app = pra.wsgi.FencingMiddleware(app.wsgi_app, "/var/lib/myservice/fence.db")
 
 The admission is made when the request arrives, in a transaction of its own: a stale request
-that arrived before the newer one is let through. Where the service's writes must be refused
+that arrived before the newer one is let through. Anyone who can reach the service can raise
+its fence with a high token: put it behind the service's own authentication. Where the service's writes must be refused
 atomically, it admits ``request.environ["pra.fencing_token"]`` with ``pra.fence_admit`` in the
 transaction of those writes instead.
 """
@@ -43,9 +44,12 @@ class FencingMiddleware:
                 return _answer(start_response, "428 Precondition Required", {"error": f"the {HEADER} header is required"})
             return self.app(environ, start_response)
         try:
-            token = int(raw.strip())
-            if token < 0:
+            text = raw.strip()
+            # ASCII digits only (int() takes '+7', '1_000' and other scripts' digits), and below
+            # 2^63 as every fence's token.
+            if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) >= 2**63:
                 raise ValueError(raw)
+            token = int(text)
         except ValueError:
             return _answer(start_response, "400 Bad Request", {"error": f"malformed {HEADER}: {raw!r}"})
         refused = self._admit(token)
