@@ -15,8 +15,9 @@ pub mod mysql;
 pub mod postgres;
 
 /// The version of the installed SQL (the `schema_version` column of `pra_fence`): raised when
-/// the objects change; installing again upgrades in place.
-pub const SCHEMA_VERSION: u32 = 1;
+/// the objects change; installing again upgrades in place (2: PostgreSQL's objects named in
+/// `public` with a fixed search_path, triggers against DELETE, TRUNCATE and REPLACE).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A database server the fence can be installed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,8 +141,8 @@ const POSTGRES_INSTALL: &[&str] = &[
   token bigint NOT NULL CHECK (token >= 0),
   schema_version integer NOT NULL
 )",
-    "INSERT INTO public.pra_fence (id, token, schema_version) VALUES (1, 0, 1) ON CONFLICT (id) DO NOTHING",
-    "UPDATE public.pra_fence SET schema_version = 1 WHERE id = 1 AND schema_version <> 1",
+    "INSERT INTO public.pra_fence (id, token, schema_version) VALUES (1, 0, 2) ON CONFLICT (id) DO NOTHING",
+    "UPDATE public.pra_fence SET schema_version = 2 WHERE id = 1 AND schema_version <> 2",
     // Whatever writes the table (a hand-made UPDATE, a DELETE and INSERT, a TRUNCATE and a
     // reinstall), the token never goes down and the row never goes away.
     "CREATE OR REPLACE FUNCTION public.pra_fence_never_lowered() RETURNS trigger LANGUAGE plpgsql
@@ -187,8 +188,8 @@ const MYSQL_INSTALL: &[&str] = &[
   token BIGINT UNSIGNED NOT NULL,
   schema_version INT NOT NULL
 ) ENGINE = InnoDB",
-    "INSERT IGNORE INTO pra_fence (id, token, schema_version) VALUES (1, 0, 1)",
-    "UPDATE pra_fence SET schema_version = 1 WHERE id = 1 AND schema_version <> 1",
+    "INSERT IGNORE INTO pra_fence (id, token, schema_version) VALUES (1, 0, 2)",
+    "UPDATE pra_fence SET schema_version = 2 WHERE id = 1 AND schema_version <> 2",
     "DROP TRIGGER IF EXISTS pra_fence_never_lowered",
     "CREATE TRIGGER pra_fence_never_lowered BEFORE UPDATE ON pra_fence FOR EACH ROW
 BEGIN
