@@ -50,6 +50,21 @@ impl Env {
     fn on(&self, site: &str, args: &[&str]) -> Output {
         self.cmd(Some(site), args).output().unwrap()
     }
+    /// Activates rbx on the new store (token 0 to 1).
+    fn activate_rbx(&self) {
+        ok(self.on(
+            "rbx",
+            &[
+                "site",
+                "activate",
+                "rbx",
+                "--expect-token",
+                "0",
+                "--by",
+                "t",
+            ],
+        ));
+    }
     fn make_db(&self, rows: u32) {
         let conn = rusqlite::Connection::open(self.path("app.db")).unwrap();
         conn.execute_batch("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, body TEXT)")
@@ -781,18 +796,7 @@ fn a_store_url_naming_an_application_database_is_refused_and_leaves_it_alone() {
 #[test]
 fn a_full_stdout_is_an_error_and_a_closed_one_a_quiet_exit() {
     let e = Env::new();
-    ok(e.on(
-        "rbx",
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "t",
-        ],
-    ));
+    e.activate_rbx();
     // /dev/full: an I/O error with its message and exit code, never a panic (101).
     let full = std::fs::OpenOptions::new()
         .write(true)
@@ -1002,18 +1006,7 @@ fn completions_and_the_man_page_are_generated_from_the_parser() {
 fn run_passes_arguments_that_are_not_utf8_unchanged() {
     use std::os::unix::ffi::OsStrExt;
     let e = Env::new();
-    ok(e.on(
-        "rbx",
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "t",
-        ],
-    ));
+    e.activate_rbx();
     let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9 \xff");
     let o = e
         .cmd(
@@ -1033,18 +1026,7 @@ fn run_passes_arguments_that_are_not_utf8_unchanged() {
 #[test]
 fn metrics_follow_the_exporter_conventions_and_say_when_the_store_is_down() {
     let e = Env::new();
-    ok(e.on(
-        "rbx",
-        &[
-            "site",
-            "activate",
-            "rbx",
-            "--expect-token",
-            "0",
-            "--by",
-            "t",
-        ],
-    ));
+    e.activate_rbx();
     ok(e.on("rbx", &["run", "--job", "invoices", "--", "true"]));
     let file = e.path("pra.prom");
     let f = file.to_str().unwrap();

@@ -29,26 +29,29 @@ pub struct MetricsArgs {
 pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
     let mut m = String::new();
     let failed = collect(cfg, &mut m).err();
-    let ok = failed.is_none();
     let mut up = String::new();
-    up.push_str("# HELP pra_store_up 1 if the store answered, 0 if it could not be read.\n");
-    up.push_str(&format!(
-        "# TYPE pra_store_up gauge\npra_store_up {}\n",
-        u8::from(ok)
-    ));
-    up.push_str(
-        "# HELP pra_metrics_timestamp_seconds When these metrics were taken (Unix time).\n",
+    metric(
+        &mut up,
+        "pra_store_up",
+        "1 if the store answered, 0 if it could not be read.",
+        "gauge",
+        vec![(String::new(), u8::from(failed.is_none()).to_string())],
     );
-    up.push_str(&format!(
-        "# TYPE pra_metrics_timestamp_seconds gauge\npra_metrics_timestamp_seconds {}\n",
-        Utc::now().timestamp()
-    ));
+    metric(
+        &mut up,
+        "pra_metrics_timestamp_seconds",
+        "When these metrics were taken (Unix time).",
+        "gauge",
+        vec![(String::new(), Utc::now().timestamp().to_string())],
+    );
     if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
-        up.push_str("# HELP pra_last_backup_timestamp_seconds When the newest verified backup was taken (Unix time).\n");
-        up.push_str(&format!(
-            "# TYPE pra_last_backup_timestamp_seconds gauge\npra_last_backup_timestamp_seconds {}\n",
-            latest.id.time.timestamp()
-        ));
+        metric(
+            &mut up,
+            "pra_last_backup_timestamp_seconds",
+            "When the newest verified backup was taken (Unix time).",
+            "gauge",
+            vec![(String::new(), latest.id.time.timestamp().to_string())],
+        );
     }
     let text = format!("{up}{m}");
     match &args.output {
@@ -61,16 +64,21 @@ pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
     }
 }
 
+/// Appends one metric (its HELP, its TYPE and its samples: labels, value) to `m`.
+fn metric(m: &mut String, name: &str, help: &str, kind: &str, samples: Vec<(String, String)>) {
+    m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (labels, value) in samples {
+        m.push_str(&format!("{name}{labels} {value}\n"));
+    }
+}
+
 /// The metrics that come from the store, appended to `m`.
 fn collect(cfg: &Config, m: &mut String) -> Result<(), Error> {
     let store = cfg.open_store()?;
     let record = store.load()?;
     let site = cfg.this_site().ok();
     let mut metric = |name: &str, help: &str, kind: &str, samples: Vec<(String, String)>| {
-        m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, value) in samples {
-            m.push_str(&format!("{name}{labels} {value}\n"));
-        }
+        metric(m, name, help, kind, samples)
     };
     let label = |pairs: &[(&str, &str)]| {
         let inner: Vec<String> = pairs
