@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{Rng, iterations, kill_after, timed};
+use common::{Rng, iterations, kill_after, median_of, serial, timed};
 
 use pra_core::backup::{self, Health};
 use rusqlite::Connection;
@@ -48,10 +48,11 @@ fn integrity(path: &Path) -> String {
 
 #[test]
 fn killed_backups_never_leave_a_partial_backup_listed() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("none.toml"), "").unwrap();
     make_db(&dir.path().join("app.db"), "old", 20_000); // ~20 MB
-    let full = timed(pra(dir.path(), &["backup"]));
+    let full = median_of(3, || pra(dir.path(), &["backup"]));
     let mut rng = Rng::new("crash");
     let mut killed = 0;
     for _ in 0..iterations() {
@@ -101,6 +102,7 @@ fn killed_backups_never_leave_a_partial_backup_listed() {
 
 #[test]
 fn killed_restores_leave_the_old_or_the_new_database() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("none.toml"), "").unwrap();
     let db = dir.path().join("app.db");
@@ -113,10 +115,10 @@ fn killed_restores_leave_the_old_or_the_new_database() {
         make_db(&db, "old", 2_000);
     };
     reset();
-    let full = timed(pra(
-        dir.path(),
-        &["restore", "--latest", "--no-safety-copy"],
-    ));
+    let full = median_of(3, || {
+        reset();
+        pra(dir.path(), &["restore", "--latest", "--no-safety-copy"])
+    });
     let mut rng = Rng::new("crash");
     let (mut old, mut new, mut killed) = (0, 0, 0);
     for _ in 0..iterations() {
@@ -173,17 +175,20 @@ fn flip(lock: &Path, token: u64, active: bool) -> Command {
 
 #[test]
 fn killed_lock_file_changes_leave_one_record_that_agrees_with_its_journal() {
+    let _serial = serial();
     use pra_core::Store;
     use pra_core::store::FileStore;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("none.toml"), "").unwrap();
     let lock = dir.path().join("pra-status.lock");
     let store = || FileStore::open(&lock, std::sync::Arc::new(pra_core::SystemClock)).unwrap();
-    let full = {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("none.toml"), "").unwrap();
-        timed(flip(&dir.path().join("pra-status.lock"), 0, false))
-    };
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("none.toml"), "").unwrap();
+    let mut n = 0;
+    let full = median_of(5, || {
+        n += 1;
+        flip(&scratch.path().join(format!("{n}.lock")), 0, false)
+    });
     let mut rng = Rng::new("killed_lock_file_changes");
     let mut killed = 0;
     let mut token = 0;
@@ -219,7 +224,23 @@ fn killed_lock_file_changes_leave_one_record_that_agrees_with_its_journal() {
         "only {killed} of {} changes were killed mid-way: the test did not test much",
         iterations()
     );
-    // The last change, unkilled, goes through (rolling back a dangling entry if there is one).
-    timed(flip(&lock, token, store().load().unwrap().site.is_some()));
+    // The last change, unkilled, goes through. A change killed between its journal entry and
+    // its rename is rolled forward first (dropping it could hand its token out twice), so the
+    // change made with the token last read may be refused as a conflict: the operator reloads
+    // and retries, as the message says, and that goes through.
+    let status = flip(&lock, token, store().load().unwrap().site.is_some())
+        .status()
+        .unwrap();
+    if !status.success() {
+        assert_eq!(status.code(), Some(5), "a refusal is a conflict");
+        let reloaded = store().load().unwrap();
+        assert_eq!(
+            reloaded.token.0,
+            token + 1,
+            "the conflict is the rolled-forward change"
+        );
+        token = reloaded.token.0;
+        timed(flip(&lock, token, reloaded.site.is_some()));
+    }
     assert_eq!(store().verify_journal().unwrap().entries, token + 1);
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Rng, iterations, kill_after, timed};
+use common::{Rng, iterations, kill_after, median_of, serial};
 
 use pra_core::plan::{DrainPolicy, Runner, State};
 use pra_core::store::{SqliteStore, Store};
@@ -73,8 +73,17 @@ fn ok(o: Output) -> Output {
 fn killed_site_flips_never_move_the_token_back() {
     let e = Env::new();
     ok(e.run(&["site", "activate", "rbx", "--expect-token", "0"]));
-    let full = timed(e.cmd(&["site", "deactivate", "--expect-token", "1"]));
-    ok(e.run(&["site", "activate", "rbx", "--expect-token", "2"]));
+    let _serial = serial();
+    let mut token = 0;
+    let full = median_of(3, || {
+        token += 1;
+        let t = token.to_string();
+        if token % 2 == 1 {
+            e.cmd(&["site", "deactivate", "--expect-token", &t])
+        } else {
+            e.cmd(&["site", "activate", "rbx", "--expect-token", &t])
+        }
+    });
     let mut rng = Rng::new("site flips");
     let mut killed = 0;
     for _ in 0..iterations() {

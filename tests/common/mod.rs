@@ -49,8 +49,31 @@ impl Rng {
 /// Runs `cmd` to completion once (it must succeed) and returns how long it took.
 pub fn timed(mut cmd: Command) -> Duration {
     let t = Instant::now();
-    assert!(cmd.status().unwrap().success());
+    let out = cmd.stderr(Stdio::piped()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     t.elapsed()
+}
+
+/// Held by each kill test for its whole run: the kill delays are drawn from a duration measured
+/// at the start, which means nothing if a neighbour test then loads the machine (a flip of a
+/// few milliseconds took ten times longer beside a 20 MB backup, and most kills came too late).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The median of `n` complete runs of the commands `make` builds (each must succeed). One run
+/// alone is a poor measure: the first often pays for a cold page cache, and a kill delay drawn
+/// from a too-long `full` lets most runs finish before the kill (CI once killed 8 of 50).
+pub fn median_of(n: usize, mut make: impl FnMut() -> Command) -> Duration {
+    let mut times: Vec<Duration> = (0..n.max(1)).map(|_| timed(make())).collect();
+    times.sort();
+    times[times.len() / 2]
 }
 
 /// Starts `cmd`, SIGKILLs it after `delay` if it still runs, waits for it; true if it was
