@@ -70,8 +70,9 @@ lint: apt-tools
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports.
-test-rust: apt-tools
+## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports; and the
+## offsite backup tests (tests/offsite.rs), whose fixture starts moto's S3 server from .venv.
+test-rust: apt-tools $(VENV_DEPS)
 	$(CARGO) test --workspace
 
 ## The C ABI from C: -Wall -Werror, libpra.so and libpra.a (built by run.sh with the test-only

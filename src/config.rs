@@ -41,6 +41,13 @@ pub struct FileConfig {
     /// never from this file or a command line.
     pub etcd_user: Option<String>,
     pub etcd_password_file: Option<PathBuf>,
+    /// Offsite backups: `s3://bucket/prefix`.
+    pub backup_target: Option<String>,
+    pub backup_s3_endpoint: Option<String>,
+    pub backup_s3_region: Option<String>,
+    pub backup_age_recipients_file: Option<PathBuf>,
+    pub backup_age_identity_file: Option<PathBuf>,
+    pub backup_age_passphrase_file: Option<PathBuf>,
 }
 
 /// What flags and the environment gave (all optional: the file and defaults fill the rest).
@@ -72,6 +79,24 @@ pub struct Overrides {
     /// The table `count` counts [default: events].
     #[arg(long, env = "PRA_TABLE", global = true)]
     pub table: Option<String>,
+    /// The offsite backup target, `s3://bucket/prefix` (credentials from the AWS environment).
+    #[arg(long, env = "PRA_BACKUP_TARGET", global = true)]
+    pub backup_target: Option<String>,
+    /// An S3-compatible endpoint for the backup target (e.g. http://127.0.0.1:9000).
+    #[arg(long, env = "PRA_BACKUP_S3_ENDPOINT", global = true)]
+    pub backup_s3_endpoint: Option<String>,
+    /// The backup target's region.
+    #[arg(long, env = "PRA_BACKUP_S3_REGION", global = true)]
+    pub backup_s3_region: Option<String>,
+    /// Encrypt offsite backups to the age X25519 recipients of this file.
+    #[arg(long, env = "PRA_BACKUP_AGE_RECIPIENTS_FILE", global = true)]
+    pub backup_age_recipients_file: Option<PathBuf>,
+    /// Decrypt offsite backups with the age identities of this file.
+    #[arg(long, env = "PRA_BACKUP_AGE_IDENTITY_FILE", global = true)]
+    pub backup_age_identity_file: Option<PathBuf>,
+    /// Encrypt and decrypt offsite backups with the passphrase of this file (scrypt).
+    #[arg(long, env = "PRA_BACKUP_AGE_PASSPHRASE_FILE", global = true)]
+    pub backup_age_passphrase_file: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -95,6 +120,21 @@ pub struct Config {
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
+    /// The offsite backup target, if one is configured.
+    pub offsite: Option<Offsite>,
+}
+
+/// Where offsite backups go and how they are sealed (paths of key files only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offsite {
+    /// `s3://bucket/prefix`.
+    pub target: String,
+    /// Endpoint and region.
+    #[cfg(feature = "offsite")]
+    pub s3: pra_core::backup::offsite::S3Options,
+    /// Encryption keys.
+    #[cfg(feature = "offsite")]
+    pub encryption: pra_core::backup::offsite::Encryption,
 }
 
 impl Config {
@@ -159,7 +199,35 @@ impl Config {
             password_file: file.etcd_password_file,
         }
         .with_env()?;
+        let offsite = o
+            .backup_target
+            .clone()
+            .or(file.backup_target)
+            .map(|target| Offsite {
+                target,
+                #[cfg(feature = "offsite")]
+                s3: pra_core::backup::offsite::S3Options {
+                    endpoint: o.backup_s3_endpoint.clone().or(file.backup_s3_endpoint),
+                    region: o.backup_s3_region.clone().or(file.backup_s3_region),
+                },
+                #[cfg(feature = "offsite")]
+                encryption: pra_core::backup::offsite::Encryption {
+                    recipients_file: o
+                        .backup_age_recipients_file
+                        .clone()
+                        .or(file.backup_age_recipients_file),
+                    passphrase_file: o
+                        .backup_age_passphrase_file
+                        .clone()
+                        .or(file.backup_age_passphrase_file),
+                    identity_file: o
+                        .backup_age_identity_file
+                        .clone()
+                        .or(file.backup_age_identity_file),
+                },
+            });
         let cfg = Config {
+            offsite,
             store: o
                 .store
                 .clone()

@@ -64,9 +64,11 @@ enum Command {
     /// Prometheus metrics, for node_exporter's textfile collector.
     Metrics,
     /// Take a consistent, verified backup of the database.
-    Backup,
+    Backup(commands::BackupArgs),
     /// List the backups, newest first.
-    Backups,
+    Backups(commands::BackupsArgs),
+    /// Verify the offsite target's backups and record the results there.
+    Verify(commands::VerifyArgs),
     /// Remove backups according to a retention policy.
     Prune(commands::PruneArgs),
     /// Restore a backup over the database (the app must be stopped).
@@ -149,8 +151,9 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
         Command::Journal { verify } => commands::journal(&cfg()?, &out, *verify),
         Command::Metrics => commands::metrics(&cfg()?),
-        Command::Backup => commands::backup(&cfg()?, &out),
-        Command::Backups => commands::backups(&cfg()?, &out),
+        Command::Backup(args) => commands::backup(&cfg()?, &out, args),
+        Command::Backups(args) => commands::backups(&cfg()?, &out, args),
+        Command::Verify(args) => commands::verify(&cfg()?, &out, args),
         Command::Prune(args) => commands::prune(&cfg()?, &out, args),
         Command::Restore(args) => commands::restore(&cfg()?, &out, args),
         Command::Status => commands::status(&cfg()?, &out),

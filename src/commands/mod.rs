@@ -4,11 +4,16 @@
 
 mod backup;
 mod metrics;
+#[cfg(feature = "offsite")]
+mod offsite;
 mod plan;
 mod site;
 mod status;
 
-pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
+pub use backup::{
+    BackupArgs, BackupsArgs, PruneArgs, RestoreArgs, VerifyArgs, backup, backups, prune, restore,
+    verify,
+};
 pub use metrics::metrics;
 pub use plan::{PlanCmd, plan};
 pub use site::{SiteCmd, check, journal, site};

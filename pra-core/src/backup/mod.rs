@@ -15,6 +15,8 @@
 mod catalog;
 mod create;
 mod name;
+#[cfg(feature = "offsite")]
+pub mod offsite;
 pub mod restore;
 pub mod retention;
 mod sqlite;
