@@ -87,6 +87,11 @@ enum Command {
         /// prefix, say). Deliberately not read from PRA_STORE or the configuration.
         #[arg(long, value_name = "URL")]
         store_url: Option<String>,
+        /// Upload the database-loss scenario's last backup to the offsite target
+        /// (--backup-target / PRA_BACKUP_TARGET / backup_target, with its endpoint and keys) and
+        /// restore from there. The target should be a scratch prefix.
+        #[arg(long)]
+        remote: bool,
     },
     /// (drill helper) One run of the drill's cron job.
     #[command(name = "__drill-job", hide = true)]
@@ -162,7 +167,27 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
             dir,
             quiet,
             store_url,
-        } => drill::run(dir.as_deref(), store_url.as_deref(), *quiet, cli.json),
+            remote,
+        } => {
+            let offsite = if *remote {
+                let cfg = cfg()?;
+                Some(cfg.offsite.ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "--remote needs an offsite target: --backup-target or PRA_BACKUP_TARGET"
+                            .into(),
+                    )
+                })?)
+            } else {
+                None
+            };
+            drill::run(
+                dir.as_deref(),
+                store_url.as_deref(),
+                offsite.as_ref(),
+                *quiet,
+                cli.json,
+            )
+        }
         Command::DrillJob {
             db,
             job,

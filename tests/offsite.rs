@@ -343,9 +343,24 @@ fn a_corrupted_object_is_caught_before_restore_and_recorded_by_verify() {
     e.rows(3);
     let v = json(&ok(e.on("rbx", &["backup", "--json"])));
     let key = v["manifest"]["key"].as_str().unwrap().to_string();
-    // verify marks both good; the status field follows.
+    // Never verified: no age metric yet. verify marks both good; the metric follows.
+    let metrics = |e: &Env| text(&ok(e.on("rbx", &["metrics"])));
+    let m = metrics(&e);
+    assert!(
+        m.contains("pra_offsite_up 1") && m.contains("pra_offsite_backups 2"),
+        "{m}"
+    );
+    assert!(!m.contains("pra_offsite_last_verified_age_seconds"), "{m}");
     ok(e.on("rbx", &["verify", "--remote"]));
     assert!(e.remote().iter().all(|b| b["verification"]["ok"] == true));
+    let m = metrics(&e);
+    let age: i64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("pra_offsite_last_verified_age_seconds "))
+        .unwrap_or_else(|| panic!("{m}"))
+        .parse()
+        .unwrap();
+    assert!((0..60).contains(&age), "{m}");
     // Flip one byte of the newest object, same length.
     let path = format!("/{BUCKET}/pra/{key}");
     let (_, mut body) = e.s3.http("GET", &path, b"");
@@ -549,4 +564,34 @@ fn a_flip_racing_an_upload_never_makes_the_old_sites_backup_the_latest() {
         plain.select(&RestorePoint::Latest).unwrap().manifest.token,
         FencingToken(7)
     );
+}
+
+#[test]
+fn the_drill_restores_its_lost_database_from_the_offsite_target() {
+    let e = Env::new();
+    let pp = e.path("pass");
+    std::fs::write(&pp, "drill passphrase\n").unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+    c.args(["drill", "--remote", "--quiet", "--json", "--dir"])
+        .arg(e.path("drill"))
+        .env_remove("PRA_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("PRA_BACKUP_AGE_PASSPHRASE_FILE", &pp);
+    e.s3.env(&mut c, "drill");
+    let o = ok(c.output().unwrap());
+    let report = json(&o);
+    assert_eq!(report["passed"], true, "{report}");
+    let restored = report["restore"]["backup"].as_str().unwrap();
+    // The one upload of the scenario (rbx, active again after the failback), encrypted, and
+    // the backup the drill restored.
+    let keys = e.s3.keys("drill/");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys[0].starts_with("drill/t00000000000000000005/rbx/")
+            && keys[0].ends_with(&format!("{restored}.age")),
+        "{keys:?} {restored}"
+    );
+    // The staging copy is gone once restored.
+    let staging = e.path("drill/backup/.offsite");
+    assert!(std::fs::read_dir(&staging).unwrap().next().is_none());
 }

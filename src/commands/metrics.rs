@@ -115,6 +115,32 @@ pub fn metrics(cfg: &Config) -> Result<u8, Error> {
             vec![(String::new(), age.to_string())],
         );
     }
+    #[cfg(feature = "offsite")]
+    if cfg.offsite.is_some() {
+        let remote = super::offsite::listing(cfg);
+        metric(
+            "pra_offsite_up",
+            "1 if the offsite backup target could be listed.",
+            "gauge",
+            vec![(String::new(), u8::from(remote.is_ok()).to_string())],
+        );
+        if let Ok(list) = &remote {
+            metric(
+                "pra_offsite_backups",
+                "Backups listed at the offsite target.",
+                "gauge",
+                vec![(String::new(), list.len().to_string())],
+            );
+            if let Some(age) = pra_core::backup::offsite::since_last_verified(list, Utc::now()) {
+                metric(
+                    "pra_offsite_last_verified_age_seconds",
+                    "Seconds since the last successful `pra verify --remote` of a backup.",
+                    "gauge",
+                    vec![(String::new(), age.to_string())],
+                );
+            }
+        }
+    }
     if let Some(plans) = store.plans() {
         let p = plans.load_plan()?;
         {

@@ -64,14 +64,20 @@ pub fn upload(cfg: &Config, out: &Out, entry: &BackupEntry) -> Result<u8, Error>
     Ok(exit::OK)
 }
 
-/// `pra backups --remote`.
-pub fn list(cfg: &Config, out: &Out) -> Result<u8, Error> {
+/// The target's backups, best first.
+pub fn listing(cfg: &Config) -> Result<Vec<RemoteEntry>, Error> {
     let (t, o) = target(cfg)?;
-    let list = Offsite {
+    Offsite {
         target: t.as_ref(),
         encryption: &o.encryption,
     }
-    .list()?;
+    .list()
+}
+
+/// `pra backups --remote`.
+pub fn list(cfg: &Config, out: &Out) -> Result<u8, Error> {
+    let list = listing(cfg)?;
+    let o = cfg.offsite.as_ref().expect("listing checked it");
     out.print(&list, || {
         if list.is_empty() {
             return format!("no backups at {}", o.target);
