@@ -332,6 +332,14 @@ fn an_upload_killed_mid_multipart_is_never_listed_and_restore_still_works() {
     assert_eq!(e.remote(), before);
     ok(e.on("rbx", &["restore", "--remote", "--latest"]));
     assert_eq!(e.count(), 3);
+    // The next upload aborts the dead process's leftover (noted in the backup directory).
+    ok(e.on("rbx", &["backup"]));
+    assert_eq!(
+        e.s3.pending_uploads(),
+        0,
+        "the leftover upload was not cleaned up"
+    );
+    assert_eq!(e.remote().len(), 2);
 }
 
 #[test]
@@ -591,7 +599,12 @@ fn the_drill_restores_its_lost_database_from_the_offsite_target() {
             && keys[0].ends_with(&format!("{restored}.age")),
         "{keys:?} {restored}"
     );
-    // The staging copy is gone once restored.
+    // The staging copy is gone once restored, and no upload is noted as in progress.
     let staging = e.path("drill/backup/.offsite");
-    assert!(std::fs::read_dir(&staging).unwrap().next().is_none());
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .filter(|p| !p.is_dir() || std::fs::read_dir(p).unwrap().next().is_some())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -18,7 +18,8 @@ fn target(
     let o = cfg.offsite.as_ref().ok_or_else(|| {
         Error::InvalidArgument("no offsite target: set backup_target (or PRA_BACKUP_TARGET)".into())
     })?;
-    Ok((offsite::open(&o.target, &o.s3)?, o))
+    let pending = cfg.backup_dir.join(".offsite").join("uploads");
+    Ok((offsite::open(&o.target, &o.s3, Some(&pending))?, o))
 }
 
 /// The staging directory downloads are verified in before anything uses them.

@@ -257,7 +257,7 @@ pub fn run(
     let report = match remote {
         #[cfg(feature = "offsite")]
         Some(o) => {
-            let target = pra_core::backup::offsite::open(&o.target, &o.s3)?;
+            let target = pra_core::backup::offsite::open(&o.target, &o.s3, None)?;
             pra_core::backup::offsite::Offsite {
                 target: target.as_ref(),
                 encryption: &o.encryption,

@@ -61,11 +61,21 @@ pub trait RemoteTarget: Send + Sync {
     fn delete(&self, key: &str) -> Result<()>;
     /// An object's size, `None` if absent.
     fn head(&self, key: &str) -> Result<Option<u64>>;
+    /// Aborts what uploads of dead processes left behind (incomplete, never listed); returns
+    /// how many. Targets that leave nothing behind have nothing to do.
+    fn cleanup(&self) -> Result<usize> {
+        Ok(0)
+    }
 }
 
-/// Opens the target a `backup_target` URL names.
-pub fn open(url: &str, opts: &S3Options) -> Result<Box<dyn RemoteTarget>> {
-    Ok(Box::new(S3Target::open(url, opts)?))
+/// Opens the target a `backup_target` URL names; `pending` is where it notes its multipart
+/// uploads in progress (see [`S3Target::with_pending_dir`]).
+pub fn open(url: &str, opts: &S3Options, pending: Option<&Path>) -> Result<Box<dyn RemoteTarget>> {
+    let t = S3Target::open(url, opts)?;
+    Ok(Box::new(match pending {
+        Some(dir) => t.with_pending_dir(dir),
+        None => t,
+    }))
 }
 
 const MANIFEST_SUFFIX: &str = ".manifest.json";
@@ -162,6 +172,9 @@ impl Offsite<'_> {
             }
         };
         let token = active_token(store, site)?;
+        if let Err(e) = self.target.cleanup() {
+            tracing::warn!(error = %e, "could not clean up dead uploads");
+        }
         let key = data_key(token, site.as_str(), &entry.name, sealer.is_some());
         let mut src = open_regular(&entry.path).map_err(|e| Error::io("open", &entry.path, e))?;
         let object_size = self.target.put(&key, &mut |w: &mut dyn Write| {
@@ -415,6 +428,9 @@ impl Offsite<'_> {
     /// token, then time) is always kept. Deletes the manifest first, so that a prune cut short
     /// leaves an unlisted object rather than a listed one without data.
     pub fn prune(&self, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>> {
+        if !dry_run {
+            self.target.cleanup()?;
+        }
         let list = self.list()?;
         let entries: Vec<BackupEntry> = list.iter().map(as_entry).collect();
         let mut decisions = retention::decide(&entries, policy)?;

@@ -7,8 +7,9 @@ use std::io::{self, Read, Write};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
-use object_store::{MultipartUpload, ObjectStore, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 
 use super::{ObjectInfo, RemoteTarget};
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ pub struct S3Target {
     prefix: String,
     store: AmazonS3,
     rt: tokio::runtime::Runtime,
+    pending: Option<std::path::PathBuf>,
 }
 
 /// Where and how to reach the S3 target (anything unset comes from the AWS environment).
@@ -68,7 +70,17 @@ impl S3Target {
             prefix: prefix.trim_matches('/').to_string(),
             store,
             rt,
+            pending: None,
         })
+    }
+
+    /// Records each multipart upload in progress as a file in `dir` (`<pid>-<n>.upload`: key
+    /// and upload id) until it is completed or aborted, so that [`RemoteTarget::cleanup`] can
+    /// abort the uploads of a process that was killed (S3 keeps their parts, unlisted, until
+    /// aborted or a lifecycle rule expires them).
+    pub fn with_pending_dir(mut self, dir: &std::path::Path) -> S3Target {
+        self.pending = Some(dir.to_path_buf());
+        self
     }
 
     fn path(&self, key: &str) -> ObjPath {
@@ -95,7 +107,9 @@ impl S3Target {
 /// A multipart upload seen as a `Write`: one part buffered, sent when full.
 struct PartWriter<'a> {
     target: &'a S3Target,
-    upload: Box<dyn MultipartUpload>,
+    path: ObjPath,
+    id: String,
+    parts: Vec<PartId>,
     buf: Vec<u8>,
     written: u64,
 }
@@ -106,8 +120,15 @@ impl PartWriter<'_> {
             return Ok(());
         }
         let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
-        let fut = self.upload.put_part(PutPayload::from(Bytes::from(part)));
-        self.target.rt.block_on(fut).map_err(io::Error::other)
+        let fut = self.target.store.put_part(
+            &self.path,
+            &self.id,
+            self.parts.len(),
+            PutPayload::from(Bytes::from(part)),
+        );
+        let id = self.target.rt.block_on(fut).map_err(io::Error::other)?;
+        self.parts.push(id);
+        Ok(())
     }
 }
 
@@ -124,6 +145,13 @@ impl Write for PartWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Whether process `pid` still runs (a pending upload of a live process is not ours to abort).
+fn alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for the process's existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A download seen as a `Read`.
@@ -154,13 +182,34 @@ impl RemoteTarget for S3Target {
 
     fn put(&self, key: &str, fill: &mut dyn FnMut(&mut dyn Write) -> Result<()>) -> Result<u64> {
         let path = self.path(key);
-        let upload = self
+        let id = self
             .rt
-            .block_on(self.store.put_multipart(&path))
+            .block_on(self.store.create_multipart(&path))
             .map_err(|e| self.err("start upload", e))?;
+        let note = match &self.pending {
+            Some(dir) => {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                crate::fsutil::create_private_dir(dir)?;
+                let note = dir.join(format!(
+                    "{}-{}.upload",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                ));
+                crate::fsutil::write_atomic(
+                    &note,
+                    format!("{path}\n{id}\n").as_bytes(),
+                    crate::fsutil::Sharing::PRIVATE,
+                )?;
+                Some(note)
+            }
+            None => None,
+        };
         let mut w = PartWriter {
             target: self,
-            upload,
+            path: path.clone(),
+            id,
+            parts: Vec::new(),
             buf: Vec::with_capacity(PART_SIZE),
             written: 0,
         };
@@ -169,21 +218,68 @@ impl RemoteTarget for S3Target {
                 url: self.url.clone(),
                 reason: format!("upload {key}: {e}"),
             })?;
+            let parts = std::mem::take(&mut w.parts);
             self.rt
-                .block_on(w.upload.complete())
+                .block_on(self.store.complete_multipart(&path, &w.id, parts))
                 .map_err(|e| self.err("complete upload", e))
         });
-        match done {
+        let result = match done {
             Ok(_) => Ok(w.written),
             Err(e) => {
                 // An incomplete multipart upload is never an object (never listed); aborting it
                 // frees its parts now rather than at the bucket's lifecycle rule.
-                if let Err(a) = self.rt.block_on(w.upload.abort()) {
+                if let Err(a) = self.rt.block_on(self.store.abort_multipart(&path, &w.id)) {
                     tracing::warn!(key, error = %a, "could not abort the multipart upload");
                 }
                 Err(e)
             }
+        };
+        if let Some(note) = note {
+            let _ = std::fs::remove_file(note);
         }
+        result
+    }
+
+    fn cleanup(&self) -> Result<usize> {
+        let Some(dir) = &self.pending else {
+            return Ok(0);
+        };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Ok(0);
+        };
+        let mut aborted = 0;
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().to_string();
+            let Some(pid) = name
+                .strip_suffix(".upload")
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() as i32 || alive(pid) {
+                continue;
+            }
+            let text = std::fs::read_to_string(ent.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            if let (Some(path), Some(id)) = (lines.next(), lines.next()) {
+                match self.rt.block_on(
+                    self.store
+                        .abort_multipart(&ObjPath::from(path), &id.to_string()),
+                ) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => aborted += 1,
+                    Err(e) => {
+                        tracing::warn!(key = path, error = %e, "could not abort a dead upload");
+                        continue;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(ent.path());
+        }
+        if aborted > 0 {
+            tracing::info!(aborted, "aborted the multipart uploads of dead processes");
+        }
+        Ok(aborted)
     }
 
     fn put_small(&self, key: &str, data: &[u8]) -> Result<()> {
