@@ -2,6 +2,9 @@
 //! plain and encrypted round trips, a wrong key, a standby site, an upload killed mid-multipart,
 //! a corrupted object, verification and retention at the target, and a flip racing an upload.
 
+#[path = "common/output.rs"]
+mod output;
+
 #[path = "common/s3.rs"]
 mod s3_fixture;
 
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use age::secrecy::ExposeSecret;
 use chrono::{TimeZone, Utc};
+use output::{code, json, ok, text};
 use pra_core::backup::offsite::{self, Encryption, Offsite, RemoteTarget, S3Options};
 use pra_core::backup::restore::RestorePoint;
 use pra_core::backup::{self, Method};
@@ -101,24 +105,6 @@ impl Env {
     fn keys(&self) -> Vec<String> {
         self.s3.keys("pra/")
     }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
-}
-fn ok(o: Output) -> Output {
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    o
 }
 
 /// An age X25519 identity file and its recipients file; returns (identity, recipients, public).
