@@ -310,18 +310,22 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
         safety_copy: !a.no_safety_copy,
     };
     let r = restore::restore(&cfg.db, &cfg.backup_dir, &point, opts, &SystemClock)?;
-    out.print(&r, || {
-        format!(
-            "restored {} over {}{}",
-            r.backup,
-            cfg.db.display(),
-            r.safety_copy.as_ref().map_or(String::new(), |p| format!(
-                "; previous database kept as {}",
-                p.display()
-            ))
-        )
-    });
+    out.print(&r, || restored(&r, None, &cfg.db));
     Ok(exit::OK)
+}
+
+/// What a restore prints: the backup, where from (an offsite target), and the safety copy.
+pub(super) fn restored(r: &restore::Report, from: Option<&str>, db: &std::path::Path) -> String {
+    format!(
+        "restored {}{} over {}{}",
+        r.backup,
+        from.map_or(String::new(), |t| format!(" from {t}")),
+        db.display(),
+        r.safety_copy.as_ref().map_or(String::new(), |p| format!(
+            "; previous database kept as {}",
+            p.display()
+        ))
+    )
 }
 
 /// `pra verify --remote [--sample N]`.

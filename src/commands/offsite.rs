@@ -166,18 +166,7 @@ pub fn restore(
         encryption: &o.encryption,
     };
     let r = off.restore(&cfg.db, &staging(cfg), point, opts, &SystemClock)?;
-    out.print(&r, || {
-        format!(
-            "restored {} from {} over {}{}",
-            r.backup,
-            o.target,
-            cfg.db.display(),
-            r.safety_copy.as_ref().map_or(String::new(), |p| format!(
-                "; previous database kept as {}",
-                p.display()
-            ))
-        )
-    });
+    out.print(&r, || super::backup::restored(&r, Some(&o.target), &cfg.db));
     Ok(exit::OK)
 }
 
