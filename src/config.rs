@@ -41,12 +41,18 @@ pub struct FileConfig {
     /// never from this file or a command line.
     pub etcd_user: Option<String>,
     pub etcd_password_file: Option<PathBuf>,
-    /// Offsite backups: `s3://bucket/prefix`.
+    /// Offsite backups: `s3://bucket/prefix`. The keys after it are read only by a build with
+    /// the `offsite` feature (without it, a configured target makes remote commands refuse).
     pub backup_target: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
     pub backup_s3_endpoint: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
     pub backup_s3_region: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
     pub backup_age_recipients_file: Option<PathBuf>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
     pub backup_age_identity_file: Option<PathBuf>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
     pub backup_age_passphrase_file: Option<PathBuf>,
 }
 
@@ -355,5 +361,22 @@ mod tests {
         let file: FileConfig = toml::from_str(&format!("{example}\n{keys}")).unwrap();
         assert_eq!(file.etcd_user.as_deref(), Some("pra-jobs"));
         assert!(file.etcd_password_file.is_some() && file.etcd_ca_file.is_some());
+    }
+
+    /// The example's commented offsite keys, uncommented, are keys of this file.
+    #[test]
+    fn the_example_offsite_keys_are_configuration_keys() {
+        let example = include_str!("../examples/deploy/pra.toml");
+        let keys: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# backup_"))
+            .map(|l| format!("backup_{l}\n"))
+            .collect();
+        assert_eq!(keys.lines().count(), 5, "{keys}");
+        let file: FileConfig = toml::from_str(&format!("{example}\n{keys}")).unwrap();
+        assert_eq!(file.backup_target.as_deref(), Some("s3://pra-backups/prod"));
+        assert!(
+            file.backup_age_recipients_file.is_some() && file.backup_age_identity_file.is_some()
+        );
     }
 }
