@@ -223,6 +223,13 @@ fn unusable_or_wrong_keys_are_refused_and_nothing_is_written() {
     assert!(!e.path("backup").exists() || backup::list(&e.path("backup")).unwrap().is_empty());
     assert!(e.keys().is_empty(), "{:?}", e.keys());
 
+    // An upload that fails (no such bucket) keeps the local backup, even with --remote-only.
+    let mut c = e.cmd("rbx", &["backup", "--remote-only"]);
+    c.env("PRA_BACKUP_TARGET", "s3://no-such-bucket/pra");
+    let o = c.output().unwrap();
+    assert_ne!(code(&o), 0, "{}", text(&o));
+    assert_eq!(backup::list(&e.path("backup")).unwrap().len(), 1);
+
     let (_, rf, _) = age_keys(&e, "ops");
     let (other, _, _) = age_keys(&e, "intruder");
     ok(e.with(

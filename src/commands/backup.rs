@@ -14,7 +14,7 @@ use crate::exit;
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
     /// Upload to the offsite target only (the backup is taken in the backup directory, uploaded,
-    /// then removed there).
+    /// then removed there; kept if the upload fails).
     #[arg(long)]
     pub remote_only: bool,
     /// Do not upload even when an offsite target is configured.
@@ -151,7 +151,8 @@ pub fn backup(cfg: &Config, out: &Out, a: &BackupArgs) -> Result<u8, Error> {
     #[cfg(feature = "offsite")]
     if upload {
         let r = super::offsite::upload(cfg, out, &b);
-        if a.remote_only {
+        // A failed upload keeps the local backup, even with --remote-only: it may be the only one.
+        if a.remote_only && r.is_ok() {
             let _ = std::fs::remove_file(&b.path);
             let _ = std::fs::remove_file(b.path.with_file_name(format!("{}.json", b.name)));
         }

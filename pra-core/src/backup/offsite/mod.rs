@@ -308,7 +308,8 @@ impl Offsite<'_> {
     pub fn fetch(&self, entry: &RemoteEntry, staging: &Path) -> Result<PathBuf> {
         crate::fsutil::create_private_dir(staging)?;
         let name = &entry.manifest.backup.file;
-        let id = super::validate_name(name)?;
+        // A bare backup name (no separators, no `..`): it becomes a file name here.
+        super::validate_name(name)?;
         let tmp = staging.join(format!("{TEMP_PREFIX}{}-{name}", std::process::id()));
         let result = (|| {
             let raw = self.target.get(&entry.manifest.key)?;
@@ -356,7 +357,6 @@ impl Offsite<'_> {
                 &json,
                 crate::fsutil::Sharing::PRIVATE,
             )?;
-            let _ = id;
             Ok(dst)
         })();
         if result.is_err() {
