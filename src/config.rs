@@ -215,6 +215,7 @@ impl Config {
                 s3: pra_core::backup::offsite::S3Options {
                     endpoint: o.backup_s3_endpoint.clone().or(file.backup_s3_endpoint),
                     region: o.backup_s3_region.clone().or(file.backup_s3_region),
+                    static_credentials: None,
                 },
                 #[cfg(feature = "offsite")]
                 encryption: pra_core::backup::offsite::Encryption {

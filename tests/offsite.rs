@@ -443,17 +443,14 @@ impl RemoteTarget for Racing<'_> {
 #[test]
 fn a_flip_racing_an_upload_never_makes_the_old_sites_backup_the_latest() {
     let e = Env::new();
-    // SAFETY: set before any thread of this test reads the environment (the AWS builder).
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_REGION", "us-east-1");
-    }
+    // Credentials given, not read from this process's environment (other tests' threads spawn
+    // processes meanwhile: setting variables here would race them).
     let target = offsite::S3Target::open(
         &format!("s3://{BUCKET}/pra"),
         &S3Options {
             endpoint: Some(e.s3.endpoint()),
-            region: None,
+            region: Some("us-east-1".into()),
+            static_credentials: Some(("testing".into(), "testing".into())),
         },
     )
     .unwrap();

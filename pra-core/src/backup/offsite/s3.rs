@@ -34,6 +34,9 @@ pub struct S3Options {
     pub endpoint: Option<String>,
     /// The region.
     pub region: Option<String>,
+    /// Static credentials (access key id, secret), for tools and tests that hold them; pra's
+    /// configuration never sets them (they come from the AWS environment).
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl S3Target {
@@ -57,6 +60,9 @@ impl S3Target {
         }
         if let Some(r) = &opts.region {
             b = b.with_region(r);
+        }
+        if let Some((id, secret)) = &opts.static_credentials {
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
         }
         let store = b
             .build()
