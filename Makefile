@@ -7,6 +7,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# Reinstalled when the list changes, so an existing .venv gets what was added to it. Defined up
+# here: a rule's prerequisites are expanded as make reads it, so rules above a later definition
+# saw an empty $(VENV_DEPS) and test-rust ran before moto was installed.
+VENV_DEPS := $(VENV)/.requirements-installed
 
 FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
@@ -73,8 +77,9 @@ lint: apt-tools
 	# The smallest build users may choose: no etcd client, no database drivers.
 	$(CARGO) clippy --bin pra --no-default-features -- -D warnings
 
-## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports.
-test-rust: apt-tools
+## Includes the etcd tests: the fixture starts Debian's etcd-server on loopback ports; and the
+## offsite backup tests (tests/offsite.rs), whose fixture starts moto's S3 server from .venv.
+test-rust: apt-tools $(VENV_DEPS)
 	$(CARGO) test --workspace
 
 ## The C ABI from C: -Wall -Werror, libpra.so and libpra.a (built by run.sh with the test-only
@@ -133,8 +138,6 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# Reinstalled when the list changes, so an existing .venv gets what was added to it.
-VENV_DEPS := $(VENV)/.requirements-installed
 $(VENV_DEPS): pra-py/requirements-dev.txt | $(PY)
 	$(PY) -m pip install --quiet -r pra-py/requirements-dev.txt
 	touch $@

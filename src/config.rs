@@ -35,6 +35,12 @@ pub const KEYS: &[&str] = &[
     "etcd_key_file",
     "etcd_user",
     "etcd_password_file",
+    "backup_target",
+    "backup_s3_endpoint",
+    "backup_s3_region",
+    "backup_age_recipients_file",
+    "backup_age_identity_file",
+    "backup_age_passphrase_file",
 ];
 
 /// The variable that overrides `key`.
@@ -74,6 +80,19 @@ pub struct FileConfig {
     /// never from this file or a command line.
     pub etcd_user: Option<String>,
     pub etcd_password_file: Option<PathBuf>,
+    /// Offsite backups: `s3://bucket/prefix`. The keys after it are read only by a build with
+    /// the `offsite` feature (without it, a configured target makes remote commands refuse).
+    pub backup_target: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
+    pub backup_s3_endpoint: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
+    pub backup_s3_region: Option<String>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
+    pub backup_age_recipients_file: Option<PathBuf>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
+    pub backup_age_identity_file: Option<PathBuf>,
+    #[cfg_attr(not(feature = "offsite"), allow(dead_code))]
+    pub backup_age_passphrase_file: Option<PathBuf>,
 }
 
 /// What flags and the environment gave (all optional: the file and defaults fill the rest).
@@ -109,6 +128,24 @@ pub struct Overrides {
     /// counts kept for metrics [default: 30].
     #[arg(long, env = "PRA_HISTORY_DAYS", global = true)]
     pub history_days: Option<u32>,
+    /// The offsite backup target, `s3://bucket/prefix` (credentials from the AWS environment).
+    #[arg(long, env = "PRA_BACKUP_TARGET", global = true)]
+    pub backup_target: Option<String>,
+    /// An S3-compatible endpoint for the backup target (e.g. http://127.0.0.1:9000).
+    #[arg(long, env = "PRA_BACKUP_S3_ENDPOINT", global = true)]
+    pub backup_s3_endpoint: Option<String>,
+    /// The backup target's region.
+    #[arg(long, env = "PRA_BACKUP_S3_REGION", global = true)]
+    pub backup_s3_region: Option<String>,
+    /// Encrypt offsite backups to the age X25519 recipients of this file.
+    #[arg(long, env = "PRA_BACKUP_AGE_RECIPIENTS_FILE", global = true)]
+    pub backup_age_recipients_file: Option<PathBuf>,
+    /// Decrypt offsite backups with the age identities of this file.
+    #[arg(long, env = "PRA_BACKUP_AGE_IDENTITY_FILE", global = true)]
+    pub backup_age_identity_file: Option<PathBuf>,
+    /// Encrypt and decrypt offsite backups with the passphrase of this file (scrypt).
+    #[arg(long, env = "PRA_BACKUP_AGE_PASSPHRASE_FILE", global = true)]
+    pub backup_age_passphrase_file: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -134,6 +171,21 @@ pub struct Config {
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
+    /// The offsite backup target, if one is configured.
+    pub offsite: Option<Offsite>,
+}
+
+/// Where offsite backups go and how they are sealed (paths of key files only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offsite {
+    /// `s3://bucket/prefix`.
+    pub target: String,
+    /// Endpoint and region.
+    #[cfg(feature = "offsite")]
+    pub s3: pra_core::backup::offsite::S3Options,
+    /// Encryption keys.
+    #[cfg(feature = "offsite")]
+    pub encryption: pra_core::backup::offsite::Encryption,
 }
 
 impl Config {
@@ -142,7 +194,8 @@ impl Config {
     pub fn shown(&self) -> serde_json::Value {
         let secs = |d: Duration| d.num_seconds();
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-        serde_json::json!({
+        #[cfg_attr(not(feature = "offsite"), allow(unused_mut))]
+        let mut shown = serde_json::json!({
             "store": self.store,
             "store_group": self.store_group,
             "sites": format!("{},{}", self.topology.primary(), self.topology.secondary()),
@@ -163,7 +216,22 @@ impl Config {
             "etcd_key_file": path(&self.etcd.key_file),
             "etcd_user": self.etcd.user,
             "etcd_password_file": path(&self.etcd.password_file),
-        })
+            "backup_target": self.offsite.as_ref().map(|o| &o.target),
+        });
+        #[cfg(feature = "offsite")]
+        if let (Some(o), Some(map)) = (&self.offsite, shown.as_object_mut()) {
+            let e = &o.encryption;
+            for (key, value) in [
+                ("backup_s3_endpoint", o.s3.endpoint.clone()),
+                ("backup_s3_region", o.s3.region.clone()),
+                ("backup_age_recipients_file", path(&e.recipients_file)),
+                ("backup_age_identity_file", path(&e.identity_file)),
+                ("backup_age_passphrase_file", path(&e.passphrase_file)),
+            ] {
+                map.insert(key.into(), value.into());
+            }
+        }
+        shown
     }
 
     /// The drain policy of the configuration, as `pra plan` uses it (it polls every 500 ms; the
@@ -230,7 +298,36 @@ impl Config {
             password_file: file.etcd_password_file,
         }
         .with_env()?;
+        let offsite = o
+            .backup_target
+            .clone()
+            .or(file.backup_target)
+            .map(|target| Offsite {
+                target,
+                #[cfg(feature = "offsite")]
+                s3: pra_core::backup::offsite::S3Options {
+                    endpoint: o.backup_s3_endpoint.clone().or(file.backup_s3_endpoint),
+                    region: o.backup_s3_region.clone().or(file.backup_s3_region),
+                    static_credentials: None,
+                },
+                #[cfg(feature = "offsite")]
+                encryption: pra_core::backup::offsite::Encryption {
+                    recipients_file: o
+                        .backup_age_recipients_file
+                        .clone()
+                        .or(file.backup_age_recipients_file),
+                    passphrase_file: o
+                        .backup_age_passphrase_file
+                        .clone()
+                        .or(file.backup_age_passphrase_file),
+                    identity_file: o
+                        .backup_age_identity_file
+                        .clone()
+                        .or(file.backup_age_identity_file),
+                },
+            });
         let cfg = Config {
+            offsite,
             store: o
                 .store
                 .clone()
@@ -427,5 +524,22 @@ mod tests {
         let file: FileConfig = toml::from_str(&format!("{example}\n{keys}")).unwrap();
         assert_eq!(file.etcd_user.as_deref(), Some("pra-jobs"));
         assert!(file.etcd_password_file.is_some() && file.etcd_ca_file.is_some());
+    }
+
+    /// The example's commented offsite keys, uncommented, are keys of this file.
+    #[test]
+    fn the_example_offsite_keys_are_configuration_keys() {
+        let example = include_str!("../examples/deploy/pra.toml");
+        let keys: String = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# backup_"))
+            .map(|l| format!("backup_{l}\n"))
+            .collect();
+        assert_eq!(keys.lines().count(), 5, "{keys}");
+        let file: FileConfig = toml::from_str(&format!("{example}\n{keys}")).unwrap();
+        assert_eq!(file.backup_target.as_deref(), Some("s3://pra-backups/prod"));
+        assert!(
+            file.backup_age_recipients_file.is_some() && file.backup_age_identity_file.is_some()
+        );
     }
 }

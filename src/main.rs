@@ -61,9 +61,11 @@ enum Command {
     /// Prometheus metrics, for node_exporter's textfile collector.
     Metrics(commands::MetricsArgs),
     /// Take a consistent, verified backup of the database.
-    Backup,
+    Backup(commands::BackupArgs),
     /// List the backups, newest first.
-    Backups,
+    Backups(commands::BackupsArgs),
+    /// Verify the offsite target's backups and record the results there.
+    Verify(commands::VerifyArgs),
     /// Remove backups according to a retention policy.
     Prune(commands::PruneArgs),
     /// Restore a backup over the database (the app must be stopped).
@@ -99,6 +101,11 @@ enum Command {
         /// app's SQLite file.
         #[arg(long, value_name = "URL")]
         job_db: Option<String>,
+        /// Upload the database-loss scenario's last backup to the offsite target
+        /// (--backup-target / PRA_BACKUP_TARGET / backup_target, with its endpoint and keys) and
+        /// restore from there. The target should be a scratch prefix.
+        #[arg(long)]
+        remote: bool,
     },
     /// (drill helper) One run of the drill's cron job.
     #[command(name = "__drill-job", hide = true)]
@@ -184,8 +191,9 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
         Command::Journal(args) => commands::journal(&cfg()?, &out, args),
         Command::Metrics(args) => commands::metrics(&cfg()?, args),
-        Command::Backup => commands::backup(&cfg()?, &out),
-        Command::Backups => commands::backups(&cfg()?, &out),
+        Command::Backup(args) => commands::backup(&cfg()?, &out, args),
+        Command::Backups(args) => commands::backups(&cfg()?, &out, args),
+        Command::Verify(args) => commands::verify(&cfg()?, &out, args),
         Command::Prune(args) => commands::prune(&cfg()?, &out, args),
         Command::Restore(args) => commands::restore(&cfg()?, &out, args),
         Command::Status => commands::status(&cfg()?, &out),
@@ -229,13 +237,28 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
             quiet,
             store_url,
             job_db,
-        } => drill::run(
-            dir.as_deref(),
-            store_url.as_deref(),
-            job_db.as_deref(),
-            *quiet,
-            cli.json,
-        ),
+            remote,
+        } => {
+            let offsite = if *remote {
+                let cfg = cfg()?;
+                Some(cfg.offsite.ok_or_else(|| {
+                    Error::InvalidArgument(
+                        "--remote needs an offsite target: --backup-target or PRA_BACKUP_TARGET"
+                            .into(),
+                    )
+                })?)
+            } else {
+                None
+            };
+            drill::run(
+                dir.as_deref(),
+                store_url.as_deref(),
+                job_db.as_deref(),
+                offsite.as_ref(),
+                *quiet,
+                cli.json,
+            )
+        }
         Command::DrillJob {
             db,
             job,

@@ -1,8 +1,13 @@
 //! The `pra` binary, run for real: every subcommand, exit codes and messages, bad input.
 
+#[path = "common/output.rs"]
+mod output;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use output::{code, json, ok, text};
 
 /// A scratch deployment: a store, an app database, a backup dir and a config file.
 struct Env {
@@ -74,27 +79,6 @@ impl Env {
                 .unwrap();
         }
     }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
-}
-
-fn ok(o: Output) -> Output {
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    o
 }
 
 #[test]

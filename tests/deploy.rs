@@ -1,6 +1,11 @@
 //! The deployment examples stay valid: the example configuration is accepted by `pra`, the
 //! scripts parse, and every pra command line they contain parses too.
 
+// Only the server and its environment: the restore Job runs against it.
+#[allow(dead_code)]
+#[path = "common/s3.rs"]
+mod s3_fixture;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -142,50 +147,126 @@ fn kubernetes_manifests_name_the_image_the_dockerfile_builds() {
     assert!(deployment.contains("{name: backup, mountPath: /backup, readOnly: true}"));
 }
 
-/// The restore Job, as shipped, works on any cluster: its command line is run against a
-/// scratch database and backup directory (no hard-coded restore point).
+/// The `{name: NAME, value: VALUE}` env entries of a manifest.
+fn manifest_env(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- {name: "))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(", value: ")?;
+            Some((
+                name.to_string(),
+                rest.trim_end_matches('}').trim_matches('"').to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// The restore Job, as shipped, works on any cluster: its command line and environment are run
+/// against a scratch database and an offsite target (moto on loopback) holding a backup the
+/// CronJob's environment encrypted and uploaded — no hard-coded restore point; only the
+/// endpoint and the key files are the test's.
 #[test]
-fn the_kubernetes_restore_job_restores_the_newest_backup_as_shipped() {
-    let text = std::fs::read_to_string(Path::new(DEPLOY).join("k8s/50-job-restore.yaml")).unwrap();
-    let mut argv = manifest_array(&text, "command:");
-    argv.extend(manifest_array(&text, "args:"));
+fn the_kubernetes_restore_job_restores_the_newest_offsite_backup_as_shipped() {
+    let job = std::fs::read_to_string(Path::new(DEPLOY).join("k8s/50-job-restore.yaml")).unwrap();
+    let cron =
+        std::fs::read_to_string(Path::new(DEPLOY).join("k8s/30-cronjob-backup.yaml")).unwrap();
+    let secret =
+        std::fs::read_to_string(Path::new(DEPLOY).join("k8s/15-secret-offsite.yaml")).unwrap();
+    let mut argv = manifest_array(&job, "command:");
+    argv.extend(manifest_array(&job, "args:"));
     assert_eq!(argv[0], "pra");
+    assert!(argv.contains(&"--remote".to_string()), "{argv:?}");
+    // Both name the same target; credentials come from the Secret, which holds them all.
+    for (text, key) in [
+        (&job, "PRA_BACKUP_AGE_IDENTITY_FILE"),
+        (&cron, "PRA_BACKUP_AGE_RECIPIENTS_FILE"),
+    ] {
+        let env = manifest_env(text);
+        assert!(env.iter().any(|(k, _)| k == key), "{key}");
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "PRA_BACKUP_TARGET" && v.starts_with("s3://"))
+        );
+        for cred in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            assert!(text.contains(&format!("secretKeyRef: {{name: pra-offsite, key: {cred}}}")));
+            assert!(secret.contains(&format!("  {cred}: ")));
+        }
+    }
+    assert_eq!(
+        manifest_env(&job)
+            .iter()
+            .find(|(k, _)| k == "PRA_BACKUP_TARGET"),
+        manifest_env(&cron)
+            .iter()
+            .find(|(k, _)| k == "PRA_BACKUP_TARGET")
+    );
+    let s3 = s3_fixture::S3::start();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
-    let backups = dir.path().join("backup");
+    let id = age::x25519::Identity::generate();
+    std::fs::write(dir.path().join("backup.pub"), id.to_public().to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("backup.key"),
+        age::secrecy::ExposeSecret::expose_secret(&id.to_string()),
+    )
+    .unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT); INSERT INTO events (body) VALUES ('kept');")
         .unwrap();
     drop(conn);
-    let pra = |args: &[String]| {
-        Command::new(env!("CARGO_BIN_EXE_pra"))
-            .args(args)
-            .env("PRA_DB", &db)
-            .env("PRA_BACKUP_DIR", &backups)
+    let pra = |manifest: &str, args: &[String]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pra"));
+        c.args(args)
             .env(
                 "PRA_STORE",
                 format!("sqlite://{}/state.db", dir.path().display()),
             )
-            .env("PRA_SITE", "rbx")
-            .output()
-            .unwrap()
+            .env_remove("PRA_CONFIG");
+        for (k, v) in manifest_env(manifest) {
+            let v = match k.as_str() {
+                "PRA_DB" => db.display().to_string(),
+                "PRA_BACKUP_DIR" => dir
+                    .path()
+                    .join(v.trim_start_matches('/'))
+                    .display()
+                    .to_string(),
+                "PRA_BACKUP_AGE_RECIPIENTS_FILE" | "PRA_BACKUP_AGE_IDENTITY_FILE" => dir
+                    .path()
+                    .join(Path::new(&v).file_name().unwrap())
+                    .display()
+                    .to_string(),
+                _ => v,
+            };
+            c.env(k, v);
+        }
+        s3.env(&mut c, "prod");
+        c.output().unwrap()
     };
-    let out = pra(&["backup".to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The data is lost after the backup: the Job must bring it back.
+    let ok = |o: std::process::Output| {
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(pra(
+        &cron,
+        &[
+            "site".into(),
+            "activate".into(),
+            "rbx".into(),
+            "--expect-token".into(),
+            "0".into(),
+        ],
+    ));
+    ok(pra(&cron, &["backup".to_string()]));
+    // The data is lost after the backup, and so is the backup volume: the Job brings it back.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute("DELETE FROM events", []).unwrap();
     drop(conn);
-    let out = pra(&argv[1..]);
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    std::fs::remove_dir_all(dir.path().join("backup")).unwrap();
+    ok(pra(&job, &argv[1..]));
     let conn = rusqlite::Connection::open(&db).unwrap();
     let kept: String = conn
         .query_row("SELECT body FROM events", [], |r| r.get(0))

@@ -12,7 +12,38 @@ use crate::config::Config;
 use crate::exit;
 
 #[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// Upload to the offsite target only (the backup is taken in the backup directory, uploaded,
+    /// then removed there; kept if the upload fails).
+    #[arg(long)]
+    pub remote_only: bool,
+    /// Do not upload even when an offsite target is configured.
+    #[arg(long, conflicts_with = "remote_only")]
+    pub local_only: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BackupsArgs {
+    /// List the offsite target's backups (with their verification state) instead.
+    #[arg(long)]
+    pub remote: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Verify the offsite target's backups: download, decrypt, checksum, quick_check.
+    #[arg(long, required = true)]
+    pub remote: bool,
+    /// Only the N best (highest token, newest) backups.
+    #[arg(long)]
+    pub sample: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
 pub struct PruneArgs {
+    /// Prune the offsite target (never its newest verified backup).
+    #[arg(long)]
+    pub remote: bool,
     /// Keep the newest N backups.
     #[arg(long)]
     pub keep_last: Option<u32>,
@@ -38,6 +69,9 @@ pub struct PruneArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
+    /// Restore from the offsite target (downloaded and verified before the database is touched).
+    #[arg(long)]
+    pub remote: bool,
     /// The newest usable backup (the default).
     #[arg(long, conflicts_with_all = ["name", "before"])]
     pub latest: bool,
@@ -96,9 +130,34 @@ pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
-/// Takes a consistent, verified backup and prints where it went.
-pub fn backup(cfg: &Config, out: &Out) -> Result<u8, Error> {
+/// Fails early when a remote action is asked of a build without offsite support.
+#[cfg(not(feature = "offsite"))]
+fn no_offsite() -> Error {
+    Error::Unsupported("this pra was built without the `offsite` feature".into())
+}
+
+/// Takes a consistent, verified backup and prints where it went; then uploads it when an
+/// offsite target is configured (or only uploads it, with `--remote-only`).
+pub fn backup(cfg: &Config, out: &Out, a: &BackupArgs) -> Result<u8, Error> {
+    let upload = !a.local_only && (a.remote_only || cfg.offsite.is_some());
+    if upload {
+        // A key that cannot be used, or a standby site, is refused before the snapshot too.
+        #[cfg(feature = "offsite")]
+        super::offsite::preflight(cfg)?;
+        #[cfg(not(feature = "offsite"))]
+        return Err(no_offsite());
+    }
     let b = backup::create(&cfg.db, &cfg.backup_dir, Method::Auto, &SystemClock)?;
+    #[cfg(feature = "offsite")]
+    if upload {
+        let r = super::offsite::upload(cfg, out, &b);
+        // A failed upload keeps the local backup, even with --remote-only: it may be the only one.
+        if a.remote_only && r.is_ok() {
+            let _ = std::fs::remove_file(&b.path);
+            let _ = std::fs::remove_file(b.path.with_file_name(format!("{}.json", b.name)));
+        }
+        return r;
+    }
     out.print(&b, || {
         let m = b.manifest.as_ref();
         format!(
@@ -122,7 +181,13 @@ fn health(h: &Health) -> String {
 }
 
 /// Lists the backups, newest first, with their health.
-pub fn backups(cfg: &Config, out: &Out) -> Result<u8, Error> {
+pub fn backups(cfg: &Config, out: &Out, a: &BackupsArgs) -> Result<u8, Error> {
+    if a.remote {
+        #[cfg(feature = "offsite")]
+        return super::offsite::list(cfg, out);
+        #[cfg(not(feature = "offsite"))]
+        return Err(no_offsite());
+    }
     let list = backup::list(&cfg.backup_dir)?;
     out.print(&list, || {
         if list.is_empty() {
@@ -154,7 +219,16 @@ pub fn prune(cfg: &Config, out: &Out, a: &PruneArgs) -> Result<u8, Error> {
         keep_weekly: a.keep_weekly,
         keep_monthly: a.keep_monthly,
     };
-    let decisions = retention::prune(&cfg.backup_dir, &policy, a.dry_run)?;
+    let decisions = if a.remote {
+        #[cfg(feature = "offsite")]
+        {
+            super::offsite::prune(cfg, &policy, a.dry_run)?
+        }
+        #[cfg(not(feature = "offsite"))]
+        return Err(no_offsite());
+    } else {
+        retention::prune(&cfg.backup_dir, &policy, a.dry_run)?
+    };
     out.print(&decisions, || {
         let mut s: String = decisions
             .iter()
@@ -192,6 +266,24 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
         (None, Some(t)) => RestorePoint::Before(t),
         (None, None) => RestorePoint::Latest,
     };
+    if a.remote {
+        if a.dry_run {
+            return Err(Error::InvalidArgument(
+                "--dry-run is not available with --remote".into(),
+            ));
+        }
+        #[cfg(feature = "offsite")]
+        return super::offsite::restore(
+            cfg,
+            out,
+            &point,
+            restore::Options {
+                safety_copy: !a.no_safety_copy,
+            },
+        );
+        #[cfg(not(feature = "offsite"))]
+        return Err(no_offsite());
+    }
     if a.dry_run {
         let p = restore::preview(&cfg.db, &cfg.backup_dir, &point)?;
         out.print(&p, || {
@@ -219,16 +311,34 @@ pub fn restore(cfg: &Config, out: &Out, a: &RestoreArgs) -> Result<u8, Error> {
         safety_copy: !a.no_safety_copy,
     };
     let r = restore::restore(&cfg.db, &cfg.backup_dir, &point, opts, &SystemClock)?;
-    out.print(&r, || {
-        format!(
-            "restored {} over {}{}",
-            r.backup,
-            cfg.db.display(),
-            r.safety_copy.as_ref().map_or(String::new(), |p| format!(
-                "; previous database kept as {}",
-                p.display()
-            ))
-        )
-    })?;
+    out.print(&r, || restored(&r, None, &cfg.db))?;
     Ok(exit::OK)
+}
+
+/// What a restore prints: the backup, where from (an offsite target), and the safety copy.
+pub(super) fn restored(r: &restore::Report, from: Option<&str>, db: &std::path::Path) -> String {
+    format!(
+        "restored {}{} over {}{}",
+        r.backup,
+        from.map_or(String::new(), |t| format!(" from {t}")),
+        db.display(),
+        r.safety_copy.as_ref().map_or(String::new(), |p| format!(
+            "; previous database kept as {}",
+            p.display()
+        ))
+    )
+}
+
+/// `pra verify --remote [--sample N]`.
+pub fn verify(cfg: &Config, out: &Out, a: &VerifyArgs) -> Result<u8, Error> {
+    #[cfg(feature = "offsite")]
+    {
+        let _ = a.remote;
+        super::offsite::verify(cfg, out, a.sample)
+    }
+    #[cfg(not(feature = "offsite"))]
+    {
+        let _ = (cfg, out, a);
+        Err(no_offsite())
+    }
 }

@@ -53,6 +53,35 @@ pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
             vec![(String::new(), latest.id.time.timestamp().to_string())],
         );
     }
+    #[cfg(feature = "offsite")]
+    if cfg.offsite.is_some() {
+        let remote = super::offsite::listing(cfg);
+        metric(
+            &mut up,
+            "pra_offsite_up",
+            "1 if the offsite backup target could be listed.",
+            "gauge",
+            vec![(String::new(), u8::from(remote.is_ok()).to_string())],
+        );
+        if let Ok(list) = &remote {
+            metric(
+                &mut up,
+                "pra_offsite_backups",
+                "Backups listed at the offsite target.",
+                "gauge",
+                vec![(String::new(), list.len().to_string())],
+            );
+            if let Some(at) = backup::offsite::last_verified(list) {
+                metric(
+                    &mut up,
+                    "pra_offsite_last_verified_timestamp_seconds",
+                    "When a backup at the offsite target last passed `pra verify --remote` (Unix time).",
+                    "gauge",
+                    vec![(String::new(), at.timestamp().to_string())],
+                );
+            }
+        }
+    }
     let text = format!("{up}{m}");
     match &args.output {
         Some(path) => crate::output::write_file_atomic(path, &text)?,

@@ -5,11 +5,16 @@
 mod backup;
 mod fence;
 mod metrics;
+#[cfg(feature = "offsite")]
+mod offsite;
 mod plan;
 mod site;
 mod status;
 
-pub use backup::{PruneArgs, RestoreArgs, backup, backups, prune, restore};
+pub use backup::{
+    BackupArgs, BackupsArgs, PruneArgs, RestoreArgs, VerifyArgs, backup, backups, prune, restore,
+    verify,
+};
 pub use fence::{FenceArgs, fence};
 pub use metrics::{MetricsArgs, metrics};
 pub use plan::{PlanCmd, plan};

@@ -210,6 +210,11 @@ impl Drill {
             .env_remove("PRA_STORE")
             .env_remove("PRA_DB")
             .env_remove("PRA_BACKUP_DIR");
+        // The drill uploads only where it was told to (`pra drill --remote`), never to a target
+        // the caller's environment happens to name.
+        for k in OFFSITE_VARS {
+            c.env_remove(k);
+        }
         c
     }
 
@@ -303,3 +308,13 @@ impl Drill {
 pub(super) fn pause(d: u64) {
     std::thread::sleep(Duration::from_millis(d));
 }
+
+/// The variables that configure offsite backups.
+pub(super) const OFFSITE_VARS: [&str; 6] = [
+    "PRA_BACKUP_TARGET",
+    "PRA_BACKUP_S3_ENDPOINT",
+    "PRA_BACKUP_S3_REGION",
+    "PRA_BACKUP_AGE_RECIPIENTS_FILE",
+    "PRA_BACKUP_AGE_IDENTITY_FILE",
+    "PRA_BACKUP_AGE_PASSPHRASE_FILE",
+];

@@ -35,13 +35,23 @@ fn apply(runner: &Runner<'_>, kind: EventKind, actor: &Actor) -> Result<(), Erro
 }
 
 /// Runs the drill; exit 0 only if every KPI passes (and the double-execution window is 0).
+/// With `remote`, the database-loss scenario's last backup is uploaded to that offsite target
+/// and the restore comes from there (downloaded, decrypted, checked), not from the backup
+/// directory.
 pub fn run(
     dir: Option<&Path>,
     store_url: Option<&str>,
     job_db: Option<&str>,
+    remote: Option<&crate::config::Offsite>,
     quiet: bool,
     json: bool,
 ) -> Result<u8, Error> {
+    #[cfg(not(feature = "offsite"))]
+    if remote.is_some() {
+        return Err(Error::Unsupported(
+            "this pra was built without the `offsite` feature".into(),
+        ));
+    }
     let dir = match dir {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
@@ -155,7 +165,10 @@ pub fn run(
             .env_remove("PRA_STORE")
             .env_remove("PRA_DB")
             .env_remove("PRA_BACKUP_DIR")
-            .arg("backup");
+            .args(["backup", "--local-only"]);
+        for k in super::harness::OFFSITE_VARS {
+            c.env_remove(k);
+        }
         c
     });
     pause(1500);
@@ -217,6 +230,21 @@ pub fn run(
     // One more backup cycle as the CronJob would, then the app keeps writing for a while.
     let mut b = d.pra("rbx");
     b.arg("backup");
+    #[cfg(feature = "offsite")]
+    if let Some(o) = remote {
+        let e = &o.encryption;
+        for (k, v) in [
+            ("PRA_BACKUP_TARGET", Some(o.target.clone())),
+            ("PRA_BACKUP_S3_ENDPOINT", o.s3.endpoint.clone()),
+            ("PRA_BACKUP_S3_REGION", o.s3.region.clone()),
+            ("PRA_BACKUP_AGE_RECIPIENTS_FILE", path(&e.recipients_file)),
+            ("PRA_BACKUP_AGE_PASSPHRASE_FILE", path(&e.passphrase_file)),
+        ] {
+            if let Some(v) = v {
+                b.env(k, v);
+            }
+        }
+    }
     d.procs.spawn("backup", b)?;
     d.procs.wait("backup", Duration::from_secs(10));
     pause(400);
@@ -227,15 +255,36 @@ pub fn run(
         let _ = std::fs::remove_file(db.with_file_name(f));
     }
 
-    d.phase("restore the latest backup (the app is stopped)");
+    d.phase(if remote.is_some() {
+        "restore the latest backup from the offsite target (the app is stopped)"
+    } else {
+        "restore the latest backup (the app is stopped)"
+    });
     let t = Instant::now();
-    let report = restore::restore(
-        &db,
-        &backups,
-        &RestorePoint::Latest,
-        restore::Options::default(),
-        &clock,
-    )?;
+    let report = match remote {
+        #[cfg(feature = "offsite")]
+        Some(o) => {
+            let target = pra_core::backup::offsite::open(&o.target, &o.s3, None)?;
+            pra_core::backup::offsite::Offsite {
+                target: target.as_ref(),
+                encryption: &o.encryption,
+            }
+            .restore(
+                &db,
+                &backups.join(".offsite"),
+                &RestorePoint::Latest,
+                restore::Options::default(),
+                &clock,
+            )?
+        }
+        _ => restore::restore(
+            &db,
+            &backups,
+            &RestorePoint::Latest,
+            restore::Options::default(),
+            &clock,
+        )?,
+    };
     let restore_secs = t.elapsed().as_secs_f64();
     let rows_after = pra_core::backup::count_rows(&db, "events")?;
     let backup_time =
@@ -298,4 +347,9 @@ pub fn run(
     } else {
         exit::DRILL_FAILED
     })
+}
+
+#[cfg(feature = "offsite")]
+fn path(p: &Option<std::path::PathBuf>) -> Option<String> {
+    p.as_ref().map(|p| p.display().to_string())
 }

@@ -16,6 +16,8 @@ mod catalog;
 mod create;
 pub mod index;
 mod name;
+#[cfg(feature = "offsite")]
+pub mod offsite;
 pub mod restore;
 pub mod retention;
 mod sqlite;
