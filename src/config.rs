@@ -29,6 +29,7 @@ pub const KEYS: &[&str] = &[
     "drain_timeout_seconds",
     "store_timeout_seconds",
     "history_days",
+    "missed_intervals",
     "lock_dir",
     "etcd_ca_file",
     "etcd_cert_file",
@@ -42,6 +43,13 @@ pub const KEYS: &[&str] = &[
     "backup_age_identity_file",
     "backup_age_passphrase_file",
 ];
+
+/// Whether `key` takes a whole number (its `PRA_<KEY>` variable is read as one).
+fn is_number(key: &str) -> bool {
+    ["_seconds", "_days", "_intervals"]
+        .iter()
+        .any(|suffix| key.ends_with(suffix))
+}
 
 /// The variable that overrides `key`.
 pub fn env_var(key: &str) -> String {
@@ -71,6 +79,8 @@ pub struct FileConfig {
     /// How many days finished runs are kept in detail (default 30; older ones are counted in
     /// per job and site counters and deleted as runs finish).
     pub history_days: Option<u32>,
+    /// Missed scheduled runs tolerated before a job counts as late (default 2).
+    pub missed_intervals: Option<u32>,
     /// etcds:// stores: the CA that signed the members' certificates (PEM).
     pub etcd_ca_file: Option<PathBuf>,
     /// The client certificate and its key (PEM), for members with `--client-cert-auth`.
@@ -168,6 +178,8 @@ pub struct Config {
     pub lock_dir: PathBuf,
     /// How long finished runs are kept in detail (`history_days`).
     pub history: Duration,
+    /// Missed scheduled runs tolerated before a job counts as late (`missed_intervals`).
+    pub missed_intervals: u32,
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
@@ -210,6 +222,7 @@ impl Config {
             "drain_timeout_seconds": secs(self.drain_timeout),
             "store_timeout_seconds": secs(self.store_timeout),
             "history_days": self.history.num_days(),
+            "missed_intervals": self.missed_intervals,
             "lock_dir": self.lock_dir.display().to_string(),
             "etcd_ca_file": path(&self.etcd.ca_file),
             "etcd_cert_file": path(&self.etcd.cert_file),
@@ -379,6 +392,15 @@ impl Config {
                 Some(days) => Duration::days(i64::from(days)),
                 None => Duration::days(i64::from(defaults::HISTORY_DAYS)),
             },
+            missed_intervals: match file.missed_intervals {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "missed_intervals must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => pra_core::jobs::MISSED_INTERVALS,
+            },
             etcd,
         };
         // Refused here, before anything runs: timings under which a run cut off from the store
@@ -469,7 +491,7 @@ fn with_env(text: Option<(String, String)>) -> Result<FileConfig> {
         if value.is_empty() {
             continue;
         }
-        let value = if key.ends_with("_seconds") || key.ends_with("_days") {
+        let value = if is_number(key) {
             let n: u32 = value.trim().parse().map_err(|_| {
                 Error::InvalidArgument(format!("{var}={value:?}: expected a whole number"))
             })?;
@@ -494,7 +516,7 @@ mod tests {
         let all: String = KEYS
             .iter()
             .map(|k| {
-                if k.ends_with("_seconds") || k.ends_with("_days") {
+                if is_number(k) {
                     format!("{k} = 7\n")
                 } else {
                     format!("{k} = \"x\"\n")

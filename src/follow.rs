@@ -71,6 +71,8 @@ pub fn follow(cfg: &Config, args: &FollowArgs) -> Result<u8, Error> {
                 args.containment.into()
             },
             inherit_fd: None,
+            // A follower runs for good: it has no schedule to miss.
+            schedule: None,
         },
         backoff: Backoff {
             initial: seconds("backoff-initial", args.backoff_initial)?,

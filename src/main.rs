@@ -58,6 +58,9 @@ enum Command {
     Plan(commands::PlanCmd),
     /// Print the audit journal, check its hash chain, or checkpoint it.
     Journal(commands::JournalArgs),
+    /// Every job the run registry knows: schedule, latest success, and whether it is late on
+    /// the active site, skipped everywhere, ran on both sites or failed last (exit 78 if so).
+    Jobs,
     /// Prometheus metrics, for node_exporter's textfile collector.
     Metrics(commands::MetricsArgs),
     /// Take a consistent, verified backup of the database.
@@ -191,6 +194,7 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Plan(cmd) => commands::plan(&cfg()?, &out, cmd),
         Command::Journal(args) => commands::journal(&cfg()?, &out, args),
         Command::Metrics(args) => commands::metrics(&cfg()?, args),
+        Command::Jobs => commands::jobs(&cfg()?, &out),
         Command::Backup(args) => commands::backup(&cfg()?, &out, args),
         Command::Backups(args) => commands::backups(&cfg()?, &out, args),
         Command::Verify(args) => commands::verify(&cfg()?, &out, args),

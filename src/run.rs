@@ -69,9 +69,28 @@ pub struct RunArgs {
     /// (same as `--containment namespace`).
     #[arg(long)]
     pub strict_containment: bool,
+    /// The job's schedule, for missed-run detection (`pra jobs`, metrics): an interval (5m,
+    /// 300s, 2h, 1d) as in its crontab line. The store keeps the latest declared.
+    #[arg(long, value_name = "INTERVAL", conflicts_with = "cron")]
+    pub every: Option<String>,
+    /// The job's schedule as a cron expression (five fields, quoted: "*/5 * * * *"), evaluated in
+    /// the local time zone, as cron does.
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<std::ffi::OsString>,
+}
+
+impl RunArgs {
+    /// The declared schedule, if any (a bad one is an error before anything runs).
+    fn schedule(&self) -> Result<Option<pra_core::schedule::Schedule>, Error> {
+        match (&self.every, &self.cron) {
+            (Some(every), _) => Ok(Some(format!("every {every}").parse()?)),
+            (None, Some(cron)) => Ok(Some(format!("cron {cron}").parse()?)),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 fn validate_job(job: &str) -> pra_core::Result<()> {
@@ -121,6 +140,7 @@ pub(crate) fn log_line(msg: &str, to_stderr: bool) {
 /// Runs the wrapper; returns the process exit code.
 pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
     let site = job_site(cfg, &args.job)?;
+    let schedule = args.schedule()?;
     let store = open_job_store(cfg)?;
     let overlap_lock = if args.no_overlap {
         let (f, path) = open_overlap_lock(cfg, &args.job)?;
@@ -155,6 +175,7 @@ pub fn run(cfg: &Config, args: &RunArgs) -> Result<u8, Error> {
         },
         // Every process of the run holds the lock: it is free again only when the last is gone.
         inherit_fd: overlap_lock.as_ref().map(|f| f.as_raw_fd()),
+        schedule,
     };
     let signals = forwarded_signals();
     let pending = || {

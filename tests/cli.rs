@@ -930,7 +930,10 @@ fn every_configuration_key_is_overridden_by_its_variable() {
     assert!(keys.len() >= 19, "{keys:?}");
     for key in &keys {
         let var = format!("PRA_{}", key.to_uppercase());
-        let value = if key.ends_with("_seconds") || key.ends_with("_days") {
+        let value = if ["_seconds", "_days", "_intervals"]
+            .iter()
+            .any(|s| key.ends_with(s))
+        {
             "4242"
         } else {
             "/from/env"
@@ -1058,4 +1061,182 @@ fn metrics_follow_the_exporter_conventions_and_say_when_the_store_is_down() {
         .filter(|d| d.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(tmp.is_empty(), "no temporary file left");
+}
+
+/// `pra jobs --json` as (job, problems), with `PRA_MISSED_INTERVALS` if given; its exit code
+/// must be 78 when a job has a problem, 0 otherwise.
+fn job_problems(e: &Env, missed: Option<&str>) -> Vec<(String, Vec<String>)> {
+    let mut c = e.cmd(None, &["jobs", "--json"]);
+    if let Some(n) = missed {
+        c.env("PRA_MISSED_INTERVALS", n);
+    }
+    let o = c.output().unwrap();
+    let jobs: Vec<(String, Vec<String>)> = json(&o)
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", text(&o)))
+        .iter()
+        .map(|j| {
+            let problems = serde_json::from_value(j["problems"].clone()).unwrap();
+            (j["job"].as_str().unwrap().to_string(), problems)
+        })
+        .collect();
+    let any = jobs.iter().any(|(_, p)| !p.is_empty());
+    assert_eq!(code(&o), if any { 78 } else { 0 }, "{}", text(&o));
+    jobs
+}
+
+impl Env {
+    /// `pra run --job JOB --every EVERY -- true` on `site` (it must succeed: a skip does).
+    fn run_every(&self, site: &str, job: &str, every: &str) {
+        ok(self.on(site, &["run", "--job", job, "--every", every, "--", "true"]));
+    }
+}
+
+/// The value of the metric line `name{labels}` in `pra metrics`.
+fn metric_value(e: &Env, line: &str) -> Option<String> {
+    let m = text(&e.on("rbx", &["metrics"]));
+    m.lines()
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ').map(str::to_string))
+}
+
+fn owned(job: &str, problems: &[&str]) -> (String, Vec<String>) {
+    (
+        job.to_string(),
+        problems.iter().map(|p| p.to_string()).collect(),
+    )
+}
+
+#[test]
+fn jobs_tell_standby_skips_from_missed_runs() {
+    let e = Env::new();
+    e.activate_rbx();
+    // Active rbx runs it, standby sbg skips it: all is well, nothing pages.
+    e.run_every("rbx", "nightly", "1h");
+    e.run_every("sbg", "nightly", "1h");
+    assert_eq!(job_problems(&e, None), [owned("nightly", &[])]);
+    ok(e.pra(&["jobs"]));
+    assert_eq!(
+        metric_value(&e, "pra_job_late{pra_job=\"nightly\"}").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric_value(&e, "pra_job_interval_seconds{pra_job=\"nightly\"}").as_deref(),
+        Some("3600")
+    );
+    let skip = "pra_job_last_skip_timestamp_seconds{pra_job=\"nightly\",site=\"sbg\"}";
+    assert!(metric_value(&e, skip).is_some());
+    // A schedule that cannot be read is refused before anything runs.
+    for bad in [&["--every", "5 fortnights"][..], &["--cron", "* * *"]] {
+        let mut args = vec!["run", "--job", "nightly"];
+        args.extend_from_slice(bad);
+        args.extend_from_slice(&["--", "touch", "ran"]);
+        let o = e.on("rbx", &args);
+        assert_eq!(code(&o), 3, "{}", text(&o));
+        assert!(text(&o).contains("invalid schedule"), "{}", text(&o));
+    }
+    assert!(!e.path("ran").exists());
+}
+
+#[test]
+fn a_job_not_run_on_the_active_site_for_its_intervals_is_late_and_a_failure_shows() {
+    let e = Env::new();
+    e.activate_rbx();
+    e.run_every("rbx", "tick", "2s");
+    let failed = e.on("rbx", &["run", "--job", "broken", "--", "false"]);
+    assert_eq!(code(&failed), 1, "{}", text(&failed));
+    // One missed run tolerated: late once more than one interval passed without a success.
+    // (Real time: the CLI's clock is the system's. After the second run below, the check has
+    // a whole interval of margin.)
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(
+        job_problems(&e, Some("1")),
+        // No schedule: never late; its last run failed.
+        [
+            owned("broken", &["last_run_failed"]),
+            owned("tick", &["late"])
+        ]
+    );
+    let mut c = e.cmd(Some("rbx"), &["status"]);
+    c.env("PRA_MISSED_INTERVALS", "1");
+    let status = text(&c.output().unwrap());
+    assert!(status.contains("job tick: late"), "{status}");
+    assert!(status.contains("job broken: last_run_failed"), "{status}");
+    // It runs again: not late any more.
+    e.run_every("rbx", "tick", "2s");
+    assert_eq!(job_problems(&e, Some("1"))[1], owned("tick", &[]));
+}
+
+#[test]
+fn no_site_active_makes_skips_everywhere_a_problem() {
+    let e = Env::new();
+    e.activate_rbx();
+    e.run_every("rbx", "nightly", "1h");
+    ok(e.pra(&["site", "deactivate", "--expect-token", "1", "--by", "t"]));
+    assert_eq!(
+        job_problems(&e, None),
+        [owned("nightly", &[])],
+        "no skip yet"
+    );
+    e.run_every("rbx", "nightly", "1h");
+    e.run_every("sbg", "nightly", "1h");
+    assert_eq!(
+        job_problems(&e, None),
+        [owned("nightly", &["skipped_everywhere"])]
+    );
+    assert_eq!(
+        metric_value(&e, "pra_job_skipped_everywhere{pra_job=\"nightly\"}").as_deref(),
+        Some("1")
+    );
+}
+
+/// The one way two sites run a job at once: an operator forces sbg active past a run of rbx
+/// that waits out its revocation (`--on-revoke wait`). `pra jobs` and the metric say so.
+#[test]
+fn a_job_running_on_both_sites_is_reported() {
+    let e = Env::new();
+    e.activate_rbx();
+    let mut long = e
+        .cmd(
+            Some("rbx"),
+            &[
+                "run",
+                "--job",
+                "sync",
+                "--on-revoke",
+                "wait",
+                "--",
+                "sleep",
+                "30",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unfinished = "pra_runs_unfinished{pra_job=\"sync\",site=\"rbx\"}";
+    while metric_value(&e, unfinished).as_deref() != Some("1") {
+        assert!(Instant::now() < deadline, "the run never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(e.pra(&["site", "deactivate", "--expect-token", "1", "--by", "t"]));
+    ok(e.pra(&[
+        "site",
+        "activate",
+        "sbg",
+        "--expect-token",
+        "2",
+        "--force",
+        "--by",
+        "t",
+        "--reason",
+        "test: forced past a live run",
+    ]));
+    ok(e.on("sbg", &["run", "--job", "sync", "--", "true"]));
+    let problems = job_problems(&e, None);
+    let both = metric_value(&e, "pra_job_both_sites{pra_job=\"sync\"}");
+    let _ = long.kill();
+    let _ = long.wait();
+    assert_eq!(problems, [owned("sync", &["both_sites"])]);
+    assert_eq!(both.as_deref(), Some("1"));
 }

@@ -43,6 +43,10 @@ const ITEMS: &[Item] = &[
     ("plans are guarded", plans_are_guarded),
     ("runs are admitted atomically", runs_are_admitted_atomically),
     ("run lifecycle", run_lifecycle),
+    (
+        "the latest run, success, skip and schedule are kept",
+        job_times,
+    ),
     ("concurrent flips never share a token", concurrent_flips),
 ];
 
@@ -407,6 +411,7 @@ fn start(site_name: &str, token: u64, job: &str) -> RunStart {
         host: "contract-host".into(),
         pid: 4242,
         containment: None,
+        schedule: None,
     }
 }
 
@@ -543,6 +548,72 @@ fn run_lifecycle(s: &Subject) {
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted, "stats come ordered by job, then site");
+}
+
+/// What missed-run detection reads: per job and site, the latest start, finish (failed or not),
+/// success, skip and declared schedule, the same on every store.
+fn job_times(s: &Subject) {
+    let store = s.store();
+    let Some(registry) = store.registry() else {
+        return;
+    };
+    activate(&*store, "rbx", 0).unwrap();
+    let admitted = |start: &RunStart| match registry.run_start(start).unwrap() {
+        Admission::Admitted { id, .. } => id,
+        other => panic!("{other:?}"),
+    };
+    let every = |secs| Some(pra_core::schedule::Schedule::Every(secs));
+    let ok = admitted(&RunStart {
+        schedule: every(300),
+        ..start("rbx", 1, "nightly")
+    });
+    assert!(registry.run_finish(ok, Some(0), "exited 0").unwrap());
+    let after_success = registry.run_stats().unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let failed = admitted(&RunStart {
+        schedule: every(600),
+        ..start("rbx", 1, "nightly")
+    });
+    assert!(registry.run_finish(failed, Some(3), "exited 3").unwrap());
+    std::thread::sleep(Duration::from_millis(5));
+    // A run that declares no schedule keeps the declared one.
+    let running = admitted(&start("rbx", 1, "nightly"));
+    registry.note_skip("nightly", &site("sbg")).unwrap();
+    let stats = registry.run_stats().unwrap();
+    let rbx = stats
+        .iter()
+        .find(|x| x.job == "nightly" && x.site.as_str() == "rbx")
+        .unwrap_or_else(|| panic!("{stats:?}"));
+    let runs = registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap();
+    let of = |id| runs.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(rbx.started, 3);
+    assert_eq!(rbx.unfinished, 1);
+    assert_eq!(rbx.last_started_at, Some(of(running).started_at));
+    assert_eq!(rbx.last_finished_at, of(failed).finished_at);
+    assert_eq!(rbx.last_failed, Some(true));
+    assert_eq!(rbx.last_success_at, of(ok).finished_at);
+    assert_eq!(after_success[0].last_failed, Some(false));
+    assert_eq!(rbx.schedule, every(600));
+    assert_eq!(rbx.last_skip_at, None);
+    let sbg = stats
+        .iter()
+        .find(|x| x.job == "nightly" && x.site.as_str() == "sbg")
+        .unwrap_or_else(|| panic!("{stats:?}"));
+    assert_eq!((sbg.skipped, sbg.started), (1, 0));
+    assert!(
+        sbg.last_skip_at
+            .is_some_and(|t| t >= of(failed).finished_at.unwrap())
+    );
+    // A revoked run with exit code 0 is no success.
+    let revoked = admitted(&start("rbx", 1, "reports"));
+    assert!(registry.run_finish(revoked, Some(0), "revoked").unwrap());
+    let stats = registry.run_stats().unwrap();
+    let reports = stats.iter().find(|x| x.job == "reports").unwrap();
+    assert_eq!(
+        (reports.last_failed, reports.last_success_at),
+        (Some(true), None)
+    );
+    assert!(registry.run_finish(running, Some(0), "exited 0").unwrap());
 }
 
 /// Writers on several handles flip as fast as they can, each from the record it loaded: every

@@ -435,6 +435,7 @@ fn start_run(
             host: "h".into(),
             pid: 1,
             containment: None,
+            schedule: None,
         })
         .unwrap()
     {

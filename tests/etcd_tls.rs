@@ -487,6 +487,7 @@ fn an_expired_auth_token_is_renewed_without_an_error() {
         host: "h".into(),
         pid: 1,
         containment: None,
+        schedule: None,
     };
     let admitted = jobs.run_start(&run).unwrap();
     let pra_core::store::Admission::Admitted { id, .. } = admitted else {

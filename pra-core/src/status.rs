@@ -22,6 +22,9 @@ pub struct Options {
     pub warn_after: Option<Duration>,
     /// Backup age from which the state is `critical` (default: 5 intervals).
     pub critical_after: Option<Duration>,
+    /// Missed scheduled runs tolerated before a job is reported late
+    /// ([`crate::jobs::MISSED_INTERVALS`]).
+    pub missed_intervals: u32,
 }
 
 impl Default for Options {
@@ -32,6 +35,7 @@ impl Default for Options {
                 .unwrap_or(Duration::MAX),
             warn_after: None,
             critical_after: None,
+            missed_intervals: crate::jobs::MISSED_INTERVALS,
         }
     }
 }
@@ -92,8 +96,9 @@ pub fn validate_table(table: &str) -> Result<()> {
 }
 
 /// Computes the status of database `db` and backup directory `dir`. Problems (missing database,
-/// unreadable directory, old backups, unreadable store) are reported in the status, not as
-/// errors; only invalid options are errors.
+/// unreadable directory, old backups, unreadable store, jobs late, failed or run on both sites
+/// as [`crate::jobs`] judges them) are reported in the status, not as errors; only invalid
+/// options are errors.
 #[tracing::instrument(level = "debug", skip(store, clock), fields(db = %db.display()))]
 pub fn status(
     db: &Path,
@@ -198,12 +203,30 @@ pub fn status_counted(
             BackupState::Ok
         }
     };
-    let (active_site, token) = match store.map(|s| s.load()) {
+    let (active_site, token) = match store.map(|s| s.load().map(|r| (s, r))) {
         None => (None, None),
-        Some(Ok(r)) => (
-            Some(r.site.map_or_else(|| "none".to_string(), |s| s.to_string())),
-            Some(r.token.0),
-        ),
+        Some(Ok((store, r))) => {
+            // The jobs' missed runs, failures and double executions, in words.
+            if let Some(registry) = store.registry() {
+                match registry.run_stats() {
+                    Ok(stats) => {
+                        for j in crate::jobs::assess(&stats, &r, clock.now(), opts.missed_intervals)
+                        {
+                            if !j.problems.is_empty() {
+                                let names: Vec<&str> =
+                                    j.problems.iter().map(|p| p.name()).collect();
+                                problems.push(format!("job {}: {}", j.job, names.join(", ")));
+                            }
+                        }
+                    }
+                    Err(e) => problems.push(format!("store: run registry: {e}")),
+                }
+            }
+            (
+                Some(r.site.map_or_else(|| "none".to_string(), |s| s.to_string())),
+                Some(r.token.0),
+            )
+        }
         Some(Err(e)) => {
             problems.push(format!("store: {e}"));
             (None, None)

@@ -86,6 +86,7 @@ impl World {
             host: format!("{on}-vm"),
             pid: 1,
             containment: None,
+            schedule: None,
         })?;
         match admission {
             Admission::Admitted { id, .. } => Ok(id),
@@ -537,6 +538,7 @@ fn run(id: i64, job: &str, on: &str, start: i64, end: Option<i64>) -> RunRecord 
             host: "h".into(),
             pid: 1,
             containment: None,
+            schedule: None,
         },
         beats: 0,
         started_at: t0() + Duration::seconds(start),
@@ -682,7 +684,7 @@ proptest! {
                             pending.insert((s, j), check(&w.store, &sites[s]).unwrap());
                         }
                         Some(Verdict::Run { token }) => {
-                            let start = RunStart { job: jobs[j].into(), site: sites[s].clone(), token, host: "h".into(), pid: 1, containment: None };
+                            let start = RunStart { job: jobs[j].into(), site: sites[s].clone(), token, host: "h".into(), pid: 1, containment: None, schedule: None };
                             if let Ok(Admission::Admitted { id, .. }) = w.store.run_start(&start) {
                                 running.push(id);
                             }

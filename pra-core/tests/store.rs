@@ -54,6 +54,7 @@ fn rbx_run(job: &str) -> RunStart {
         host: "h".into(),
         pid: 1,
         containment: None,
+        schedule: None,
     }
 }
 
@@ -425,6 +426,7 @@ fn run_registry_tracks_running_finished_and_lost_runs() {
         host: "sbg-vm1".into(),
         pid: 4242,
         containment: Some(pra_core::run::Containment::PidNamespace),
+        schedule: None,
     };
     // No site active: nothing is admitted.
     assert!(matches!(
@@ -624,6 +626,7 @@ fn a_heartbeating_run_of_a_skewed_host_is_never_counted_lost() {
             host: "rbx-vm".into(),
             pid: 7,
             containment: None,
+            schedule: None,
         },
     );
     on_drainer
@@ -775,6 +778,7 @@ fn sqlite_run_counters_agree_with_the_runs() {
         "DROP TRIGGER runs_pruned; DROP TABLE outlived; DROP TABLE meta;
          DROP INDEX runs_unfinished; CREATE INDEX runs_unfinished ON runs (finished_at, token);
          DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
+         ALTER TABLE runs DROP COLUMN schedule;
          PRAGMA user_version = 3;",
     )
     .unwrap();
@@ -1111,6 +1115,7 @@ fn the_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_executi
         host: "h".into(),
         pid: 1,
         containment: None,
+        schedule: None,
     };
     let step = |secs| clock.advance(Duration::seconds(secs));
     let short = |job: &str, site_name: &str, token: u64, secs| {

@@ -44,6 +44,27 @@ pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
         "gauge",
         vec![(String::new(), Utc::now().timestamp().to_string())],
     );
+    // The settings the alert rules compare with (examples/monitoring).
+    for (name, help, value) in [
+        (
+            "pra_config_drain_timeout_seconds",
+            "drain_timeout_seconds: how long a flip waits for the old site's runs.",
+            cfg.drain_timeout,
+        ),
+        (
+            "pra_config_backup_interval_seconds",
+            "backup_interval_seconds: how often a backup is expected.",
+            cfg.backup_interval,
+        ),
+    ] {
+        metric(
+            &mut up,
+            name,
+            help,
+            "gauge",
+            vec![(String::new(), value.num_seconds().to_string())],
+        );
+    }
     if let Ok(Some(latest)) = backup::latest_verified(&cfg.backup_dir) {
         metric(
             &mut up,
@@ -200,12 +221,86 @@ fn collect(cfg: &Config, m: &mut String) -> Result<(), Error> {
                 .collect(),
         );
     }
+    let ts = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.timestamp().to_string());
+    let health = pra_core::jobs::assess(&stats, &record, Utc::now(), cfg.missed_intervals);
+    let per_job = |get: &dyn Fn(&pra_core::jobs::JobHealth) -> Option<String>| {
+        health
+            .iter()
+            .filter_map(|j| Some((label(&[("pra_job", &j.job)]), get(j)?)))
+            .collect::<Vec<_>>()
+    };
+    let per_site = |get: &dyn Fn(&pra_core::store::RunStats) -> Option<String>| {
+        stats
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    label(&[("pra_job", &s.job), ("site", s.site.as_str())]),
+                    get(s)?,
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "pra_job_interval_seconds",
+        "Seconds between two runs by the job's declared schedule (pra run --every/--cron).",
+        "gauge",
+        per_job(&|j| j.interval_seconds.map(|s| s.to_string())),
+    );
+    metric(
+        "pra_job_last_success_timestamp_seconds",
+        "When the job's latest successful run on the site finished (Unix time).",
+        "gauge",
+        per_site(&|s| ts(s.last_success_at)),
+    );
+    metric(
+        "pra_job_last_skip_timestamp_seconds",
+        "When the job was last skipped on the site because it was standby (Unix time).",
+        "gauge",
+        per_site(&|s| ts(s.last_skip_at)),
+    );
+    metric(
+        "pra_job_last_failed",
+        "1 if the job's latest finished run on the site failed (exit code not 0, killed, revoked, lost).",
+        "gauge",
+        per_site(&|s| s.last_failed.map(|f| u8::from(f).to_string())),
+    );
+    for (problem, name, help) in [
+        (
+            pra_core::jobs::Problem::Late,
+            "pra_job_late",
+            "1 if the job has not run successfully on the active site for more than missed_intervals of its schedule.",
+        ),
+        (
+            pra_core::jobs::Problem::BothSites,
+            "pra_job_both_sites",
+            "1 if the job's latest runs on the two sites overlapped in time (must never happen).",
+        ),
+        (
+            pra_core::jobs::Problem::SkippedEverywhere,
+            "pra_job_skipped_everywhere",
+            "1 if no site is active and the job was skipped since it last succeeded.",
+        ),
+    ] {
+        metric(
+            name,
+            help,
+            "gauge",
+            per_job(&|j| Some(u8::from(j.problems.contains(&problem)).to_string())),
+        );
+    }
     if let Some(plans) = store.plans() {
         let p = plans.load_plan()?;
         {
-            let state = p
-                .and_then(|p| serde_json::from_value::<plan::Plan>(p.doc).ok())
-                .map_or(plan::State::Normal, |p| p.state);
+            let p = p.and_then(|p| serde_json::from_value::<plan::Plan>(p.doc).ok());
+            if let Some(at) = p.as_ref().and_then(|p| p.steps.last()).map(|s| s.at) {
+                metric(
+                    "pra_plan_state_changed_timestamp_seconds",
+                    "When the plan last changed state (Unix time).",
+                    "gauge",
+                    vec![(String::new(), at.timestamp().to_string())],
+                );
+            }
+            let state = p.map_or(plan::State::Normal, |p| p.state);
             metric(
                 "pra_plan_state",
                 "1 for the plan's current state.",

@@ -4,6 +4,7 @@
 
 mod backup;
 mod fence;
+mod jobs;
 mod metrics;
 #[cfg(feature = "offsite")]
 mod offsite;
@@ -16,6 +17,7 @@ pub use backup::{
     verify,
 };
 pub use fence::{FenceArgs, fence};
+pub use jobs::jobs;
 pub use metrics::{MetricsArgs, metrics};
 pub use plan::{PlanCmd, plan};
 pub use site::{JournalArgs, SiteCmd, check, journal, site};

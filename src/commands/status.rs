@@ -16,6 +16,7 @@ pub fn status(cfg: &Config, out: &Out) -> Result<u8, Error> {
     let opts = pra_core::status::Options {
         table: cfg.table.clone(),
         backup_interval: cfg.backup_interval,
+        missed_intervals: cfg.missed_intervals,
         ..Default::default()
     };
     let mut s = pra_core::status::status(

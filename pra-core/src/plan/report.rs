@@ -635,6 +635,7 @@ mod tests {
                 host: "h".into(),
                 pid: 1,
                 containment: None,
+                schedule: None,
             };
             match registry.run_start(&start).unwrap() {
                 Admission::Admitted { id, .. } => ids.push(id),
@@ -681,6 +682,7 @@ mod tests {
                         host: "h".into(),
                         pid: 1,
                         containment: None,
+                        schedule: None,
                     },
                     started_at: t0 + Duration::seconds(start),
                     heartbeat_at: t0 + Duration::seconds(start + len),

@@ -325,6 +325,7 @@ pub fn admit(
             host: crate::site::hostname(),
             pid: std::process::id(),
             containment,
+            schedule: None,
         },
     )
 }
@@ -352,6 +353,7 @@ mod tests {
                     host: "h".into(),
                     pid: 1,
                     containment: None,
+                    schedule: None,
                 },
                 started_at: now,
                 heartbeat_at: now,

@@ -40,6 +40,8 @@ pub struct RunOptions {
     pub containment: Request,
     /// A descriptor every process of the run inherits (the `--no-overlap` lock).
     pub inherit_fd: Option<RawFd>,
+    /// The job's schedule, recorded with the run for missed-run detection.
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// Something the caller may want to log.
@@ -195,6 +197,7 @@ pub fn supervise(
         host: crate::site::hostname(),
         pid: std::process::id(),
         containment: Some(containment),
+        schedule: opts.schedule.clone(),
     };
     let id = match register(store, &start)? {
         Admission::Admitted { id, .. } => id,

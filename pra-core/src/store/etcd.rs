@@ -135,10 +135,52 @@ struct StoredRecord {
 const MIGRATE_PER_READ: usize = 256;
 
 /// The counters of one job on one site at `P/runs/stats/<site>/<job>`.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+/// The times and schedule of the latest finished runs ride along (older values lack them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Finished {
     finished: u64,
     revoked: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_failed: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_success_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<crate::schedule::Schedule>,
+}
+
+impl Finished {
+    /// Counts the finished `run`.
+    fn add(&mut self, run: &RunRecord) {
+        let mut s = self.stats(&run.start.job, &run.start.site);
+        s.add_run(run);
+        *self = Finished {
+            finished: s.started,
+            revoked: s.revoked,
+            last_started_at: s.last_started_at,
+            last_finished_at: s.last_finished_at,
+            last_failed: s.last_failed,
+            last_success_at: s.last_success_at,
+            schedule: s.schedule,
+        };
+    }
+
+    /// As the counters of `job` on `site`.
+    fn stats(&self, job: &str, site: &SiteId) -> RunStats {
+        RunStats {
+            started: self.finished,
+            revoked: self.revoked,
+            last_started_at: self.last_started_at,
+            last_finished_at: self.last_finished_at,
+            last_failed: self.last_failed,
+            last_success_at: self.last_success_at,
+            schedule: self.schedule.clone(),
+            ..RunStats::new(job, site)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -827,8 +869,7 @@ impl EtcdStore {
                 ),
                 None => (Finished::default(), 0),
             };
-            stats.finished += 1;
-            stats.revoked += u64::from(run.outcome.as_deref() == Some("revoked"));
+            stats.add(run);
             let mut compares = vec![
                 Compare::mod_revision(self.run_key(run.id), CompareOp::Equal, rev),
                 Compare::mod_revision(stats_key.clone(), CompareOp::Equal, stats_rev),
@@ -1355,31 +1396,22 @@ impl RunRegistry for EtcdStore {
     fn run_stats(&self) -> Result<Vec<RunStats>> {
         let deadline = self.deadline();
         let runs = self.runs_all(deadline)?;
-        let mut skips = Vec::new();
+        let mut others = Vec::new();
         for (site, job, kv) in self.per_job("skips", deadline)? {
             let count: SkipCount = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("a skip counter", e))?;
-            skips.push((job, site, count.count));
+            others.push(RunStats {
+                skipped: count.count,
+                last_skip_at: Some(count.last_at),
+                ..RunStats::new(&job, &site)
+            });
         }
-        let mut stats = tally(&runs, &skips);
         for (site, job, kv) in self.per_job("runs/stats", deadline)? {
             let f: Finished = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("the run counters", e))?;
-            match stats.iter_mut().find(|s| s.job == job && s.site == site) {
-                Some(s) => {
-                    s.started += f.finished;
-                    s.revoked += f.revoked;
-                }
-                None => stats.push(RunStats {
-                    job,
-                    site,
-                    started: f.finished,
-                    skipped: 0,
-                    revoked: f.revoked,
-                    unfinished: 0,
-                }),
-            }
+            others.push(f.stats(&job, &site));
         }
+        let mut stats = tally(&runs, &others);
         stats.sort_by(|a, b| (&a.job, a.site.as_str()).cmp(&(&b.job, b.site.as_str())));
         self.warn_if_uncompacted();
         Ok(stats)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Utc};
 
 use super::commit::admit;
-use super::runs::tally_with;
+use super::runs::tally;
 use super::{
     Admission, Backend, Heartbeat, JournalEntry, JournalHead, Pulse, RunId, RunRecord, RunRegistry,
     RunStart, RunStats, Snapshot, UnfinishedRun, Writes,
@@ -24,7 +24,8 @@ struct State {
     journal: Vec<JournalEntry>,
     runs: Vec<RunRecord>,
     next_id: i64,
-    skips: BTreeMap<(String, SiteId), u64>,
+    // The skips per job and site (their count and the latest).
+    skips: BTreeMap<(String, SiteId), RunStats>,
     // The counts of the runs deleted from the history, per job and site.
     rolled: BTreeMap<(String, SiteId), RunStats>,
 }
@@ -95,18 +96,10 @@ impl State {
             if !gone.contains(&r.id.0) {
                 return true;
             }
-            let c = rolled
+            rolled
                 .entry((r.start.job.clone(), r.start.site.clone()))
-                .or_insert_with(|| RunStats {
-                    job: r.start.job.clone(),
-                    site: r.start.site.clone(),
-                    started: 0,
-                    skipped: 0,
-                    revoked: 0,
-                    unfinished: 0,
-                });
-            c.started += 1;
-            c.revoked += u64::from(r.outcome.as_deref() == Some("revoked"));
+                .or_insert_with(|| RunStats::new(&r.start.job, &r.start.site))
+                .add_run(r);
             false
         });
     }
@@ -261,22 +254,25 @@ impl RunRegistry for MemoryStore {
     }
 
     fn note_skip(&self, job: &str, site: &SiteId) -> Result<()> {
-        *self
-            .state()
+        let now = self.clock.now();
+        let mut state = self.state();
+        let s = state
             .skips
             .entry((job.to_string(), site.clone()))
-            .or_default() += 1;
+            .or_insert_with(|| RunStats::new(job, site));
+        s.skipped += 1;
+        s.last_skip_at = Some(now);
         Ok(())
     }
 
     fn run_stats(&self) -> Result<Vec<RunStats>> {
         let state = self.state();
-        let skips: Vec<(String, SiteId, u64)> = state
+        let others: Vec<RunStats> = state
             .skips
-            .iter()
-            .map(|((job, site), n)| (job.clone(), site.clone(), *n))
+            .values()
+            .chain(state.rolled.values())
+            .cloned()
             .collect();
-        let rolled: Vec<RunStats> = state.rolled.values().cloned().collect();
-        Ok(tally_with(&state.runs, &skips, &rolled))
+        Ok(tally(&state.runs, &others))
     }
 }

@@ -26,6 +26,10 @@ pub struct RunStart {
     /// Python guard in the job's own process).
     #[serde(default)]
     pub containment: Option<crate::run::Containment>,
+    /// The job's declared schedule (`pra run --every/--cron`), if it declared one: the store
+    /// keeps the latest per job and site, for missed-run detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// The id of a registered run.
@@ -73,6 +77,102 @@ pub struct RunStats {
     pub revoked: u64,
     /// Runs not finished yet.
     pub unfinished: u64,
+    /// When the latest run started.
+    #[serde(default)]
+    pub last_started_at: Option<DateTime<Utc>>,
+    /// When the latest finished run (by its finish) finished, and whether it failed (anything
+    /// but exit code 0: a signal, a revocation, a run counted lost).
+    #[serde(default)]
+    pub last_finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_failed: Option<bool>,
+    /// When the latest successful run finished.
+    #[serde(default)]
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// When the latest skip (standby) happened.
+    #[serde(default)]
+    pub last_skip_at: Option<DateTime<Utc>>,
+    /// The schedule the latest run that declared one declared.
+    #[serde(default)]
+    pub schedule: Option<crate::schedule::Schedule>,
+}
+
+impl RunStats {
+    /// No runs, no skips.
+    pub fn new(job: &str, site: &SiteId) -> RunStats {
+        RunStats {
+            job: job.to_string(),
+            site: site.clone(),
+            started: 0,
+            skipped: 0,
+            revoked: 0,
+            unfinished: 0,
+            last_started_at: None,
+            last_finished_at: None,
+            last_failed: None,
+            last_success_at: None,
+            last_skip_at: None,
+            schedule: None,
+        }
+    }
+
+    /// Counts `run` (started, revoked, unfinished) and takes its times and schedule where they
+    /// are the latest.
+    pub fn add_run(&mut self, run: &RunRecord) {
+        self.started += 1;
+        self.revoked += u64::from(run.outcome.as_deref() == Some("revoked"));
+        self.unfinished += u64::from(run.finished_at.is_none());
+        self.add_times(run);
+    }
+
+    /// [`RunStats::add_run`]'s times and schedule only (for a run counted elsewhere).
+    pub fn add_times(&mut self, run: &RunRecord) {
+        if self.last_started_at.is_none_or(|t| run.started_at >= t) {
+            self.last_started_at = Some(run.started_at);
+            if run.start.schedule.is_some() {
+                self.schedule = run.start.schedule.clone();
+            }
+        }
+        if let Some(done) = run.finished_at {
+            if self.last_finished_at.is_none_or(|t| done >= t) {
+                self.last_finished_at = Some(done);
+                self.last_failed = Some(!run.succeeded());
+            }
+            if run.succeeded() && self.last_success_at.is_none_or(|t| done >= t) {
+                self.last_success_at = Some(done);
+            }
+        }
+    }
+
+    /// Adds `other`'s counts and takes its times and schedule where they are later.
+    pub fn merge(&mut self, other: &RunStats) {
+        self.started += other.started;
+        self.skipped += other.skipped;
+        self.revoked += other.revoked;
+        self.unfinished += other.unfinished;
+        // The latest run's schedule, else whichever is known.
+        self.schedule = if other.last_started_at > self.last_started_at {
+            other.schedule.clone().or(self.schedule.take())
+        } else {
+            self.schedule.take().or_else(|| other.schedule.clone())
+        };
+        if other.last_finished_at > self.last_finished_at {
+            self.last_failed = other.last_failed;
+        }
+        self.last_started_at = self.last_started_at.max(other.last_started_at);
+        self.last_finished_at = self.last_finished_at.max(other.last_finished_at);
+        self.last_success_at = self.last_success_at.max(other.last_success_at);
+        self.last_skip_at = self.last_skip_at.max(other.last_skip_at);
+    }
+}
+
+impl RunRecord {
+    /// Finished with exit code 0 (not revoked, not killed, not counted lost).
+    pub fn succeeded(&self) -> bool {
+        self.finished_at.is_some()
+            && self.exit_code == Some(0)
+            && self.outcome.as_deref() != Some("revoked")
+    }
 }
 
 /// How a store vouches that an unfinished run is alive.
@@ -211,21 +311,10 @@ pub(crate) fn history_start(now: DateTime<Utc>, history: std::time::Duration) ->
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
-/// Counts, per job and site (ordered by job, then site name), the runs started, revoked and
-/// unfinished among `runs`, and the skips of `skips` (job, site, count): the one tally of the
-/// stores that cannot ask a database to do it.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-pub(crate) fn tally(runs: &[RunRecord], skips: &[(String, SiteId, u64)]) -> Vec<RunStats> {
-    tally_with(runs, skips, &[])
-}
-
-/// [`tally`], plus the runs of `rolled` (runs deleted from the history, counted per job and
-/// site: their `started` and `revoked` add up; they were all finished).
-pub(crate) fn tally_with(
-    runs: &[RunRecord],
-    skips: &[(String, SiteId, u64)],
-    rolled: &[RunStats],
-) -> Vec<RunStats> {
+/// Per job and site (ordered by job, then site name): the runs of `runs` counted
+/// ([`RunStats::add_run`]), merged with the counters of `others` (skip counters, runs deleted
+/// from the history): the one tally of the stores that cannot ask a database to do it.
+pub(crate) fn tally(runs: &[RunRecord], others: &[RunStats]) -> Vec<RunStats> {
     use std::collections::BTreeMap;
     fn of<'a>(
         stats: &'a mut BTreeMap<(String, String), RunStats>,
@@ -234,29 +323,14 @@ pub(crate) fn tally_with(
     ) -> &'a mut RunStats {
         stats
             .entry((job.to_string(), site.to_string()))
-            .or_insert_with(|| RunStats {
-                job: job.to_string(),
-                site: site.clone(),
-                started: 0,
-                skipped: 0,
-                revoked: 0,
-                unfinished: 0,
-            })
+            .or_insert_with(|| RunStats::new(job, site))
     }
     let mut stats = BTreeMap::new();
     for r in runs {
-        let s = of(&mut stats, &r.start.job, &r.start.site);
-        s.started += 1;
-        s.revoked += u64::from(r.outcome.as_deref() == Some("revoked"));
-        s.unfinished += u64::from(r.finished_at.is_none());
+        of(&mut stats, &r.start.job, &r.start.site).add_run(r);
     }
-    for (job, site, n) in skips {
-        of(&mut stats, job, site).skipped += n;
-    }
-    for r in rolled {
-        let s = of(&mut stats, &r.job, &r.site);
-        s.started += r.started;
-        s.revoked += r.revoked;
+    for o in others {
+        of(&mut stats, &o.job, &o.site).merge(o);
     }
     stats.into_values().collect()
 }

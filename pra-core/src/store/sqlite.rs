@@ -121,6 +121,51 @@ const MIGRATIONS: &[&str] = &[
      CREATE TRIGGER runs_pruned AFTER DELETE ON runs BEGIN
         DELETE FROM outlived WHERE id = OLD.id;
      END;",
+    // v7: missed-run detection. A run may declare its job's schedule; the counters keep, per
+    // job and site, the latest start, finish (and whether it failed), success and schedule,
+    // kept by the same triggers (a success is exit code 0, not revoked: as
+    // RunRecord::succeeded). The history fills them in once, in one pass.
+    "ALTER TABLE runs ADD COLUMN schedule TEXT;
+     ALTER TABLE run_counts ADD COLUMN last_started_at INTEGER;
+     ALTER TABLE run_counts ADD COLUMN last_finished_at INTEGER;
+     ALTER TABLE run_counts ADD COLUMN last_failed INTEGER;
+     ALTER TABLE run_counts ADD COLUMN last_success_at INTEGER;
+     ALTER TABLE run_counts ADD COLUMN schedule TEXT;
+     UPDATE run_counts SET last_started_at = agg.ls, last_success_at = agg.lok
+     FROM (SELECT job, site, MAX(started_at) AS ls,
+                  MAX(CASE WHEN exit_code IS 0 AND outcome IS NOT 'revoked' THEN finished_at END) AS lok
+           FROM runs GROUP BY job, site) AS agg
+     WHERE run_counts.job = agg.job AND run_counts.site = agg.site;
+     UPDATE run_counts SET last_finished_at = agg.lf, last_failed = agg.failed
+     FROM (SELECT job, site, MAX(finished_at) AS lf,
+                  NOT (exit_code IS 0 AND outcome IS NOT 'revoked') AS failed
+           FROM runs WHERE finished_at IS NOT NULL GROUP BY job, site) AS agg
+     WHERE run_counts.job = agg.job AND run_counts.site = agg.site;
+     DROP TRIGGER runs_counted;
+     CREATE TRIGGER runs_counted AFTER INSERT ON runs BEGIN
+        INSERT OR IGNORE INTO run_counts (job, site) VALUES (NEW.job, NEW.site);
+        UPDATE run_counts SET started = started + 1,
+            revoked = revoked + (NEW.outcome IS 'revoked'),
+            unfinished = unfinished + (NEW.finished_at IS NULL),
+            last_started_at = MAX(COALESCE(last_started_at, NEW.started_at), NEW.started_at),
+            schedule = COALESCE(NEW.schedule, schedule)
+        WHERE job = NEW.job AND site = NEW.site;
+     END;
+     DROP TRIGGER runs_recounted;
+     CREATE TRIGGER runs_recounted AFTER UPDATE OF finished_at, outcome ON runs BEGIN
+        UPDATE run_counts SET
+            revoked = revoked - (OLD.outcome IS 'revoked') + (NEW.outcome IS 'revoked'),
+            unfinished = unfinished - (OLD.finished_at IS NULL) + (NEW.finished_at IS NULL)
+        WHERE job = NEW.job AND site = NEW.site;
+        UPDATE run_counts SET last_finished_at = NEW.finished_at,
+            last_failed = NOT (NEW.exit_code IS 0 AND NEW.outcome IS NOT 'revoked')
+        WHERE job = NEW.job AND site = NEW.site AND NEW.finished_at IS NOT NULL
+            AND NEW.finished_at >= COALESCE(last_finished_at, NEW.finished_at);
+        UPDATE run_counts SET last_success_at = NEW.finished_at
+        WHERE job = NEW.job AND site = NEW.site AND NEW.finished_at IS NOT NULL
+            AND NEW.exit_code IS 0 AND NEW.outcome IS NOT 'revoked'
+            AND NEW.finished_at >= COALESCE(last_success_at, NEW.finished_at);
+     END;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -635,7 +680,7 @@ impl RunRegistry for SqliteStore {
         }
         let now = time_to_us(self.now());
         tx.prepare_cached(
-            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at, containment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)",
+            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at, containment, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -645,7 +690,8 @@ impl RunRegistry for SqliteStore {
                 run.host,
                 run.pid,
                 now,
-                run.containment.map(|c| c.name())
+                run.containment.map(|c| c.name()),
+                run.schedule.as_ref().map(|s| s.to_string())
             ])
         })
         .map_err(self.err("register run"))?;
@@ -842,42 +888,50 @@ impl RunRegistry for SqliteStore {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare_cached(
-                "SELECT job, site, SUM(started), SUM(skipped), SUM(revoked), SUM(unfinished) FROM (
-                    SELECT job, site, started, 0 AS skipped, revoked, unfinished FROM run_counts
+                "SELECT job, site, SUM(started), SUM(skipped), SUM(revoked), SUM(unfinished),
+                        MAX(ls), MAX(lf), MAX(lfail), MAX(lok), MAX(lskip), MAX(sched) FROM (
+                    SELECT job, site, started, 0 AS skipped, revoked, unfinished,
+                        last_started_at AS ls, last_finished_at AS lf, last_failed AS lfail,
+                        last_success_at AS lok, NULL AS lskip, schedule AS sched FROM run_counts
                     UNION ALL
-                    SELECT job, site, 0, count, 0, 0 FROM skips
+                    SELECT job, site, 0, count, 0, 0, NULL, NULL, NULL, NULL, last_at, NULL
+                    FROM skips
                  ) GROUP BY job, site ORDER BY job, site",
             )
             .map_err(self.err("run stats"))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    [
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                    ],
-                ))
+                let time = |i: usize| -> rusqlite::Result<Option<DateTime<Utc>>> {
+                    Ok(r.get::<_, Option<i64>>(i)?.map(us_to_time))
+                };
+                let site = match SiteId::new(&r.get::<_, String>(1)?) {
+                    Ok(site) => site,
+                    Err(e) => {
+                        return Ok(Err(Error::Corrupt {
+                            what: "run registry".into(),
+                            detail: e.to_string(),
+                        }));
+                    }
+                };
+                Ok(Ok(RunStats {
+                    job: r.get(0)?,
+                    site,
+                    started: r.get::<_, i64>(2)? as u64,
+                    skipped: r.get::<_, i64>(3)? as u64,
+                    revoked: r.get::<_, i64>(4)? as u64,
+                    unfinished: r.get::<_, i64>(5)? as u64,
+                    last_started_at: time(6)?,
+                    last_finished_at: time(7)?,
+                    last_failed: r.get::<_, Option<bool>>(8)?,
+                    last_success_at: time(9)?,
+                    last_skip_at: time(10)?,
+                    // A schedule this version cannot read is no schedule.
+                    schedule: r.get::<_, Option<String>>(11)?.and_then(|s| s.parse().ok()),
+                }))
             })
             .map_err(self.err("run stats"))?;
-        rows.map(|row| {
-            let (job, site, n) = row.map_err(self.err("run stats"))?;
-            Ok(RunStats {
-                job,
-                site: SiteId::new(&site).map_err(|e| Error::Corrupt {
-                    what: "run registry".into(),
-                    detail: e.to_string(),
-                })?,
-                started: n[0] as u64,
-                skipped: n[1] as u64,
-                revoked: n[2] as u64,
-                unfinished: n[3] as u64,
-            })
-        })
-        .collect()
+        rows.map(|row| row.map_err(self.err("run stats")).and_then(|r| r))
+            .collect()
     }
 
     fn unfinished_runs_below(&self, below: FencingToken) -> Result<Vec<UnfinishedRun>> {
@@ -919,7 +973,7 @@ impl RunRegistry for SqliteStore {
     }
 }
 
-const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome, beats, containment FROM runs";
+const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome, beats, containment, schedule FROM runs";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
     let site: String = r.get(2)?;
@@ -943,6 +997,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
             containment: r
                 .get::<_, Option<String>>(12)?
                 .and_then(|c| crate::run::Containment::from_name(&c)),
+            // A schedule this version cannot read is no schedule (never an unreadable run).
+            schedule: r.get::<_, Option<String>>(13)?.and_then(|s| s.parse().ok()),
         },
         started_at: us_to_time(r.get(6)?),
         heartbeat_at: us_to_time(r.get(7)?),
@@ -951,4 +1007,61 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
         outcome: r.get(10)?,
         beats: r.get::<_, i64>(11)? as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunRegistry;
+
+    /// A store written by a version before schedules (v6) gets its counters' latest times from
+    /// its history when it is opened.
+    #[test]
+    fn the_v7_migration_fills_the_latest_times_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..6] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            // (job, site, started, finished, exit code, outcome), times in microseconds.
+            for (job, site, start, end, code, outcome) in [
+                ("a", "rbx", 10, Some(20), Some(0), Some("exited 0")),
+                ("a", "rbx", 30, Some(40), Some(1), Some("exited 1")),
+                ("a", "rbx", 50, None, None, None),
+                ("a", "sbg", 5, Some(60), Some(0), Some("revoked")),
+                ("b", "rbx", 7, Some(8), Some(0), Some("exited 0")),
+            ] {
+                conn.execute(
+                    "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at,
+                     finished_at, exit_code, outcome) VALUES (?1, ?2, 1, 'h', 1, ?3, ?3, ?4, ?5, ?6)",
+                    params![job, site, start, end, code, outcome],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path, Arc::new(crate::SystemClock)).unwrap();
+        let stats = store.run_stats().unwrap();
+        let of = |job: &str, site: &str| {
+            stats
+                .iter()
+                .find(|s| s.job == job && s.site.as_str() == site)
+                .unwrap()
+        };
+        let us = |n: i64| Some(us_to_time(n));
+        let a = of("a", "rbx");
+        assert_eq!((a.started, a.unfinished), (3, 1));
+        assert_eq!(a.last_started_at, us(50));
+        assert_eq!((a.last_finished_at, a.last_failed), (us(40), Some(true)));
+        assert_eq!(a.last_success_at, us(20));
+        let revoked = of("a", "sbg");
+        assert_eq!(
+            (revoked.last_failed, revoked.last_success_at),
+            (Some(true), None)
+        );
+        let b = of("b", "rbx");
+        assert_eq!((b.last_failed, b.last_success_at), (Some(false), us(8)));
+    }
 }
