@@ -176,8 +176,9 @@ pub struct Config {
     /// The deadline of each call to a network store (etcd).
     pub store_timeout: Duration,
     pub lock_dir: PathBuf,
-    /// How long finished runs are kept in detail (`history_days`).
-    pub history: Duration,
+    /// How long finished runs are kept in detail (`history_days`), if set: else the store's
+    /// default (see [`Config::history_window`]).
+    pub history: Option<Duration>,
     /// Missed scheduled runs tolerated before a job counts as late (`missed_intervals`).
     pub missed_intervals: u32,
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
@@ -221,7 +222,7 @@ impl Config {
             "revoke_grace_seconds": secs(self.revoke_grace),
             "drain_timeout_seconds": secs(self.drain_timeout),
             "store_timeout_seconds": secs(self.store_timeout),
-            "history_days": self.history.num_days(),
+            "history_days": self.history_window().as_secs() / 86_400,
             "missed_intervals": self.missed_intervals,
             "lock_dir": self.lock_dir.display().to_string(),
             "etcd_ca_file": path(&self.etcd.ca_file),
@@ -245,6 +246,18 @@ impl Config {
             }
         }
         shown
+    }
+
+    /// How long finished runs are kept in detail: `history_days`, else the store's default
+    /// (7 days on etcd, whose space quota a month of busy cron would pass; 30 elsewhere).
+    pub fn history_window(&self) -> std::time::Duration {
+        self.history
+            .and_then(|h| h.to_std().ok())
+            .unwrap_or_else(|| {
+                std::time::Duration::from_secs(
+                    u64::from(defaults::history_days_for(&self.store)) * 86_400,
+                )
+            })
     }
 
     /// The drain policy of the configuration, as `pra plan` uses it (it polls every 500 ms; the
@@ -389,8 +402,8 @@ impl Config {
                         "history_days must be at least 1".into(),
                     ));
                 }
-                Some(days) => Duration::days(i64::from(days)),
-                None => Duration::days(i64::from(defaults::HISTORY_DAYS)),
+                Some(days) => Some(Duration::days(i64::from(days))),
+                None => None,
             },
             missed_intervals: match file.missed_intervals {
                 Some(0) => {
@@ -440,7 +453,7 @@ impl Config {
             needs,
             store_group: self.store_group.clone(),
             etcd: self.etcd.clone(),
-            history: self.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
+            history: Some(self.history_window()),
             ..pra_core::store::OpenOptions::for_timings(&self.timings())
         };
         pra_core::store::open_with(&self.store, &opts)

@@ -1240,3 +1240,21 @@ fn a_job_running_on_both_sites_is_reported() {
     assert_eq!(problems, [owned("sync", &["both_sites"])]);
     assert_eq!(both.as_deref(), Some("1"));
 }
+
+/// The history window defaults by store: 7 days on etcd (its space quota), 30 elsewhere;
+/// `history_days` sets it for any store.
+#[test]
+fn the_history_window_defaults_by_store() {
+    let days = |store: &str, set: Option<&str>| {
+        let e = Env::with_store(store);
+        let mut c = e.cmd(None, &["config", "--json"]);
+        if let Some(d) = set {
+            c.env("PRA_HISTORY_DAYS", d);
+        }
+        json(&ok(c.output().unwrap()))["history_days"].as_u64()
+    };
+    assert_eq!(days("etcd://127.0.0.1:1/pra", None), Some(7));
+    assert_eq!(days("etcds://127.0.0.1:1/pra", None), Some(7));
+    assert_eq!(days("sqlite:///tmp/x.db", None), Some(30));
+    assert_eq!(days("etcd://127.0.0.1:1/pra", Some("20")), Some(20));
+}

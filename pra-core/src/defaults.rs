@@ -19,6 +19,19 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 pub const HISTORY_DAYS: u32 = 30;
 /// [`HISTORY_DAYS`] as a duration.
 pub const HISTORY: Duration = Duration::from_secs(HISTORY_DAYS as u64 * 86_400);
+/// [`HISTORY_DAYS`] on an etcd store: etcd's database has a space quota (2 GiB by default),
+/// and 200 jobs a minute for 30 days would keep ≈ 4.4 GB of finished runs; 7 days ≈ 1 GB.
+pub const HISTORY_DAYS_ETCD: u32 = 7;
+
+/// The default history window of the store at `url`, in days: [`HISTORY_DAYS_ETCD`] for etcd,
+/// [`HISTORY_DAYS`] for the others.
+pub fn history_days_for(url: &str) -> u32 {
+    if url.starts_with("etcd://") || url.starts_with("etcds://") {
+        HISTORY_DAYS_ETCD
+    } else {
+        HISTORY_DAYS
+    }
+}
 /// The seed's backup cadence.
 pub const BACKUP_INTERVAL: Duration = Duration::from_secs(60);
 /// The application's table that `status` counts.

@@ -834,7 +834,7 @@ fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
     let history = std::time::Duration::from_secs(2 * 86_400);
     // Less than a day is refused.
     let short = pra_core::store::OpenOptions {
-        history: std::time::Duration::from_secs(3600),
+        history: Some(std::time::Duration::from_secs(3600)),
         ..Default::default()
     };
     let e = pra_core::store::open_with(&url, &short).unwrap_err();
@@ -844,7 +844,7 @@ fn finished_runs_older_than_the_history_window_are_pruned_and_still_counted() {
         &url,
         &pra_core::store::OpenOptions {
             clock: sqlite_clock.clone(),
-            history,
+            history: Some(history),
             ..Default::default()
         },
     )

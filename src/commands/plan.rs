@@ -191,7 +191,7 @@ fn plan_report(
     let window = match since {
         Some(t) => plan::report::Window::Since(t),
         None => plan::report::Window::Recent {
-            history: cfg.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
+            history: cfg.history_window(),
         },
     };
     let r = plan::report::build(store, &cfg.backup_dir, cfg.lost_after, &SystemClock, window)?;

@@ -297,7 +297,7 @@ pub fn run(
         cfg.lost_after,
         &clock,
         plan::report::Window::Recent {
-            history: cfg.history.to_std().unwrap_or(pra_core::defaults::HISTORY),
+            history: cfg.history_window(),
         },
     )?;
     let business = job_db.business_rows()?;

@@ -85,7 +85,9 @@ impl Default for EtcdOptions {
             run_ttl: crate::defaults::LOST_AFTER,
             tls: false,
             security: EtcdSecurity::default(),
-            history: crate::defaults::HISTORY,
+            history: std::time::Duration::from_secs(
+                crate::defaults::HISTORY_DAYS_ETCD as u64 * 86_400,
+            ),
         }
     }
 }

@@ -383,8 +383,9 @@ pub struct OpenOptions {
     /// How long finished runs are kept in detail (`history_days`): the SQLite and memory
     /// stores delete older ones as runs finish, a few hundred at a time, and keep their
     /// counts (see [`runs::PRUNE_EVERY`]); the etcd store deletes them as runs finish too
-    /// (its finished runs live under `P/runs/done/`). At least one day.
-    pub history: std::time::Duration,
+    /// (its finished runs live under `P/runs/done/`). At least one day; `None`: the store's
+    /// default ([`crate::defaults::history_days_for`]: 7 days on etcd, 30 elsewhere).
+    pub history: Option<std::time::Duration>,
 }
 
 impl Default for OpenOptions {
@@ -396,7 +397,7 @@ impl Default for OpenOptions {
             lost_after: crate::defaults::LOST_AFTER,
             store_group: None,
             etcd: EtcdSecurity::default(),
-            history: crate::defaults::HISTORY,
+            history: None,
         }
     }
 }
@@ -428,10 +429,12 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
             opts.timeout, opts.lost_after
         )));
     }
-    if opts.history < std::time::Duration::from_secs(86_400) {
+    if let Some(history) = opts
+        .history
+        .filter(|h| *h < std::time::Duration::from_secs(86_400))
+    {
         return Err(Error::InvalidArgument(format!(
-            "opening {url}: the history window (history_days) must be at least 1 day (got {:?})",
-            opts.history
+            "opening {url}: the history window (history_days) must be at least 1 day (got {history:?})"
         )));
     }
     let store = open_unchecked(url, opts)?;
@@ -446,13 +449,16 @@ pub fn open_with(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
 
 fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
     let clock = opts.clock.clone();
+    let history = opts.history.unwrap_or_else(|| {
+        std::time::Duration::from_secs(u64::from(crate::defaults::history_days_for(url)) * 86_400)
+    });
     let sharing = match &opts.store_group {
         Some(group) => crate::fsutil::Sharing::group(group)?,
         None => crate::fsutil::Sharing::PRIVATE,
     };
     match StoreUrl::parse(url)? {
         StoreUrl::Sqlite(path) => Ok(Box::new(
-            SqliteStore::open_shared(&path, clock, sharing)?.with_history(opts.history),
+            SqliteStore::open_shared(&path, clock, sharing)?.with_history(history),
         )),
         StoreUrl::File(path) => Ok(Box::new(FileStore::open_shared(&path, clock, sharing)?)),
         #[cfg(feature = "etcd")]
@@ -469,7 +475,7 @@ fn open_unchecked(url: &str, opts: &OpenOptions) -> Result<Box<dyn Store>> {
                 run_ttl: opts.lost_after,
                 tls,
                 security: opts.etcd.clone(),
-                history: opts.history,
+                history,
             },
         )?)),
         #[cfg(not(feature = "etcd"))]
