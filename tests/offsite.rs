@@ -378,7 +378,7 @@ fn a_corrupted_object_is_caught_before_restore_and_recorded_by_verify() {
     e.rows(1);
     let o = e.on("rbx", &["restore", "--remote", "--latest"]);
     assert_eq!(code(&o), 10, "{}", text(&o));
-    assert!(text(&o).contains("SHA-256"), "{}", text(&o));
+    assert!(text(&o).contains("checksum"), "{}", text(&o));
     assert_eq!(e.count(), 7, "the database was touched");
     let o = e.on("rbx", &["verify", "--remote", "--sample", "1"]);
     assert_eq!(code(&o), 10, "{}", text(&o));

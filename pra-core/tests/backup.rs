@@ -41,6 +41,17 @@ fn ids(path: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// Restores the newest usable backup of `bdir` over `db`, with the default options.
+fn restore_latest(db: &Path, bdir: &Path) -> pra_core::Result<restore::Report> {
+    restore::restore(
+        db,
+        bdir,
+        &RestorePoint::Latest,
+        Options::default(),
+        &clock(),
+    )
+}
+
 fn integrity(path: &Path) -> String {
     Connection::open(path)
         .unwrap()
@@ -197,7 +208,11 @@ fn backups_and_manifests_are_private_and_checksummed() {
     let m = b.manifest.unwrap();
     assert_eq!(m.size, fs::metadata(&b.path).unwrap().len());
     assert_eq!(m.verification, "ok");
-    assert_eq!(m.sha256.len(), 64);
+    assert_eq!((m.format, m.sha256.as_deref()), (2, None));
+    assert_eq!(
+        m.blake3.as_deref(),
+        Some(blake3::hash(&fs::read(&b.path).unwrap()).to_hex().as_str())
+    );
     // Self-contained: no -wal or -shm beside the backup, and no temp file left; pra's own
     // files (the index) are in a private subdirectory.
     let names: Vec<String> = fs::read_dir(&bdir)
@@ -486,14 +501,7 @@ fn restore_after_the_database_was_lost() {
     for f in ["app.db", "app.db-wal", "app.db-shm"] {
         let _ = fs::remove_file(dir.path().join(f));
     }
-    let r = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    let r = restore_latest(&db, &bdir).unwrap();
     assert!(!r.replaced);
     assert_eq!(r.safety_copy, None);
     assert_eq!(ids(&db).len(), 7);
@@ -520,14 +528,7 @@ fn restore_never_applies_the_old_wal_to_the_new_database() {
     drop(app);
     assert!(fs::metadata(dir.path().join("app.db-wal")).unwrap().len() > 0);
 
-    let r = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    let r = restore_latest(&db, &bdir).unwrap();
     assert!(!dir.path().join("app.db-wal").exists());
     assert_eq!(
         ids(&db),
@@ -552,14 +553,7 @@ fn restore_refuses_a_backup_that_fails_its_checksum_and_loses_nothing() {
     fs::write(&b.path, &bytes).unwrap();
     let before = ids(&db);
     // The latest usable backup: there is none left.
-    let e = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap_err();
+    let e = restore_latest(&db, &bdir).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     // Named: refused, saying why.
     let e = restore::restore(
@@ -777,27 +771,13 @@ sys.stdin.read()
     make_db_in(&db, 5, "DELETE");
     let mut app = Py::start(IDLE, &[&db]);
     assert_eq!(app.line(), "ready");
-    let e = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap_err();
+    let e = restore_latest(&db, &bdir).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     assert!(e.to_string().contains(&app.pid().to_string()), "{e}");
     assert!(e.to_string().contains("Stop the application"), "{e}");
     assert_eq!(ids(&db).len(), 15, "nothing was touched");
     drop(app);
-    restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    restore_latest(&db, &bdir).unwrap();
     assert_eq!(ids(&db).len(), 10);
 }
 
@@ -827,14 +807,7 @@ os.kill(os.getpid(), 9)
     fs::copy(&db, &raw).unwrap();
     assert!(bodies(&raw, "torn") > 0, "the file alone is torn");
 
-    let r = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    let r = restore_latest(&db, &bdir).unwrap();
     let safety = r.safety_copy.unwrap();
     assert_eq!(integrity(&safety), "ok");
     assert_eq!(
@@ -858,14 +831,7 @@ fn restore_through_a_symlink_replaces_its_target() {
     let bdir = dir.path().join("backups");
     backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
     make_db(&db, 6);
-    let r = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    let r = restore_latest(&db, &bdir).unwrap();
     let meta = fs::symlink_metadata(&db).unwrap();
     assert!(meta.file_type().is_symlink(), "the symlink stays a symlink");
     assert_eq!(fs::read_link(&db).unwrap(), Path::new("data/real.db"));
@@ -887,14 +853,7 @@ fn restore_keeps_the_owner_group_and_mode_of_the_database() {
     backup::create(&db, &bdir, Method::OnlineBackup, &clock()).unwrap();
     std::os::unix::fs::chown(&db, Some(65534), Some(65534)).unwrap();
     fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
-    restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    )
-    .unwrap();
+    restore_latest(&db, &bdir).unwrap();
     let m = fs::metadata(&db).unwrap();
     assert_eq!((m.uid(), m.gid()), (65534, 65534));
     assert_eq!(m.mode() & 0o7777, 0o640);
@@ -980,13 +939,7 @@ print("committed", flush=True)
     std::fs::remove_file(&db).unwrap();
     let mut creator = Py::start(CREATOR, &[&db]);
     assert_eq!(creator.line(), "ready");
-    let restored = restore::restore(
-        &db,
-        &bdir,
-        &RestorePoint::Latest,
-        Options::default(),
-        &clock(),
-    );
+    let restored = restore_latest(&db, &bdir);
     let said = creator.line();
     assert_eq!(said, "committed");
     match restored {
@@ -1172,4 +1125,42 @@ fn status_finds_the_newest_backup_through_the_index_and_lists_the_directory_when
     slip_in(9);
     set_mtime(&bdir, stamp);
     assert_eq!(newest(&bdir), (7, b.name));
+}
+
+/// Backups taken before BLAKE3 (manifest format 1, SHA-256) are still verified, listed and
+/// restored, and a changed byte in one is still caught.
+#[test]
+fn format_1_manifests_with_sha256_are_still_verified_and_restored() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 7);
+    let bdir = dir.path().join("backups");
+    let b = backup::create(&db, &bdir, Method::Auto, &clock()).unwrap();
+    let manifest_path = bdir.join(format!("{}.json", b.name));
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&manifest_path).unwrap()).unwrap();
+    let obj = m.as_object_mut().unwrap();
+    obj.remove("blake3");
+    obj.insert("format".into(), 1.into());
+    obj.insert(
+        "sha256".into(),
+        hex::encode(sha2::Sha256::digest(fs::read(&b.path).unwrap())).into(),
+    );
+    fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let listed = backup::list(&bdir).unwrap();
+    assert_eq!(listed[0].health, Health::Verified, "{:?}", listed[0]);
+    make_db(&db, 3);
+    restore_latest(&db, &bdir).unwrap();
+    assert_eq!(ids(&db).len(), 7);
+    // One byte changed, same size: the SHA-256 says so.
+    let mut bytes = fs::read(&b.path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    fs::write(&b.path, &bytes).unwrap();
+    let listed = backup::list_rehashed(&bdir).unwrap();
+    match &listed[0].health {
+        Health::Corrupt { reason } => assert!(reason.contains("sha256 checksum"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -32,7 +32,10 @@ pub struct Backup {
     state: String,
     /// Why it is corrupt, if it is.
     problem: Option<String>,
-    /// SHA-256 from the manifest.
+    /// The manifest's checksum, `algorithm:hex` (`blake3:...`; `sha256:...` for format 1
+    /// manifests).
+    checksum: Option<String>,
+    /// SHA-256 from a format 1 manifest (pra now writes BLAKE3: see `checksum`).
     sha256: Option<String>,
     /// Rows per table from the manifest.
     tables: Option<std::collections::BTreeMap<String, u64>>,
@@ -52,7 +55,12 @@ impl From<BackupEntry> for Backup {
             size: e.size,
             state: state.into(),
             problem,
-            sha256: e.manifest.as_ref().map(|m| m.sha256.clone()),
+            checksum: e
+                .manifest
+                .as_ref()
+                .and_then(|m| m.checksum())
+                .map(|c| c.to_string()),
+            sha256: e.manifest.as_ref().and_then(|m| m.sha256.clone()),
             tables: e.manifest.map(|m| m.tables),
         }
     }

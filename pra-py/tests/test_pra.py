@@ -197,7 +197,9 @@ def test_backup_list_prune_restore(tmp_path):
         pra.backup(db, bdir)
     make_db(db, 5)
     first = pra.backup(db, bdir)
-    assert first.state == "verified" and first.tables == {"events": 5} and len(first.sha256 or "") == 64
+    assert first.state == "verified" and first.tables == {"events": 5}
+    assert (first.checksum or "").startswith("blake3:") and len(first.checksum or "") == 7 + 64
+    assert first.sha256 is None  # format 1 manifests only
     assert first.time.tzinfo is not None and os.path.isfile(first.path)
     # In the application's process: SQLite's online backup API, never a raw copy of the file
     # (closing a descriptor of our own would drop the app's POSIX locks on it).

@@ -160,12 +160,14 @@ pub fn backup(cfg: &Config, out: &Out, a: &BackupArgs) -> Result<u8, Error> {
     }
     out.print(&b, || {
         let m = b.manifest.as_ref();
+        let sum = m.and_then(|m| m.checksum());
         format!(
-            "{}  {} bytes  {} ms  sha256 {}",
+            "{}  {} bytes  {} ms  {} {}",
             b.path.display(),
             b.size,
             m.map_or(0, |m| m.duration_ms),
-            m.map_or("-", |m| &m.sha256[..16])
+            sum.as_ref().map_or("checksum", |s| s.algorithm.name()),
+            sum.as_ref().map_or("-", |s| s.short(16))
         )
     })?;
     Ok(exit::OK)

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::name::BackupName;
 use super::{Method, verify};
@@ -17,14 +16,18 @@ use crate::error::{Error, Result};
 /// What pra records about each backup, in `<backup>.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Manifest format version (1).
+    /// Manifest format version: 1 (SHA-256 checksum), 2 (BLAKE3: what pra writes).
     pub format: u32,
     /// The backup's file name.
     pub file: String,
     /// When the backup finished.
     pub created_at: DateTime<Utc>,
-    /// SHA-256 of the backup file, hex.
-    pub sha256: String,
+    /// SHA-256 of the backup file, hex (format 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// BLAKE3 of the backup file, hex (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// Size of the backup file in bytes.
     pub size: u64,
     /// Rows per table at the time of the snapshot.
@@ -43,12 +46,34 @@ pub struct Manifest {
     pub pra_version: String,
 }
 
+impl Manifest {
+    /// The manifest format pra writes.
+    pub const FORMAT: u32 = 2;
+
+    /// The file's checksum as recorded (BLAKE3 if the manifest has one, else SHA-256); `None`
+    /// for a manifest with neither (it cannot vouch for the file).
+    pub fn checksum(&self) -> Option<super::Checksum> {
+        use super::checksum::Algorithm;
+        match (&self.blake3, &self.sha256) {
+            (Some(hex), _) => Some(super::Checksum {
+                algorithm: Algorithm::Blake3,
+                hex: hex.clone(),
+            }),
+            (None, Some(hex)) => Some(super::Checksum {
+                algorithm: Algorithm::Sha256,
+                hex: hex.clone(),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// How usable a backup in the catalog looks, from cheap checks (header, size, manifest).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Health {
-    /// Has a manifest whose size and verification match, and the file's SHA-256 is the
-    /// manifest's (hashed once per change of the file's size, mtime, ctime or inode: see
+    /// Has a manifest whose size and verification match, and the file's checksum (BLAKE3, or
+    /// SHA-256 in format 1 manifests) is the manifest's (hashed once per change of the file's size, mtime, ctime or inode: see
     /// [`verify`]).
     Verified,
     /// A valid-looking SQLite file without a manifest (the seed's `cp` backups, or a backup
@@ -224,6 +249,10 @@ pub fn inspect(dir: &Path, id: BackupName, name: &str) -> BackupEntry {
                     Health::Corrupt {
                         reason: format!("the manifest describes {}", m.file),
                     }
+                } else if m.checksum().is_none() {
+                    Health::Corrupt {
+                        reason: "the manifest records no checksum".into(),
+                    }
                 } else {
                     Health::Verified
                 };
@@ -322,19 +351,4 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
         return Err(io::Error::other("not a regular file"));
     }
     Ok(f)
-}
-
-/// SHA-256 of a file, hex.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = open_regular(path).map_err(|e| Error::io("open", path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }

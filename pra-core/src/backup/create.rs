@@ -1,6 +1,7 @@
 //! Taking a backup: a consistent snapshot of the live database ([`Method`]), checked, fsynced,
 //! linked under its final name, then its manifest.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
@@ -10,10 +11,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{BackupEntry, Manifest, inspect, sha256_file};
+use super::catalog::{BackupEntry, Manifest, inspect, open_regular};
+use super::checksum::{self, Algorithm, Checksum};
+use super::copy::{as_rollback_journal, copy_hashed};
 use super::join;
 use super::name::{BackupName, TEMP_PREFIX};
-use super::sqlite::{check_and_count, open_existing, sql_err};
+use super::sqlite::{check_and_count, check_and_count_on, open_existing, sql_err};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::fsutil::{
@@ -55,12 +58,27 @@ pub enum Method {
 #[tracing::instrument(level = "info", skip(clock), fields(db = %db.display(), dir = %dir.display()))]
 pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Result<BackupEntry> {
     let src = open_existing(db, true)?;
-    create_from(db, dir, clock, |tmp| {
+    create_taken(db, dir, clock, |tmp| {
         let taken = snapshot(&src, db, tmp, method);
         drop(src);
         taken
     })
 }
+
+/// What a snapshot left in the temporary file.
+struct Taken {
+    /// The source's page count.
+    pages: u64,
+    /// The method used.
+    method: Method,
+    /// Set when the snapshot already did the rest (the file copy): the file is in
+    /// rollback-journal format and fsynced, this is its checksum, and this the `quick_check`
+    /// and row counts of the very snapshot it holds.
+    done: Option<(Checksum, Checked)>,
+}
+
+/// `quick_check`'s answer and the row counts.
+type Checked = (String, BTreeMap<String, u64>);
 
 /// Takes a backup of `db` whose snapshot `take` writes into the temporary file it is given
 /// (returning the source's page count and the method it used); then verifies it, checksums
@@ -73,6 +91,21 @@ pub fn create_from(
     dir: &Path,
     clock: &dyn Clock,
     take: impl FnOnce(&Path) -> Result<(u64, Method)>,
+) -> Result<BackupEntry> {
+    create_taken(db, dir, clock, |tmp| {
+        take(tmp).map(|(pages, method)| Taken {
+            pages,
+            method,
+            done: None,
+        })
+    })
+}
+
+fn create_taken(
+    db: &Path,
+    dir: &Path,
+    clock: &dyn Clock,
+    take: impl FnOnce(&Path) -> Result<Taken>,
 ) -> Result<BackupEntry> {
     let started = Instant::now();
     create_private_dir(dir)?;
@@ -92,31 +125,16 @@ pub fn create_from(
         now.timestamp_micros()
     ));
     let result = (|| {
-        let (source_page_count, method) = take(&tmp)?;
-        {
-            let _fork = crate::forkguard::enter();
-            let dst = Connection::open(&tmp).map_err(sql_err("open backup", &tmp))?;
-            // A self-contained file: rollback-journal mode, so it needs no -wal/-shm beside it.
-            dst.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
-                .map_err(sql_err("journal mode", &tmp))?;
-            dst.close()
-                .map_err(|(_, e)| sql_err("close backup", &tmp)(e))?;
-        }
-        // The file is final now. Its checksum and its fsync run beside the integrity check
-        // (three reads of the same cached pages, on as many cores).
-        let (checked, sha256, synced) = std::thread::scope(|s| {
-            let hash = s.spawn(|| sha256_file(&tmp));
-            let sync = s.spawn(|| {
-                File::open(&tmp)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| Error::io("fsync", &tmp, e))
-            });
-            let checked = check_and_count(&tmp);
-            (checked, join(hash), join(sync))
-        });
-        let (verification, tables) = checked?;
-        synced?;
-        let sha256 = sha256?;
+        let Taken {
+            pages: source_page_count,
+            method,
+            done,
+        } = take(&tmp)?;
+        let (checksum, checked) = match done {
+            Some(done) => done,
+            None => finish(&tmp)?,
+        };
+        let (verification, tables) = checked;
         if verification != "ok" {
             return Err(Error::Corrupt {
                 what: format!("backup of {}", db.display()),
@@ -140,10 +158,11 @@ pub fn create_from(
             }
         };
         let manifest = Manifest {
-            format: 1,
+            format: Manifest::FORMAT,
             file: name.clone(),
             created_at: clock.now(),
-            sha256,
+            sha256: None,
+            blake3: Some(checksum.hex),
             size,
             tables,
             source: db.to_path_buf(),
@@ -178,6 +197,34 @@ pub fn create_from(
     result
 }
 
+/// The rest of a snapshot SQLite wrote (the online backup API, `VACUUM INTO`, the
+/// application's own): rollback-journal mode, so that it needs no `-wal`/`-shm` beside it; then
+/// its checksum and its fsync beside the integrity check (three reads of the same cached pages,
+/// on as many cores).
+fn finish(tmp: &Path) -> Result<(Checksum, Checked)> {
+    {
+        let _fork = crate::forkguard::enter();
+        let dst = Connection::open(tmp).map_err(sql_err("open backup", tmp))?;
+        dst.query_row("PRAGMA journal_mode = DELETE", [], |_| Ok(()))
+            .map_err(sql_err("journal mode", tmp))?;
+        dst.close()
+            .map_err(|(_, e)| sql_err("close backup", tmp)(e))?;
+    }
+    let (checked, hash, synced) = std::thread::scope(|s| {
+        let hash = s.spawn(|| checksum::of_file(tmp, Algorithm::Blake3));
+        let sync = s.spawn(|| {
+            File::open(tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io("fsync", tmp, e))
+        });
+        let checked = check_and_count(tmp);
+        (checked, join(hash), join(sync))
+    });
+    let checked = checked?;
+    synced?;
+    Ok((hash?, checked))
+}
+
 trait ZeroNanos {
     fn with_nanosecond_zero(self) -> Self;
 }
@@ -188,14 +235,18 @@ impl ZeroNanos for DateTime<Utc> {
     }
 }
 
-/// Copies `src` (the database at `db`) into the new file `dst` in one read transaction;
-/// returns the source's page count and the method used.
-fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(u64, Method)> {
+/// Copies `src` (the database at `db`) into the new file `dst` in one read transaction.
+fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<Taken> {
+    let taken = |pages: u64, method: Method| Taken {
+        pages,
+        method,
+        done: None,
+    };
     let f = create_private_file(dst)?;
     drop(f);
     match method {
         Method::Auto => match file_copy(src, db, dst)? {
-            Some(pages) => Ok((pages, Method::FileCopy)),
+            Some(taken) => Ok(taken),
             None => {
                 // Nothing was copied; start over on a fresh file.
                 fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
@@ -203,7 +254,7 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(
             }
         },
         Method::FileCopy => match file_copy(src, db, dst)? {
-            Some(pages) => Ok((pages, Method::FileCopy)),
+            Some(taken) => Ok(taken),
             None => Err(Error::Busy(format!(
                 "{}: its WAL holds frames not yet in the database file (a writer or a long reader is active); use the online backup method",
                 db.display()
@@ -219,16 +270,22 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(
             let backup = rusqlite::backup::Backup::new(src, &mut out)
                 .map_err(sql_err("start backup", dst))?;
             // -1: every page in one step, under one read lock, so concurrent writes cannot make
-            // the copy restart (the small-step API restarts on every foreign write).
-            loop {
-                match backup.step(-1).map_err(sql_err("backup", dst))? {
-                    rusqlite::backup::StepResult::Done => break,
-                    rusqlite::backup::StepResult::More => continue,
-                    // Busy/Locked: another connection holds a lock we need; wait and retry.
-                    _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+            // the copy restart (the small-step API restarts on every foreign write). Its pages
+            // are written back as they come (see written_back_while).
+            super::copy::written_back_while(dst, || -> Result<()> {
+                loop {
+                    match backup.step(-1).map_err(sql_err("backup", dst))? {
+                        rusqlite::backup::StepResult::Done => return Ok(()),
+                        rusqlite::backup::StepResult::More => continue,
+                        // Busy/Locked: another connection holds a lock we need; wait, retry.
+                        _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                    }
                 }
-            }
-            Ok((backup.progress().pagecount as u64, Method::OnlineBackup))
+            })?;
+            Ok(taken(
+                backup.progress().pagecount as u64,
+                Method::OnlineBackup,
+            ))
         }
         Method::VacuumInto => {
             // VACUUM INTO refuses an existing file, even empty: hand it a fresh name.
@@ -244,14 +301,17 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<(
             src.execute("VACUUM INTO ?1", [target])
                 .map_err(sql_err("VACUUM INTO", dst))?;
             set_private(dst)?;
-            Ok((pages as u64, Method::VacuumInto))
+            Ok(taken(pages as u64, Method::VacuumInto))
         }
     }
 }
 
 /// The [`Method::FileCopy`] snapshot: `Ok(None)` when the snapshot is not the file alone (or
-/// the checkpoint probe cannot run), and nothing is copied then.
-fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<u64>> {
+/// the checkpoint probe cannot run), and nothing is copied then. The copy is hashed as it is
+/// written and flushed in slices, and while it is made, `quick_check` and the row counts read
+/// the same snapshot through `src` (on the other core): that snapshot is the file's bytes, so
+/// the check is the copy's, and the copy's bytes are never read a second time.
+fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
     // Dropped (rolled back) on every way out: the read transaction spans the whole copy.
     let tx = src.unchecked_transaction().map_err(sql_err("begin", db))?;
     // The first read takes the snapshot.
@@ -305,24 +365,40 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<u64>> {
         return Ok(None);
     }
     let want = (pages * page_size) as u64;
-    // Closing this copy's descriptor on `db` releases this process's POSIX locks on it (ours
-    // included): after the copy is complete, and nothing reads `db` afterwards.
-    let copied = fs::copy(db, dst).map_err(|e| Error::io("copy", db, e))?;
-    // fs::copy gave the copy the source's permissions: a backup stays private.
-    set_private(dst)?;
-    if copied < want {
-        return Err(Error::Corrupt {
-            what: db.display().to_string(),
-            detail: format!("the file holds {copied} bytes, its snapshot {want}"),
+    let mut from = open_regular(db).map_err(|e| Error::io("open", db, e))?;
+    let mut to = fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| Error::io("open", dst, e))?;
+    let t0 = Instant::now();
+    let ms = || t0.elapsed().as_millis() as u64;
+    let (copied, checked) = std::thread::scope(|s| {
+        let copy = s.spawn(|| {
+            let copied = copy_hashed(
+                &mut from,
+                db,
+                &mut to,
+                dst,
+                Some(want),
+                Algorithm::Blake3,
+                as_rollback_journal,
+            );
+            tracing::debug!(ms = ms(), "copied, hashed and synced");
+            copied
         });
-    }
-    if copied > want {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(dst)
-            .and_then(|f| f.set_len(want))
-            .map_err(|e| Error::io("truncate", dst, e))?;
-    }
+        let checked = check_and_count_on(&tx);
+        tracing::debug!(ms = ms(), "snapshot checked and counted");
+        (join(copy), checked)
+    });
+    // Our read transaction ends only now that both are done. Closing `from` then drops, by
+    // POSIX rules, every lock this process holds on `db` (the transaction's included): after
+    // the copy and the check, and nothing reads `db` afterwards.
     drop(tx);
-    Ok(Some(pages as u64))
+    drop(from);
+    let copied = copied?;
+    Ok(Some(Taken {
+        pages: pages as u64,
+        method: Method::FileCopy,
+        done: Some((copied.checksum, checked?)),
+    }))
 }

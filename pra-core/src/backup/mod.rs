@@ -13,6 +13,8 @@
 //! `quick_check`); [`retention`], [`restore`] and [`verify`] beside them.
 
 mod catalog;
+pub mod checksum;
+mod copy;
 mod create;
 pub mod index;
 mod name;
@@ -23,11 +25,12 @@ pub mod retention;
 mod sqlite;
 pub mod verify;
 
+pub(crate) use catalog::open_regular;
 pub use catalog::{
     BackupEntry, Health, Manifest, inspect, latest_usable, latest_verified, list, list_rehashed,
     newest_verified, scan,
 };
-pub(crate) use catalog::{open_regular, sha256_file};
+pub use checksum::Checksum;
 pub use create::{Method, create, create_from};
 pub use name::{BackupName, PREFIX, validate_name};
 pub(crate) use sqlite::{check_and_count, open_existing};

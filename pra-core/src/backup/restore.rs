@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BackupEntry, Health, check_and_count, inspect, join, open_existing, open_regular, scan,
-    sha256_file, table_counts, validate_name, verify,
+    table_counts, validate_name, verify,
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -589,21 +589,25 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
         what: format!("backup {}", entry.name),
         detail,
     };
-    let copy_hash_sync = || -> Result<Option<String>> {
+    // The bytes pass once: hashed as they are written, flushed in slices (see super::copy).
+    let want = entry.manifest.as_ref().and_then(|m| m.checksum());
+    let copy_hash_sync = || -> Result<super::Checksum> {
         let mut from = open_regular(&entry.path).map_err(|e| Error::io("open", &entry.path, e))?;
         let _ = fs::remove_file(copy);
         let mut to = crate::fsutil::create_private_file(copy)?;
-        std::io::copy(&mut from, &mut to).map_err(|e| Error::io("copy backup to", copy, e))?;
-        drop(to);
-        set_private(copy)?;
-        let sha = match &entry.manifest {
-            Some(_) => Some(sha256_file(copy)?),
-            None => None,
-        };
-        fs::File::open(copy)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("fsync", copy, e))?;
-        Ok(sha)
+        let algorithm = want
+            .as_ref()
+            .map_or(super::checksum::Algorithm::Blake3, |w| w.algorithm);
+        let copied = super::copy::copy_hashed(
+            &mut from,
+            &entry.path,
+            &mut to,
+            copy,
+            None,
+            algorithm,
+            |_, _| {},
+        )?;
+        Ok(copied.checksum)
     };
     let (sha, checked) = match &entry.manifest {
         Some(_) => std::thread::scope(|s| {
@@ -617,14 +621,15 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
             (sha, check_and_count(copy))
         }
     };
-    let sha = sha?;
-    if let (Some(sha), Some(m)) = (sha, &entry.manifest)
-        && sha != m.sha256
+    let sum = sha?;
+    if let Some(want) = &want
+        && sum != *want
     {
         return Err(corrupt(format!(
-            "checksum {} does not match the manifest's {}",
-            &sha[..12],
-            &m.sha256[..12.min(m.sha256.len())]
+            "{} checksum {} does not match the manifest's {}",
+            sum.algorithm.name(),
+            sum.short(12),
+            want.short(12)
         )));
     }
     let (check, tables) = checked.map_err(|e| corrupt(e.to_string()))?;

@@ -114,13 +114,17 @@ fn quick_check(conn: &Connection) -> Result<String> {
     Ok(rows.join("; "))
 }
 
-/// `quick_check` and the row counts of every table of the database at `path`, read-only,
-/// through a memory map (no read(2) per page).
+/// `quick_check` and the row counts of every table of the database at `path`, read-only. Read
+/// through SQLite's small page cache, never a memory map of the whole file: memory stays a few
+/// MiB whatever the database's size (a map would count the whole file in the process's RSS).
 pub(crate) fn check_and_count(path: &Path) -> Result<(String, BTreeMap<String, u64>)> {
     let conn = open_existing(path, true)?;
-    conn.execute_batch("PRAGMA mmap_size = 1099511627776")
-        .map_err(sql_err("mmap_size", path))?;
-    let verification = quick_check(&conn)?;
-    let tables = table_counts(&conn)?;
+    check_and_count_on(&conn)
+}
+
+/// [`check_and_count`] on an open connection (inside its current transaction, if any).
+pub(crate) fn check_and_count_on(conn: &Connection) -> Result<(String, BTreeMap<String, u64>)> {
+    let verification = quick_check(conn)?;
+    let tables = table_counts(conn)?;
     Ok((verification, tables))
 }

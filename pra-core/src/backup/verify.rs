@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BackupEntry, Health, open_regular, sha256_file};
+use super::{BackupEntry, Health, checksum, open_regular};
 use crate::fsutil::write_atomic;
 
 /// The cache's file name in pra's subdirectory of a backup directory ([`super::index::STATE_DIR`]:
@@ -36,7 +36,8 @@ impl Stamp {
     }
 }
 
-/// One verified file: its state when it was hashed, and the hash (the manifest's).
+/// One verified file: its state when it was hashed, and the hash (the manifest's, hex; the
+/// field keeps its first name, whatever the algorithm).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Seen {
     #[serde(flatten)]
@@ -88,14 +89,14 @@ impl Verifier {
     }
 
     /// `entry` with its checksum verified: an entry whose cheap checks passed
-    /// ([`Health::Verified`]) stays so only if the file hashes to its manifest's SHA-256 (or did
+    /// ([`Health::Verified`]) stays so only if the file hashes to its manifest's checksum (or did
     /// when last hashed, in the same size, mtime, ctime and inode); otherwise it is corrupt.
     pub(crate) fn check(&mut self, mut entry: BackupEntry) -> BackupEntry {
         let Some(want) = entry
             .manifest
             .as_ref()
             .filter(|_| entry.health == Health::Verified)
-            .map(|m| m.sha256.clone())
+            .and_then(|m| m.checksum())
         else {
             return entry;
         };
@@ -103,24 +104,29 @@ impl Verifier {
         let stamp = Stamp::of(&entry.path);
         if let (Some(stamp), Some(seen)) = (&stamp, self.doc.files.get(&entry.name))
             && seen.stamp == *stamp
-            && seen.sha256 == want
+            && seen.sha256 == want.hex
         {
             return entry;
         }
-        let got = sha256_file(&entry.path);
+        let got = checksum::of_file(&entry.path, want.algorithm);
         match (got, stamp) {
-            (Ok(sha), Some(stamp)) if sha == want => {
-                self.doc
-                    .files
-                    .insert(entry.name.clone(), Seen { stamp, sha256: sha });
+            (Ok(sum), Some(stamp)) if sum == want => {
+                self.doc.files.insert(
+                    entry.name.clone(),
+                    Seen {
+                        stamp,
+                        sha256: sum.hex,
+                    },
+                );
                 self.dirty = true;
             }
             (got, _) => {
                 let reason = match got {
-                    Ok(sha) => format!(
-                        "checksum {} does not match the manifest's {}: the file changed since it was taken",
-                        &sha[..12],
-                        &want[..12.min(want.len())]
+                    Ok(sum) => format!(
+                        "{} checksum {} does not match the manifest's {}: the file changed since it was taken",
+                        sum.algorithm.name(),
+                        sum.short(12),
+                        want.short(12)
                     ),
                     Err(e) => format!("cannot verify its checksum: {e}"),
                 };

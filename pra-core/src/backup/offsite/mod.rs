@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use crypt::Encryption;
 pub use s3::{PART_SIZE, S3Options, S3Target};
@@ -98,7 +97,7 @@ pub struct RemoteManifest {
     pub recipients: Vec<String>,
     /// The data object's size (ciphertext when encrypted).
     pub object_size: u64,
-    /// The backup's own manifest (`sha256` is the plaintext database's).
+    /// The backup's own manifest (its checksum is the plaintext database's).
     pub backup: Manifest,
 }
 
@@ -302,7 +301,7 @@ impl Offsite<'_> {
         found.ok_or_else(|| Error::NotFound(format!("no such backup at {}", self.target.url())))
     }
 
-    /// Downloads `entry` into `staging` (created 0700), decrypting it, and checks its SHA-256
+    /// Downloads `entry` into `staging` (created 0700), decrypting it, and checks its checksum
     /// against the manifest and its `quick_check`; returns the verified file's path, named as
     /// the backup, with its local manifest beside it. Nothing is left behind on failure.
     pub fn fetch(&self, entry: &RemoteEntry, staging: &Path) -> Result<PathBuf> {
@@ -318,10 +317,18 @@ impl Offsite<'_> {
             } else {
                 raw
             };
+            let want = entry
+                .manifest
+                .backup
+                .checksum()
+                .ok_or_else(|| Error::Corrupt {
+                    what: format!("offsite backup {}", entry.manifest.key),
+                    detail: "its manifest records no checksum".into(),
+                })?;
             let mut f = crate::fsutil::create_private_file(&tmp)?;
             let mut h = HashingWriter {
                 inner: &mut f,
-                hash: Sha256::new(),
+                hash: super::checksum::Hasher::new(want.algorithm),
             };
             io::copy(&mut src, &mut h).map_err(|e| match e.kind() {
                 io::ErrorKind::InvalidData => Error::Corrupt {
@@ -330,14 +337,16 @@ impl Offsite<'_> {
                 },
                 _ => Error::io("download", &tmp, e),
             })?;
-            let sha = hex::encode(h.hash.finalize());
+            let got = h.hash.finish();
             f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-            if sha != entry.manifest.backup.sha256 {
+            if got != want {
                 return Err(Error::Corrupt {
                     what: format!("offsite backup {}", entry.manifest.key),
                     detail: format!(
-                        "SHA-256 {sha} differs from the manifest's {}",
-                        entry.manifest.backup.sha256
+                        "{} checksum {} differs from the manifest's {}",
+                        got.algorithm.name(),
+                        got.hex,
+                        want.hex
                     ),
                 });
             }
@@ -505,7 +514,7 @@ fn read_json<T: serde::de::DeserializeOwned>(t: &dyn RemoteTarget, key: &str) ->
 
 struct HashingWriter<'a, W: Write> {
     inner: &'a mut W,
-    hash: Sha256,
+    hash: super::checksum::Hasher,
 }
 
 impl<W: Write> Write for HashingWriter<'_, W> {
