@@ -92,14 +92,19 @@ sqlite3 "$sdb" "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);
   INSERT INTO events (body) SELECT 'event' FROM c;"
 mkdir -p "$work/sb"
 one=$(PRA_DB=$sdb PRA_BACKUP_DIR=$work/one $PRA backup --json | sed -n 's/.*"path": "\(.*\)".*/\1/p')
+# As pra leaves them: each backup with its manifest (naming it), so that they are verified.
 .venv/bin/python - "$one" "$work/sb" "$BACKUPS" <<'PY'
-import datetime, os, sys
+import datetime, json, os, sys
 src, d, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+manifest = json.load(open(src + ".json"))
 t0 = datetime.datetime(2026, 1, 1)
 for i in range(n):
     t = t0 + datetime.timedelta(minutes=i)
-    p = os.path.join(d, t.strftime("backup-%Y-%m-%d-%H-%M-%S.db"))
-    os.link(src, p)
+    name = t.strftime("backup-%Y-%m-%d-%H-%M-%S.db")
+    os.link(src, os.path.join(d, name))
+    manifest["file"] = name
+    with open(os.path.join(d, name + ".json"), "w") as f:
+        json.dump(manifest, f)
 PY
 .venv/bin/python benches/status_compare.py "$sdb" "$work/sb" 20
 

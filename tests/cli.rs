@@ -863,9 +863,33 @@ fn errors_and_logs_are_plain_text_off_a_terminal_and_json_with_json() {
     assert!(err["message"].as_str().unwrap().contains("redis://nowhere"));
     // Text output never shows Rust's Debug forms.
     let e = Env::new();
-    for args in [&["site", "show"][..], &["config"], &["check"]] {
+    e.activate_rbx();
+    e.make_db(3);
+    ok(e.on("rbx", &["backup"]));
+    ok(e.on("rbx", &["run", "--job", "j", "--every", "1h", "--", "true"]));
+    for args in [
+        &["site", "show"][..],
+        &["config"],
+        &["check"],
+        &["status"],
+        &["jobs"],
+        &["backups"],
+        &["journal"],
+        &["plan", "status"],
+        &["plan", "next"],
+    ] {
         let o = e.on("rbx", args);
-        for debug in ["Some(", "None", "SiteId(", "FencingToken(", "Duration {"] {
+        for debug in [
+            "Some(",
+            "None",
+            "SiteId(",
+            "FencingToken(",
+            "Duration {",
+            "Ok",
+            "Warn",
+            "Critical",
+            "Every(",
+        ] {
             assert!(
                 !text(&o).contains(debug),
                 "{args:?} shows {debug}: {}",

@@ -54,6 +54,18 @@ pub enum BackupState {
     None,
 }
 
+impl BackupState {
+    /// Its name, as in the document: `ok`, `warn`, `critical`, `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupState::Ok => "ok",
+            BackupState::Warn => "warn",
+            BackupState::Critical => "critical",
+            BackupState::None => "none",
+        }
+    }
+}
+
 /// The status document. The seed's three keys come first, with the seed's meaning; `null` where
 /// there is nothing to report (no backup yet, no database).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,7 +163,16 @@ pub fn status_counted(
     };
     let (backup_count, latest) = match scanned {
         Ok((n, latest, corrupt)) => {
-            for e in corrupt {
+            // A few by name, then how many more: a directory of ten thousand `cp` backups
+            // without manifests must not make a ten-thousand-line document.
+            const NAMED: usize = 5;
+            if corrupt.len() > NAMED {
+                problems.push(format!(
+                    "{} more backups newer than the newest verified one are corrupt or have no manifest (`pra backups` lists them)",
+                    corrupt.len() - NAMED
+                ));
+            }
+            for e in corrupt.into_iter().take(NAMED) {
                 match &e.health {
                     backup::Health::Corrupt { reason } => {
                         problems.push(format!("backup {} is corrupt: {reason}", e.name));

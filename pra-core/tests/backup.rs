@@ -1164,3 +1164,36 @@ fn format_1_manifests_with_sha256_are_still_verified_and_restored() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Backups newer than the newest verified one that cannot be trusted are named, a few, then
+/// counted: ten thousand `cp` backups without manifests make one line, not ten thousand.
+#[test]
+fn status_names_a_few_untrusted_backups_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 4);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    let good = backup::create(&db, &bdir, Method::Auto, &c).unwrap();
+    for m in 1..=8 {
+        let name = (good.id.time + Duration::minutes(m))
+            .format("backup-%Y-%m-%d-%H-%M-%S.db")
+            .to_string();
+        fs::copy(&good.path, bdir.join(name)).unwrap();
+    }
+    let s = status::status(&db, &bdir, &status::Options::default(), None, &c).unwrap();
+    assert_eq!(s.last_backup_file.as_deref(), Some(good.name.as_str()));
+    let manifestless: Vec<&String> = s
+        .problems
+        .iter()
+        .filter(|p| p.contains("has no manifest"))
+        .collect();
+    assert_eq!(manifestless.len(), 5, "{:?}", s.problems);
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.starts_with("3 more backups newer than the newest verified one")),
+        "{:?}",
+        s.problems
+    );
+}

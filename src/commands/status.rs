@@ -36,12 +36,13 @@ pub fn status(cfg: &Config, out: &Out) -> Result<u8, Error> {
         !s.database_ok || s.backup_state == pra_core::status::BackupState::None || store_unreadable;
     out.print(&s, || {
         let mut t = format!(
-            "count: {}\nlast backup: {} ({})\nbackups: {}  state: {:?}\nactive site: {} (token {})\n",
+            "count: {}\nlast backup: {} ({})\nbackups: {}  state: {}\nactive site: {} (token {})\n",
             s.count.map_or("unavailable".into(), |c| c.to_string()),
             s.last_backup_file.as_deref().unwrap_or("none"),
-            s.backup_age_seconds.map_or("-".into(), |a| format!("{a}s old")),
+            s.backup_age_seconds
+                .map_or("-".into(), |a| format!("{a}s old")),
             s.backup_count,
-            s.backup_state,
+            s.backup_state.name(),
             s.active_site.as_deref().unwrap_or("unknown"),
             s.token.map_or("-".into(), |t| t.to_string())
         );
