@@ -7,6 +7,7 @@ mod drill;
 mod exit;
 mod follow;
 mod output;
+mod progress;
 mod run;
 
 use std::path::PathBuf;
@@ -139,6 +140,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose);
+    progress::init();
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

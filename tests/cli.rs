@@ -1282,3 +1282,87 @@ fn the_history_window_defaults_by_store() {
     assert_eq!(days("sqlite:///tmp/x.db", None), Some(30));
     assert_eq!(days("etcd://127.0.0.1:1/pra", Some("20")), Some(20));
 }
+
+/// `pra ARGS` on a pseudo-terminal (util-linux's `script`), in `e`'s environment: what the
+/// terminal showed.
+fn on_a_terminal(e: &Env, args: &str) -> String {
+    let line = format!("{} {args}", env!("CARGO_BIN_EXE_pra"));
+    let c = e.cmd(None, &[]);
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env_remove("PRA_SITE")
+        .output()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    assert!(o.status.success(), "{line}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A drain on a terminal shows what it waits for.
+#[test]
+fn a_drain_on_a_terminal_shows_a_spinner_with_the_runs_it_waits_for() {
+    let e = Env::new();
+    e.activate_rbx();
+    let mut job = e
+        .cmd(
+            Some("rbx"),
+            &[
+                "run",
+                "--job",
+                "slow",
+                "--on-revoke",
+                "wait",
+                "--",
+                "sleep",
+                "2",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(&e, "pra_runs_unfinished{pra_job=\"slow\",site=\"rbx\"}").as_deref()
+        != Some("1")
+    {
+        assert!(Instant::now() < deadline, "the run never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(e.pra(&["site", "deactivate", "--expect-token", "1", "--by", "t"]));
+    let shown = on_a_terminal(&e, "site activate sbg --expect-token 2 --by t");
+    job.wait().unwrap();
+    assert!(
+        shown.contains("drain: waiting for the old site's runs"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("1 run(s) of token < 2 still alive"),
+        "{shown}"
+    );
+}
+
+/// Progress bars on a terminal (a pseudo-terminal from util-linux's `script`), for backup,
+/// restore and prune; nothing of them off a terminal (cron mails, pipes).
+#[test]
+fn progress_bars_show_on_a_terminal_only() {
+    let e = Env::new();
+    let conn = rusqlite::Connection::open(e.path("app.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000)
+         INSERT INTO events (body) SELECT randomblob(1000) FROM c;",
+    )
+    .unwrap();
+    drop(conn);
+    let shown = on_a_terminal(&e, "backup");
+    assert!(shown.contains("backup: copying"), "{shown}");
+    on_a_terminal(&e, "backup");
+    let shown = on_a_terminal(&e, "restore --latest --no-safety-copy");
+    assert!(shown.contains("restore: copying"), "{shown}");
+    let shown = on_a_terminal(&e, "prune --keep-last 1");
+    assert!(shown.contains("prune: removing backups"), "{shown}");
+    // Off a terminal: the result only.
+    let o = ok(e.pra(&["backup"]));
+    assert!(!text(&o).contains("copying"), "{}", text(&o));
+    assert!(!text(&o).contains('\u{1b}'), "{}", text(&o));
+}

@@ -16,6 +16,7 @@ mod fsutil;
 pub mod guard;
 pub mod jobs;
 pub mod plan;
+pub mod progress;
 pub mod run;
 pub mod schedule;
 pub mod site;

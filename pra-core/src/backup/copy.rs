@@ -28,8 +28,9 @@ pub(crate) struct Copied {
 
 /// Copies `len` bytes (all of it with `None`) of `from` (at `from_path`) into `to` (at
 /// `to_path`, empty and new), hashing what it writes by `algorithm` and flushing in slices;
-/// ends with an fsync of `to`. `patch` may change each chunk before it is hashed and written (given its offset in
-/// the file): the backup uses it to mark the copy as a rollback-journal database. A source
+/// ends with an fsync of `to`. `patch` sees each chunk before it is hashed and written (given
+/// its offset in the file), and may change it: the backup marks the copy as a rollback-journal
+/// database there; both report their progress there. A source
 /// shorter than `len` is [`Error::Corrupt`].
 pub(crate) fn copy_hashed(
     from: &mut File,

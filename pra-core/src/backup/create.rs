@@ -272,6 +272,7 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<T
             // -1: every page in one step, under one read lock, so concurrent writes cannot make
             // the copy restart (the small-step API restarts on every foreign write). Its pages
             // are written back as they come (see written_back_while).
+            let _phase = crate::progress::phase("backup: SQLite online backup", None);
             super::copy::written_back_while(dst, || -> Result<()> {
                 loop {
                     match backup.step(-1).map_err(sql_err("backup", dst))? {
@@ -374,6 +375,7 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
     let ms = || t0.elapsed().as_millis() as u64;
     let (copied, checked) = std::thread::scope(|s| {
         let copy = s.spawn(|| {
+            let phase = crate::progress::phase("backup: copying", Some(want));
             let copied = copy_hashed(
                 &mut from,
                 db,
@@ -381,7 +383,10 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
                 dst,
                 Some(want),
                 Algorithm::Blake3,
-                as_rollback_journal,
+                |offset, chunk| {
+                    as_rollback_journal(offset, chunk);
+                    phase.set(offset + chunk.len() as u64);
+                },
             );
             tracing::debug!(ms = ms(), "copied, hashed and synced");
             copied

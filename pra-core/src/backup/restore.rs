@@ -598,6 +598,7 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
         let algorithm = want
             .as_ref()
             .map_or(super::checksum::Algorithm::Blake3, |w| w.algorithm);
+        let phase = crate::progress::phase("restore: copying", Some(entry.size));
         let copied = super::copy::copy_hashed(
             &mut from,
             &entry.path,
@@ -605,7 +606,7 @@ fn copy_verified(entry: &BackupEntry, copy: &Path) -> Result<BTreeMap<String, u6
             copy,
             None,
             algorithm,
-            |_, _| {},
+            |offset, chunk| phase.set(offset + chunk.len() as u64),
         )?;
         Ok(copied.checksum)
     };

@@ -172,7 +172,9 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>
     };
     let decisions = decide(&entries, policy)?;
     if !dry_run {
-        for d in decisions.iter().filter(|d| !d.keep) {
+        let going = decisions.iter().filter(|d| !d.keep).count();
+        let phase = crate::progress::phase("prune: removing backups", Some(going as u64));
+        for (i, d) in decisions.iter().filter(|d| !d.keep).enumerate() {
             // The manifest first: a crash in between leaves an unverified backup, never a
             // manifest pointing at nothing.
             let manifest = dir.join(format!("{}.json", d.entry.name));
@@ -185,6 +187,7 @@ pub fn prune(dir: &Path, policy: &Policy, dry_run: bool) -> Result<Vec<Decision>
             std::fs::remove_file(&d.entry.path)
                 .map_err(|e| Error::io("remove", &d.entry.path, e))?;
             tracing::info!(backup = %d.entry.name, "pruned");
+            phase.set(i as u64 + 1);
         }
         crate::fsutil::sync_dir(dir)?;
     }

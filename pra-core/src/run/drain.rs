@@ -81,6 +81,7 @@ impl<'a> Drainer<'a> {
     /// [`Error::Busy`] after `timeout`, naming the runs.
     pub fn wait(&self, below: FencingToken, timeout: Duration, poll: Duration) -> Result<()> {
         let start = self.clock.monotonic();
+        let phase = crate::progress::phase("drain: waiting for the old site's runs", None);
         loop {
             let alive = self.alive_below(below)?;
             if alive.is_empty() {
@@ -94,6 +95,10 @@ impl<'a> Drainer<'a> {
                 )));
             }
             tracing::info!(alive = alive.len(), "draining");
+            phase.message(&format!(
+                "{} run(s) of token < {below} still alive",
+                alive.len()
+            ));
             self.clock.sleep(poll);
         }
     }
