@@ -1110,6 +1110,34 @@ fn job_problems(e: &Env, missed: Option<&str>) -> Vec<(String, Vec<String>)> {
 }
 
 impl Env {
+    /// `pra run --job JOB --on-revoke wait -- sleep SECS` started on rbx, once it is registered:
+    /// a run that goes on after its site loses the role.
+    fn waiting_run(&self, job: &str, secs: &str) -> std::process::Child {
+        let args = [
+            "run",
+            "--job",
+            job,
+            "--on-revoke",
+            "wait",
+            "--",
+            "sleep",
+            secs,
+        ];
+        let child = self
+            .cmd(Some("rbx"), &args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let unfinished = format!("pra_runs_unfinished{{pra_job=\"{job}\",site=\"rbx\"}}");
+        while metric_value(self, &unfinished).as_deref() != Some("1") {
+            assert!(Instant::now() < deadline, "the run never registered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
     /// `pra run --job JOB --every EVERY -- true` on `site` (it must succeed: a skip does).
     fn run_every(&self, site: &str, job: &str, every: &str) {
         ok(self.on(site, &["run", "--job", job, "--every", every, "--", "true"]));
@@ -1219,30 +1247,7 @@ fn no_site_active_makes_skips_everywhere_a_problem() {
 fn a_job_running_on_both_sites_is_reported() {
     let e = Env::new();
     e.activate_rbx();
-    let mut long = e
-        .cmd(
-            Some("rbx"),
-            &[
-                "run",
-                "--job",
-                "sync",
-                "--on-revoke",
-                "wait",
-                "--",
-                "sleep",
-                "30",
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let unfinished = "pra_runs_unfinished{pra_job=\"sync\",site=\"rbx\"}";
-    while metric_value(&e, unfinished).as_deref() != Some("1") {
-        assert!(Instant::now() < deadline, "the run never registered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut long = e.waiting_run("sync", "30");
     ok(e.pra(&["site", "deactivate", "--expect-token", "1", "--by", "t"]));
     ok(e.pra(&[
         "site",
@@ -1303,31 +1308,7 @@ fn on_a_terminal(e: &Env, args: &str) -> String {
 fn a_drain_on_a_terminal_shows_a_spinner_with_the_runs_it_waits_for() {
     let e = Env::new();
     e.activate_rbx();
-    let mut job = e
-        .cmd(
-            Some("rbx"),
-            &[
-                "run",
-                "--job",
-                "slow",
-                "--on-revoke",
-                "wait",
-                "--",
-                "sleep",
-                "2",
-            ],
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric_value(&e, "pra_runs_unfinished{pra_job=\"slow\",site=\"rbx\"}").as_deref()
-        != Some("1")
-    {
-        assert!(Instant::now() < deadline, "the run never registered");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut job = e.waiting_run("slow", "2");
     ok(e.pra(&["site", "deactivate", "--expect-token", "1", "--by", "t"]));
     let shown = on_a_terminal(&e, "site activate sbg --expect-token 2 --by t");
     job.wait().unwrap();
