@@ -600,3 +600,91 @@ fn the_compaction_probe_sees_whether_etcd_still_keeps_its_first_revision() {
             .is_empty()
     );
 }
+
+/// The double-execution report on etcd reads the runs noted as outliving their token at each
+/// change of the record (`P/outlived/`) and the runs around them, not the whole history window
+/// (which timed out past a million runs): the same double execution as a sweep over every run.
+#[test]
+fn the_etcd_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_execution() {
+    let etcd = Etcd::start();
+    let clock = std::sync::Arc::new(pra_core::clock::ManualClock::new(Utc::now()));
+    let store = pra_core::store::EtcdStore::open(
+        &[etcd.endpoint(0)],
+        "/report",
+        clock.clone(),
+        pra_core::store::EtcdOptions::default(),
+    )
+    .unwrap();
+    let token = activate(&store, "rbx");
+    let registry = store.registry().unwrap();
+    let step = |secs| clock.advance(chrono::Duration::seconds(secs));
+    let short = |s: &str, token: FencingToken, job: &str, secs| {
+        let id = start_run(registry, s, token, job);
+        step(secs);
+        assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    };
+    // (Noting began with that change: the runs of the five minutes after it are read too.)
+    step(600);
+    // Twenty minutes of runs on rbx, then one that outlives its token.
+    for _ in 0..20 {
+        short("rbx", token, "a", 60);
+    }
+    let long = start_run(registry, "rbx", token, "a");
+    step(10);
+    store
+        .change(SiteChange::Deactivate { expect: token }, &actor())
+        .unwrap();
+    step(1);
+    store
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(2),
+            },
+            &actor(),
+        )
+        .unwrap();
+    let sbg = FencingToken(3);
+    short("sbg", sbg, "a", 5); // overlaps the long run
+    short("sbg", sbg, "c", 1); // started while it went on, but another job
+    step(4);
+    assert!(registry.run_finish(long, Some(0), "exited 0").unwrap());
+    step(600);
+    for _ in 0..30 {
+        short("sbg", sbg, "b", 60);
+    }
+    let epoch = chrono::DateTime::<Utc>::UNIX_EPOCH;
+    let all = registry.runs(epoch).unwrap();
+    assert_eq!(all.len(), 53);
+    let mut read = Vec::new();
+    registry
+        .each_run_that_may_overlap(epoch, &mut |r| {
+            read.push((r.id, r.start.job.clone(), r.start.site.to_string()));
+            Ok(())
+        })
+        .unwrap();
+    // The long run, the two started while it went on, and the rbx runs of the five minutes
+    // before the flip (the margin for the hosts' clocks): not the other 40.
+    assert!(read.iter().any(|(id, _, _)| *id == long), "{read:?}");
+    assert!(
+        read.iter().any(|(_, j, s)| j == "c" && s == "sbg"),
+        "{read:?}"
+    );
+    assert!(read.len() <= 10, "{} runs read: {read:?}", read.len());
+    let now = pra_core::Clock::now(&*clock);
+    let lost_after = chrono::Duration::seconds(60);
+    let full =
+        pra_core::plan::report::report(&store.journal().unwrap(), &all, None, now, lost_after);
+    let dir = tempfile::tempdir().unwrap();
+    let built = pra_core::plan::report::build(
+        &store,
+        dir.path(),
+        lost_after,
+        &*clock,
+        pra_core::plan::report::Window::Since(epoch),
+    )
+    .unwrap();
+    assert_eq!(built.overlaps, full.overlaps);
+    assert_eq!(built.overlaps.len(), 1);
+    assert_eq!(built.double_execution_seconds, 5.0);
+}

@@ -13,8 +13,11 @@
 //! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
 //! | `P/runs/done/<t>/<id>`| one finished [`RunRecord`], `t` its start (µs, padded): kept for  |
 //! |                       | the history window ([`EtcdOptions::history`]), then deleted       |
-//! | `P/runs/stats/<site>/<job>` | `{"finished": n, "revoked": n}`: every finished run, forever |
+//! | `P/runs/stats/<site>/<job>` | `{"finished": n, "revoked": n, "last_…"}`: every finished run |
 //! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
+//! | `P/outlived/<t>/<id>` | a run still going when the record moved past its token (`t` its   |
+//! |                       | start): the report reads those and the runs around them           |
+//! | `P/meta/outlived_since` | when those notes began (before it, the report reads every run)  |
 //!
 //! Finished runs and their counters live under `P/runs/` so that the job hosts' etcd role of
 //! earlier versions (read `P/`, write `P/runs/`, `P/alive/`, `P/skips/`) still covers every
@@ -133,6 +136,10 @@ struct StoredRecord {
     commit_id: String,
 }
 
+/// How far the report widens the windows of runs it reads around a token's end: start times
+/// come from the run hosts' clocks, token ends from the flipper's (NTP keeps them far closer).
+const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Finished runs of the old layout moved per drain (see `unfinished_runs_below`).
 const MIGRATE_PER_READ: usize = 256;
 
@@ -189,6 +196,16 @@ impl Finished {
 struct SkipCount {
     count: u64,
     last_at: DateTime<Utc>,
+}
+
+/// A run still going when the record moved past its token, at `P/outlived/<start>/<id>`: the
+/// runs another site's runs can overlap (what the double-execution report reads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outlived {
+    id: i64,
+    started_at: DateTime<Utc>,
+    /// When the record moved past its token.
+    token_end: DateTime<Utc>,
 }
 
 /// One consistent read of the record and the plan, with their revisions.
@@ -754,6 +771,17 @@ impl EtcdStore {
         end: Vec<u8>,
         deadline: Instant,
     ) -> Result<Vec<KeyValue>> {
+        Ok(self.range_between_at(dir, start, end, deadline)?.0)
+    }
+
+    /// [`Self::range_between`], with the revision it was read at.
+    fn range_between_at(
+        &self,
+        dir: &str,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<(Vec<KeyValue>, i64)> {
         let mut out = Vec::new();
         let mut from = start;
         let mut revision = 0;
@@ -779,7 +807,7 @@ impl EtcdStore {
                 }
                 _ => {
                     out.extend(kvs);
-                    return Ok(out);
+                    return Ok((out, revision));
                 }
             }
             out.extend(kvs);
@@ -820,6 +848,52 @@ impl EtcdStore {
     /// `P/runs/done/<t>/`, `t` a start time in µs since the epoch (before it: 0).
     fn done_from(&self, t: DateTime<Utc>) -> String {
         self.key(&format!("runs/done/{:020}/", t.timestamp_micros().max(0)))
+    }
+
+    /// The notes of the runs that outlive their token when the record becomes `next` (the runs
+    /// still going under a lower token), and the compare that makes them complete: no run
+    /// registered since they were read (a run admitted in between under the old token would
+    /// outlive it unnoted; the commit fails and is decided again). The first notes also say
+    /// since when pra notes (`P/meta/outlived_since`): before it, the report reads every run.
+    fn outliving(&self, next: &ActiveSite, deadline: Instant) -> Result<(Vec<TxnOp>, Compare)> {
+        let (start, end) = (self.key("runs/0"), self.key("runs/:"));
+        let (kvs, rev) = self.range_between_at(
+            "runs",
+            start.clone().into_bytes(),
+            end.clone().into_bytes(),
+            deadline,
+        )?;
+        let mut ops = Vec::new();
+        for kv in &kvs {
+            let run: RunRecord = serde_json::from_slice(kv.value())
+                .map_err(|e| self.corrupt("the run registry", e))?;
+            if run.finished_at.is_none() && run.start.token < next.token {
+                let note = Outlived {
+                    id: run.id.0,
+                    started_at: run.started_at,
+                    token_end: next.changed_at,
+                };
+                let key = format!("{}{:020}", self.outlived_from(run.started_at), run.id.0);
+                ops.push(TxnOp::put(key, Self::json(&note)?, None));
+            }
+        }
+        let since = self.key("meta/outlived_since");
+        let noted = self.retrying("read when noting began", deadline, |mut c| {
+            let since = since.clone();
+            async move { c.get(since, None).await }
+        })?;
+        if noted.kvs().is_empty() {
+            ops.push(TxnOp::put(since, Self::json(&next.changed_at)?, None));
+        }
+        let no_run_since =
+            Compare::create_revision(start, CompareOp::Less, rev + 1).with_range(end);
+        Ok((ops, no_run_since))
+    }
+
+    /// `P/outlived/<t>/`, `t` a start time in µs since the epoch: the notes of runs still going
+    /// when the record moved past their token, ordered by their start as `done/` is.
+    fn outlived_from(&self, t: DateTime<Utc>) -> String {
+        self.key(&format!("outlived/{:020}/", t.timestamp_micros().max(0)))
     }
 
     fn done_key(&self, run: &RunRecord) -> String {
@@ -950,10 +1024,16 @@ impl EtcdStore {
         if oldest.kvs().is_empty() {
             return Ok(());
         }
-        self.retrying(
-            "delete finished runs past the history window",
-            deadline,
-            |mut c| {
+        // The runs, and the notes of those that outlived their token (the same start times).
+        for (what, start, end) in [
+            ("delete finished runs past the history window", start, end),
+            (
+                "delete notes past the history window",
+                self.key("outlived/"),
+                self.outlived_from(cutoff),
+            ),
+        ] {
+            self.retrying(what, deadline, |mut c| {
                 let (start, end) = (start.clone(), end.clone());
                 async move {
                     c.delete(
@@ -962,8 +1042,8 @@ impl EtcdStore {
                     )
                     .await
                 }
-            },
-        )?;
+            })?;
+        }
         Ok(())
     }
 
@@ -1124,12 +1204,16 @@ impl Backend for EtcdStore {
                 commit_id: id.clone(),
             };
             ops.push(TxnOp::put(self.key("record"), Self::json(&stored)?, None));
-            let txn = Txn::new()
-                .when([
-                    Compare::mod_revision(self.key("record"), CompareOp::Equal, read.record_rev),
-                    Compare::mod_revision(self.key("plan"), CompareOp::Equal, read.plan_rev),
-                ])
-                .and_then(ops);
+            let mut when = vec![
+                Compare::mod_revision(self.key("record"), CompareOp::Equal, read.record_rev),
+                Compare::mod_revision(self.key("plan"), CompareOp::Equal, read.plan_rev),
+            ];
+            if writes.record_changed {
+                let (notes, no_run_since) = self.outliving(&writes.record, deadline)?;
+                ops.extend(notes);
+                when.push(no_run_since);
+            }
+            let txn = Txn::new().when(when).and_then(ops);
             let record_rev = read.record_rev;
             let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
                 let now = s.read(d)?;
@@ -1301,6 +1385,110 @@ impl RunRegistry for EtcdStore {
         );
         runs.sort_by_key(|r| (r.started_at, r.id.0));
         Ok(runs)
+    }
+
+    /// The runs noted as outliving their token (`P/outlived/`, written with each change of the
+    /// record) and the runs started while one of them went on — widened by [`CLOCK_MARGIN`] on
+    /// both sides, since the start times come from the hosts' clocks and the token ends from
+    /// the flipper's: a window of runs, not all of the history. Before noting began
+    /// (`P/meta/outlived_since`), every run.
+    fn each_run_that_may_overlap(
+        &self,
+        since: DateTime<Utc>,
+        f: &mut dyn FnMut(RunRecord) -> Result<()>,
+    ) -> Result<()> {
+        let deadline = self.deadline();
+        let key = self.key("meta/outlived_since");
+        let resp = self.retrying("read when noting began", deadline, |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
+        let Some(kv) = resp.kvs().first() else {
+            return self.each_run(since, f);
+        };
+        let noted_from: DateTime<Utc> = serde_json::from_slice(kv.value())
+            .map_err(|e| self.corrupt("the report's bounds", e))?;
+        let margin = chrono::Duration::from_std(CLOCK_MARGIN).unwrap_or_default();
+        let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        if since < noted_from {
+            ranges.push((since, noted_from + margin));
+        }
+        let live = self.runs_all(deadline)?;
+        // The outliving runs themselves go in whatever their start (before their token's end,
+        // outside the ranges); the live ones are added with the other live runs below.
+        let mut runs: std::collections::BTreeMap<i64, RunRecord> = Default::default();
+        let mut wanted: HashSet<i64> = HashSet::new();
+        let from = self.outlived_from(since).into_bytes();
+        let end = prefix_end(&self.key("outlived/"));
+        for kv in self.range_between("outlived", from, end, deadline)? {
+            let note: Outlived = serde_json::from_slice(kv.value())
+                .map_err(|e| self.corrupt("a note of a run outliving its token", e))?;
+            wanted.insert(note.id);
+            let finished = match live.iter().find(|r| r.id.0 == note.id) {
+                Some(r) => r.finished_at,
+                None => {
+                    let done = format!("{}{:020}", self.done_from(note.started_at), note.id);
+                    let resp = self.retrying("read a finished run", deadline, |mut c| {
+                        let done = done.clone();
+                        async move { c.get(done, None).await }
+                    })?;
+                    match resp.kvs().first() {
+                        Some(kv) => {
+                            let run: RunRecord = serde_json::from_slice(kv.value())
+                                .map_err(|e| self.corrupt("the run history", e))?;
+                            let finished = run.finished_at;
+                            runs.insert(run.id.0, run);
+                            finished
+                        }
+                        // Gone from the history window: nothing left to overlap with.
+                        None => continue,
+                    }
+                }
+            };
+            ranges.push((
+                (note.token_end - margin).max(since),
+                finished.map_or(DateTime::<Utc>::MAX_UTC, |t| t.max(note.token_end) + margin),
+            ));
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some((_, h)) if lo <= *h => *h = (*h).max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        let within = |t: DateTime<Utc>| merged.iter().any(|(lo, hi)| *lo <= t && t <= *hi);
+        for (lo, hi) in &merged {
+            let start = self.done_from(*lo).into_bytes();
+            let end = if *hi == DateTime::<Utc>::MAX_UTC {
+                prefix_end(&self.key("runs/done/"))
+            } else {
+                prefix_end(&self.done_from(*hi))
+            };
+            for kv in self.range_between("done", start, end, deadline)? {
+                let run: RunRecord = serde_json::from_slice(kv.value())
+                    .map_err(|e| self.corrupt("the run history", e))?;
+                runs.insert(run.id.0, run);
+            }
+        }
+        let alive: HashSet<Vec<u8>> = self
+            .range("alive", deadline)?
+            .into_iter()
+            .map(|kv| kv.key().to_vec())
+            .collect();
+        let now = self.clock.now();
+        for mut r in live {
+            if r.started_at >= since && (within(r.started_at) || wanted.contains(&r.id.0)) {
+                if r.finished_at.is_none() && alive.contains(self.alive_key(r.id).as_bytes()) {
+                    r.heartbeat_at = now;
+                }
+                runs.insert(r.id.0, r);
+            }
+        }
+        let mut runs: Vec<RunRecord> = runs.into_values().collect();
+        runs.sort_by_key(|r| (r.started_at, r.id.0));
+        runs.into_iter().try_for_each(f)
     }
 
     /// Liveness is the run's lease, judged by the etcd server's own clock: a run whose host
