@@ -14,9 +14,12 @@ use object_store::{ObjectStore, PutPayload};
 use super::{ObjectInfo, RemoteTarget};
 use crate::error::{Error, Result};
 
-/// Bytes buffered per multipart part (S3's minimum part size is 5 MiB): the upload's memory
-/// footprint is one part.
+/// Bytes buffered per multipart part (S3's minimum part size is 5 MiB).
 pub const PART_SIZE: usize = 8 << 20;
+/// Parts sent at once: one at a time left the link idle between parts (60 MB/s where
+/// `aws s3 cp`, with its concurrent parts, did 190 on loopback). The upload's memory footprint
+/// is this many parts plus the one being filled.
+pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// An `s3://bucket/prefix` target.
 pub struct S3Target {
@@ -67,7 +70,10 @@ impl S3Target {
         let store = b
             .build()
             .map_err(|e| Error::InvalidArgument(format!("backup target {url}: {e}")))?;
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Two workers: the parts on their way are sent while the next one is read, hashed and
+        // sealed on the calling thread (a current-thread runtime sends only while it waits).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("tokio runtime: {e}")))?;
@@ -110,31 +116,77 @@ impl S3Target {
     }
 }
 
-/// A multipart upload seen as a `Write`: one part buffered, sent when full.
+/// A part being sent.
+type InFlight = tokio::task::JoinHandle<object_store::Result<PartId>>;
+
+/// A multipart upload seen as a `Write`: one part buffered, sent when full, up to
+/// [`PARTS_IN_FLIGHT`] parts on their way at once.
 struct PartWriter<'a> {
     target: &'a S3Target,
     path: ObjPath,
     id: String,
+    /// Parts sent and acknowledged, in order.
     parts: Vec<PartId>,
+    /// Parts on their way, oldest first (their index is `parts.len()` onwards).
+    sending: std::collections::VecDeque<InFlight>,
     buf: Vec<u8>,
     written: u64,
 }
 
 impl PartWriter<'_> {
+    /// Sends the buffered part; waits for the oldest one on its way first when
+    /// [`PARTS_IN_FLIGHT`] are.
     fn flush_part(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        if self.sending.len() >= PARTS_IN_FLIGHT {
+            self.wait_oldest()?;
+        }
         let part = std::mem::replace(&mut self.buf, Vec::with_capacity(PART_SIZE));
-        let fut = self.target.store.put_part(
-            &self.path,
-            &self.id,
-            self.parts.len(),
-            PutPayload::from(Bytes::from(part)),
+        let (store, path, id) = (
+            self.target.store.clone(),
+            self.path.clone(),
+            self.id.clone(),
         );
-        let id = self.target.rt.block_on(fut).map_err(io::Error::other)?;
-        self.parts.push(id);
+        let index = self.parts.len() + self.sending.len();
+        self.sending.push_back(self.target.rt.spawn(async move {
+            store
+                .put_part(&path, &id, index, PutPayload::from(Bytes::from(part)))
+                .await
+        }));
         Ok(())
+    }
+
+    fn wait_oldest(&mut self) -> io::Result<()> {
+        if let Some(oldest) = self.sending.pop_front() {
+            let id = self
+                .target
+                .rt
+                .block_on(oldest)
+                .map_err(io::Error::other)?
+                .map_err(io::Error::other)?;
+            self.parts.push(id);
+        }
+        Ok(())
+    }
+
+    /// Sends the last part and waits for every part: the parts, in order.
+    fn finish(&mut self) -> io::Result<Vec<PartId>> {
+        self.flush_part()?;
+        while !self.sending.is_empty() {
+            self.wait_oldest()?;
+        }
+        Ok(std::mem::take(&mut self.parts))
+    }
+}
+
+impl Drop for PartWriter<'_> {
+    /// Parts still on their way when the upload failed are not waited for.
+    fn drop(&mut self) {
+        for part in self.sending.drain(..) {
+            part.abort();
+        }
     }
 }
 
@@ -216,15 +268,15 @@ impl RemoteTarget for S3Target {
             path: path.clone(),
             id,
             parts: Vec::new(),
+            sending: std::collections::VecDeque::new(),
             buf: Vec::with_capacity(PART_SIZE),
             written: 0,
         };
         let done = fill(&mut w).and_then(|()| {
-            w.flush_part().map_err(|e| Error::StoreUnavailable {
+            let parts = w.finish().map_err(|e| Error::StoreUnavailable {
                 url: self.url.clone(),
                 reason: format!("upload {key}: {e}"),
             })?;
-            let parts = std::mem::take(&mut w.parts);
             self.rt
                 .block_on(self.store.complete_multipart(&path, &w.id, parts))
                 .map_err(|e| self.err("complete upload", e))
@@ -232,8 +284,12 @@ impl RemoteTarget for S3Target {
         let result = match done {
             Ok(_) => Ok(w.written),
             Err(e) => {
-                // An incomplete multipart upload is never an object (never listed); aborting it
-                // frees its parts now rather than at the bucket's lifecycle rule.
+                // No part goes on after this. An incomplete multipart upload is never an object
+                // (never listed); aborting it frees its parts now rather than at the bucket's
+                // lifecycle rule.
+                for part in w.sending.drain(..) {
+                    part.abort();
+                }
                 if let Err(a) = self.rt.block_on(self.store.abort_multipart(&path, &w.id)) {
                     tracing::warn!(key, error = %a, "could not abort the multipart upload");
                 }
