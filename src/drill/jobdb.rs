@@ -142,7 +142,7 @@ impl JobDb {
             }
             #[cfg(feature = "fence-postgres")]
             JobDb::Postgres(url) => Ok(Conn::Postgres(
-                pra_core::dbfence::postgres::connect(url)?,
+                Box::new(pra_core::dbfence::postgres::connect(url)?),
                 url.clone(),
             )),
             #[cfg(not(feature = "fence-postgres"))]
@@ -231,7 +231,7 @@ pub fn stale_writes(rows: &[(String, i64)]) -> u64 {
 pub enum Conn {
     Sqlite(rusqlite::Connection),
     #[cfg(feature = "fence-postgres")]
-    Postgres(pg_driver::Client, String),
+    Postgres(Box<pg_driver::Client>, String),
 }
 
 const INSERT_WORK: &str = "INSERT INTO work (job, site, token, pid, start_us, end_us) VALUES ";
