@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pra side by side with what users would use instead, on this machine, in one run:
 #   pra check            vs the seed's safe-cron-wrapper.sh logic (benches/seed_wrapper.sh)
-#   pra backup           vs sqlite3 db ".backup f" vs cp (the limit) vs litestream snapshot
-#   pra restore          vs cp vs litestream restore
+#   pra backup           vs sqlite3 db ".backup f" vs cp (the limit) vs cp + sync (the same,
+#                        durable: what issue 23's targets compare with) vs litestream snapshot
+#   pra restore          vs cp vs cp + sync vs litestream restore
 #   pra.status() (Python) vs the seed's hand-written /status vs SELECT count(*) alone
 #   writer p50/p99 during pra backup vs during sqlite3 .backup
 # Whole processes are timed by hyperfine, alternating contestants on each round.
@@ -62,6 +63,7 @@ hyperfine --runs "$RUNS" --warmup 1 --export-markdown $out/backup.md \
   "$PRA backup" \
   "sqlite3 $db '.backup $work/sqlite3.db'" \
   "cp $db $work/copy.db" \
+  "sh -c 'cp $db $work/copy.db && sync $work/copy.db'" \
   "$LITESTREAM replicate -once -force-snapshot $db file://$work/replica"
 
 echo; echo "## restore of that backup"
@@ -73,6 +75,7 @@ hyperfine --runs "$RUNS" --warmup 1 --export-markdown $out/restore.md \
   --prepare "rm -f $work/restored.db $work/restored.db-*; sync" \
   "$PRA restore --latest --no-safety-copy" \
   "cp $work/copy.db $work/restored.db" \
+  "sh -c 'cp $work/copy.db $work/restored.db && sync $work/restored.db'" \
   "$LITESTREAM restore -o $work/restored.db file://$work/replica"
 export PRA_DB=$db
 
