@@ -16,7 +16,7 @@ FUZZ_TARGETS := lock_file store_url backup_name
 # Seconds per fuzz target: a short run in `make test`, a long one in `make fuzz`.
 FUZZ_SECONDS ?= 10
 
-.PHONY: bench-scale bench-scale-short demo build libpra install deb test-deb wheel test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
+.PHONY: test-monitoring bench-scale bench-scale-short demo build libpra install deb test-deb wheel test lint test-rust test-c test-go test-python test-deploy fuzz fuzz-short cargo-fuzz header readme apt-tools clean
 
 ## Build everything and run the disaster-recovery drill on a scratch embedded store.
 demo: build
@@ -69,7 +69,7 @@ install: libpra
 ## Every test: formatting, lints, Rust (unit, integration, property, crash, drill), C, Go,
 ## a short nemesis campaign on every store (and the broken build its checker must catch),
 ## Python (module, stubs, Flask app).
-test: lint test-rust test-c test-go test-python test-deploy test-deb fuzz-short nemesis-short bench-scale-short bench-scale-etcd-short
+test: lint test-rust test-c test-go test-python test-deploy test-monitoring test-deb fuzz-short nemesis-short bench-scale-short bench-scale-etcd-short
 
 lint: apt-tools
 	$(CARGO) fmt --all --check
@@ -147,6 +147,11 @@ $(VENV_DEPS): pra-py/requirements-dev.txt | $(PY)
 deb: build
 	packaging/deb/build.sh target/release/pra target/deb
 
+## The alert rules (promtool check + test rules, from Debian's prometheus package), the Grafana
+## dashboard, and that both name only metrics pra writes (examples/monitoring/check.sh).
+test-monitoring: apt-tools
+	examples/monitoring/check.sh
+
 ## Builds a .deb from the debug binary, installs it with dpkg, uses it and purges it (root).
 test-deb:
 	$(CARGO) build --bin pra
@@ -205,6 +210,7 @@ apt-tools:
 	[ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v objdump >/dev/null || missing="$$missing binutils"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -252,7 +258,7 @@ nemesis-broken: apt-tools
 # SIZES=0,1000 for a short run.
 # bench-scale-etcd-short (in make test, a few seconds): 1 000 runs, so that the loader keeps
 # up with the key layout — the drain, metrics and failover must succeed on what it loads.
-.PHONY: bench-scale-etcd bench-scale-etcd-short
+.PHONY: test-monitoring bench-scale-etcd bench-scale-etcd-short
 bench-scale-etcd:
 	$(CARGO) build --bin pra
 	python3 benches/scale_etcd.py

@@ -1347,3 +1347,29 @@ fn progress_bars_show_on_a_terminal_only() {
     assert!(!text(&o).contains("copying"), "{}", text(&o));
     assert!(!text(&o).contains('\u{1b}'), "{}", text(&o));
 }
+
+/// Every metric the alert rules and the dashboard use (examples/monitoring/METRICS) is one
+/// `pra metrics` writes — the offsite ones are checked in tests/offsite.rs, where a target
+/// answers.
+#[test]
+fn pra_metrics_writes_every_name_the_alert_rules_use() {
+    let e = Env::new();
+    e.activate_rbx();
+    e.make_db(2);
+    ok(e.on("rbx", &["backup"]));
+    e.run_every("rbx", "nightly", "5m");
+    e.run_every("sbg", "nightly", "5m");
+    ok(e.pra(&["plan", "start-failover", "--by", "t"]));
+    let m = text(&ok(e.on("rbx", &["metrics"])));
+    let written: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let wanted = include_str!("../examples/monitoring/METRICS");
+    let missing: Vec<&str> = wanted
+        .lines()
+        .filter(|n| !n.starts_with("pra_offsite_") && !written.contains(n))
+        .collect();
+    assert!(missing.is_empty(), "not written: {missing:?}\n{m}");
+}
