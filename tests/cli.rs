@@ -1373,3 +1373,52 @@ fn pra_metrics_writes_every_name_the_alert_rules_use() {
         .collect();
     assert!(missing.is_empty(), "not written: {missing:?}\n{m}");
 }
+
+/// `pra plan ensure STATE`: safe to run twice — nothing when the plan is there or went through
+/// it, the one ordinary event otherwise, refused (exit 7) when no single event leads there.
+#[test]
+fn plan_ensure_is_safe_to_run_again() {
+    let e = Env::new();
+    e.activate_rbx();
+    let entries = |e: &Env| {
+        json(&ok(e.pra(&["--json", "journal"])))
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let ensure = |e: &Env, args: &[&str]| {
+        let mut a = vec!["plan", "ensure"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--by", "zerto-hook"]);
+        e.pra(&a)
+    };
+    ok(ensure(&e, &["incident-detected"]));
+    let after_one = entries(&e);
+    assert!(after_one >= 2, "the activation and the event are journaled");
+    let o = ok(ensure(&e, &["incident-detected"]));
+    assert!(
+        text(&o).contains("already in incident_detected"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(entries(&e), after_one, "nothing journaled the second time");
+    // Two events away: refused, naming what the state accepts.
+    let o = ensure(&e, &["failed-over"]);
+    assert_eq!(code(&o), 7, "{}", text(&o));
+    assert!(text(&o).contains("failover_decided"), "{}", text(&o));
+    // A manual gate needs its operator, as `apply` does.
+    assert_eq!(code(&ensure(&e, &["failover-decided"])), 3);
+    ok(ensure(&e, &["failover-decided", "--operator", "alice"]));
+    ok(ensure(&e, &["failover-draining"]));
+    ok(ensure(&e, &["failed-over"]));
+    let record = json(&ok(e.pra(&["--json", "site", "show"])));
+    assert_eq!(record["site"], "sbg", "{record}");
+    let before = entries(&e);
+    let o = ok(ensure(&e, &["failover-decided"]));
+    assert!(
+        text(&o).contains("went through failover_decided"),
+        "{}",
+        text(&o)
+    );
+    ok(ensure(&e, &["failed-over"]));
+    assert_eq!(entries(&e), before);
+}

@@ -44,6 +44,19 @@ pub enum PlanCmd {
     },
     /// The plan's state and steps.
     Status,
+    /// Have the plan in STATE, safe to run again: nothing if it is there or went through it
+    /// already, the one ordinary event that leads there otherwise (with its checks, and
+    /// `--operator` for a manual gate); refused with what the plan accepts when no single
+    /// event does. For scripts (the Zerto hooks) that may run twice.
+    Ensure {
+        /// The state (e.g. failover-decided, failed-over, running-on-secondary).
+        state: String,
+        /// The operator who passes a manual gate, if that is the event.
+        #[arg(long)]
+        operator: Option<String>,
+        #[command(flatten)]
+        who: Who,
+    },
     /// The KPIs of the last plan: RTO, RPO, failback time, fenced time, double execution.
     Report {
         /// Read the runs started from this UTC time (RFC 3339, or "YYYY-MM-DD HH:MM[:SS]")
@@ -140,6 +153,44 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
             return Ok(exit::OK);
         }
         PlanCmd::Report { since } => return plan_report(cfg, out, &*store, *since),
+        PlanCmd::Ensure {
+            state,
+            operator,
+            who,
+        } => {
+            let want = plan::State::parse(state)?;
+            let now = runner.plan()?.state;
+            match plan::ensure(now, want) {
+                plan::Ensure::Already | plan::Ensure::Past => {
+                    let already = now == want;
+                    out.print(
+                        &serde_json::json!({"state": now, "ensured": want, "applied": null}),
+                        || {
+                            if already {
+                                format!("plan already in {want}: nothing to do")
+                            } else {
+                                format!(
+                                    "plan went through {want} already (now {now}): nothing to do"
+                                )
+                            }
+                        },
+                    )?;
+                    return Ok(exit::OK);
+                }
+                plan::Ensure::Apply(kind) => (
+                    Event::new(kind, operator.as_deref(), Some(&who.reason))?,
+                    who,
+                    kind == EventKind::Drained,
+                ),
+                plan::Ensure::Unreachable(accepted) => {
+                    return Err(Error::InvalidTransition {
+                        state: now.name().into(),
+                        event: format!("(no single event leads to {want})"),
+                        allowed: accepted.iter().map(|k| k.name().to_string()).collect(),
+                    });
+                }
+            }
+        }
     };
     let actor = who.actor()?;
     let applied = if wait {

@@ -97,6 +97,20 @@ vocabulary! {
 }
 
 impl State {
+    /// Parses a name (`-` and `_` alike).
+    pub fn parse(name: &str) -> Result<State> {
+        let norm = name.trim().to_ascii_lowercase().replace('-', "_");
+        State::ALL
+            .into_iter()
+            .find(|s| s.name() == norm)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown plan state {name:?}; states: {}",
+                    State::ALL.map(State::name).join(", ")
+                ))
+            })
+    }
+
     /// Whether a plan is running in this state (every state but the two steady ones). The
     /// stores read it from the plan document to refuse manual flips while a plan runs.
     pub fn running(self) -> bool {
@@ -548,6 +562,63 @@ pub fn target(state: State, kind: EventKind) -> Option<State> {
     rule(state, kind).map(|r| r.to)
 }
 
+/// What `pra plan ensure` does to have the plan in a state: scripts (the Zerto hooks) can run
+/// it again and again and nothing happens twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ensure {
+    /// The plan is in that state: nothing to do.
+    Already,
+    /// The plan went through that state on its way to where it is: nothing to do.
+    Past,
+    /// This one event leads there from where the plan is.
+    Apply(EventKind),
+    /// No one ordinary event leads there; these are the events the current state accepts.
+    Unreachable(Vec<EventKind>),
+}
+
+/// The plan's ordinary walk: from `Normal` through failover and failback back to it, by the
+/// events that are not exceptions (an abort, a forced drain), derived from [`RULES`].
+pub fn walk() -> Vec<State> {
+    let mut states = vec![State::Normal];
+    loop {
+        let here = *states.last().unwrap_or(&State::Normal);
+        let next = RULES
+            .iter()
+            .find(|r| r.from == here && r.on.needs() != Needs::Reason)
+            .map(|r| r.to);
+        match next {
+            Some(s) if !states.contains(&s) => states.push(s),
+            _ => return states,
+        }
+    }
+}
+
+/// What it takes to have the plan in `want` from `state`, by [`RULES`] (exceptions — aborts,
+/// forced drains — are never taken by themselves: they need a person's reason).
+pub fn ensure(state: State, want: State) -> Ensure {
+    if state == want {
+        return Ensure::Already;
+    }
+    let walk = walk();
+    let at = walk.iter().position(|s| *s == state);
+    let was = walk.iter().position(|s| *s == want);
+    if let (Some(at), Some(was)) = (at, was)
+        && was > 0
+        && was < at
+    {
+        return Ensure::Past;
+    }
+    let leading: Vec<EventKind> = RULES
+        .iter()
+        .filter(|r| r.from == state && r.to == want && r.on.needs() != Needs::Reason)
+        .map(|r| r.on)
+        .collect();
+    match leading.as_slice() {
+        [one] => Ensure::Apply(*one),
+        _ => Ensure::Unreachable(allowed(state)),
+    }
+}
+
 /// The events `state` accepts, in the order of [`EventKind::ALL`].
 pub fn allowed(state: State) -> Vec<EventKind> {
     EventKind::ALL
@@ -713,5 +784,39 @@ mod tests {
         for k in EventKind::ALL {
             assert!(!k.doc().is_empty() && !k.doc().starts_with(' '), "{k}");
         }
+    }
+
+    #[test]
+    fn ensure_is_idempotent_along_the_walk() {
+        let walk = walk();
+        assert_eq!(walk.first(), Some(&State::Normal));
+        assert_eq!(walk.last(), Some(&State::ReplicationReversed));
+        assert_eq!(walk.len(), 16, "{walk:?}");
+        for (i, s) in walk.iter().enumerate() {
+            assert_eq!(ensure(*s, *s), Ensure::Already);
+            if let Some(next) = walk.get(i + 1) {
+                match ensure(*s, *next) {
+                    Ensure::Apply(k) => assert_eq!(target(*s, k), Some(*next)),
+                    other => panic!("{s:?} -> {next:?}: {other:?}"),
+                }
+            }
+            for before in walk.iter().take(i).skip(1) {
+                assert_eq!(ensure(*s, *before), Ensure::Past, "{s:?} past {before:?}");
+            }
+        }
+        // The drain's exit is `drained`, never the forced one.
+        assert_eq!(
+            ensure(State::FailoverDraining, State::FailedOver),
+            Ensure::Apply(EventKind::Drained)
+        );
+        // Two steps away, or an abort: refused with what the state accepts.
+        assert_eq!(
+            ensure(State::Normal, State::FailoverDecided),
+            Ensure::Unreachable(vec![EventKind::IncidentDetected])
+        );
+        assert!(matches!(
+            ensure(State::IncidentDetected, State::Normal),
+            Ensure::Unreachable(_)
+        ));
     }
 }

@@ -36,8 +36,8 @@ pub mod report;
 pub mod runner;
 
 pub use machine::{
-    Effect, Event, EventKind, Needs, RULES, Rule, State, Transition, allowed, mermaid, target,
-    transition,
+    Effect, Ensure, Event, EventKind, Needs, RULES, Rule, State, Transition, allowed, ensure,
+    mermaid, target, transition, walk,
 };
 pub use report::{
     Check, FencedPeriod, Overlap, Report, ReportStep, WorkUnit, ground_truth, human, report,
