@@ -211,6 +211,7 @@ apt-tools:
 	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	command -v objdump >/dev/null || missing="$$missing binutils"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

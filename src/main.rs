@@ -9,6 +9,7 @@ mod follow;
 mod output;
 mod progress;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,9 @@ enum Command {
     /// Every job the run registry knows: schedule, latest success, and whether it is late on
     /// the active site, skipped everywhere, ran on both sites or failed last (exit 78 if so).
     Jobs,
+    /// Serve /active (200 on the active site, 503 otherwise: for load-balancer health checks),
+    /// /metrics, /status and /healthz over HTTP.
+    Serve(serve::ServeArgs),
     /// Prometheus metrics, for node_exporter's textfile collector.
     Metrics(commands::MetricsArgs),
     /// Take a consistent, verified backup of the database.
@@ -197,6 +201,7 @@ fn dispatch(cli: &Cli) -> Result<u8, Error> {
         Command::Journal(args) => commands::journal(&cfg()?, &out, args),
         Command::Metrics(args) => commands::metrics(&cfg()?, args),
         Command::Jobs => commands::jobs(&cfg()?, &out),
+        Command::Serve(args) => serve::serve(&cfg()?, args),
         Command::Backup(args) => commands::backup(&cfg()?, &out, args),
         Command::Backups(args) => commands::backups(&cfg()?, &out, args),
         Command::Verify(args) => commands::verify(&cfg()?, &out, args),

@@ -27,6 +27,20 @@ pub struct MetricsArgs {
 /// said, and pra exits with the store's error code (9). A store that keeps no plan state gives
 /// no `pra_plan_state`; no verified backup gives no `pra_last_backup_timestamp_seconds`.
 pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
+    let (text, failed) = exposition(cfg);
+    match &args.output {
+        Some(path) => crate::output::write_file_atomic(path, &text)?,
+        None => crate::output::stdout(&text)?,
+    }
+    match failed {
+        None => Ok(exit::OK),
+        Some(e) => Err(e),
+    }
+}
+
+/// The metrics text, and the store's error if it could not be read (the text says so with
+/// `pra_store_up 0`): what `pra metrics` prints and `pra serve` answers on /metrics.
+pub fn exposition(cfg: &Config) -> (String, Option<Error>) {
     let mut m = String::new();
     let failed = collect(cfg, &mut m).err();
     let mut up = String::new();
@@ -103,15 +117,7 @@ pub fn metrics(cfg: &Config, args: &MetricsArgs) -> Result<u8, Error> {
             }
         }
     }
-    let text = format!("{up}{m}");
-    match &args.output {
-        Some(path) => crate::output::write_file_atomic(path, &text)?,
-        None => crate::output::stdout(&text)?,
-    }
-    match failed {
-        None => Ok(exit::OK),
-        Some(e) => Err(e),
-    }
+    (format!("{up}{m}"), failed)
 }
 
 /// Appends one metric (its HELP, its TYPE and its samples: labels, value) to `m`.

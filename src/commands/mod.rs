@@ -18,10 +18,10 @@ pub use backup::{
 };
 pub use fence::{FenceArgs, fence};
 pub use jobs::jobs;
-pub use metrics::{MetricsArgs, metrics};
+pub use metrics::{MetricsArgs, exposition, metrics};
 pub use plan::{PlanCmd, plan};
 pub use site::{JournalArgs, SiteCmd, check, journal, site};
-pub use status::status;
+pub use status::{document, status};
 
 use pra_core::{Error, SiteId};
 use serde::Serialize;

@@ -1,4 +1,6 @@
 //! Reading a finished `pra` process: its exit code, its output as text or JSON.
+// Each test binary that includes this uses some of it.
+#![allow(dead_code)]
 
 use std::process::Output;
 
