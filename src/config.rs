@@ -30,6 +30,7 @@ pub const KEYS: &[&str] = &[
     "store_timeout_seconds",
     "history_days",
     "missed_intervals",
+    "plan_check_timeout_seconds",
     "lock_dir",
     "etcd_ca_file",
     "etcd_cert_file",
@@ -81,6 +82,11 @@ pub struct FileConfig {
     pub history_days: Option<u32>,
     /// Missed scheduled runs tolerated before a job counts as late (default 2).
     pub missed_intervals: Option<u32>,
+    /// Seconds each gate check may run before it is killed (default 60).
+    pub plan_check_timeout_seconds: Option<u32>,
+    /// Commands run before plan events, by event name (`[plan_checks]` table; file only, not
+    /// a `PRA_*` variable): `failover_decided = ["curl -fsS http://sbg-app/healthz"]`.
+    pub plan_checks: Option<std::collections::BTreeMap<String, Vec<String>>>,
     /// etcds:// stores: the CA that signed the members' certificates (PEM).
     pub etcd_ca_file: Option<PathBuf>,
     /// The client certificate and its key (PEM), for members with `--client-cert-auth`.
@@ -181,6 +187,10 @@ pub struct Config {
     pub history: Option<Duration>,
     /// Missed scheduled runs tolerated before a job counts as late (`missed_intervals`).
     pub missed_intervals: u32,
+    /// Gate checks by plan event name (`[plan_checks]`, names checked at load).
+    pub plan_checks: std::collections::BTreeMap<String, Vec<String>>,
+    /// How long each gate check may run.
+    pub plan_check_timeout: std::time::Duration,
     /// The etcd store's TLS material and credentials: the file's `etcd_*` keys, each
     /// overridden by its `PRA_ETCD_*` variable (the password never shows in `Debug`).
     pub etcd: pra_core::store::EtcdSecurity,
@@ -224,6 +234,8 @@ impl Config {
             "store_timeout_seconds": secs(self.store_timeout),
             "history_days": self.history_window().as_secs() / 86_400,
             "missed_intervals": self.missed_intervals,
+            "plan_check_timeout_seconds": self.plan_check_timeout.as_secs(),
+            "plan_checks": self.plan_checks,
             "lock_dir": self.lock_dir.display().to_string(),
             "etcd_ca_file": path(&self.etcd.ca_file),
             "etcd_cert_file": path(&self.etcd.cert_file),
@@ -414,6 +426,21 @@ impl Config {
                 Some(n) => n,
                 None => pra_core::jobs::MISSED_INTERVALS,
             },
+            plan_check_timeout: std::time::Duration::from_secs(u64::from(
+                file.plan_check_timeout_seconds.unwrap_or(60),
+            )),
+            // A typo in an event name must not silently skip a check.
+            plan_checks: file
+                .plan_checks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(event, commands)| {
+                    let kind = pra_core::plan::EventKind::parse(&event).map_err(|e| {
+                        Error::InvalidArgument(format!("[plan_checks] {event}: {e}"))
+                    })?;
+                    Ok((kind.name().to_string(), commands))
+                })
+                .collect::<Result<_>>()?,
             etcd,
         };
         // Refused here, before anything runs: timings under which a run cut off from the store

@@ -271,6 +271,7 @@ fn the_journal_is_one_chain(s: &Subject) {
             JournalEvent::DrainForced { .. } => "forced",
             JournalEvent::PlanStep { .. } => "step",
             JournalEvent::Checkpoint { .. } => "checkpoint",
+            JournalEvent::GateChecked { .. } => "checks",
         })
         .collect();
     assert_eq!(kinds, ["site", "site", "forced", "forced"]);

@@ -34,6 +34,9 @@ pub enum PlanCmd {
         /// For `drained`: try once instead of waiting up to drain_timeout_seconds.
         #[arg(long)]
         no_wait: bool,
+        /// Apply the event even though its gate checks fail (needs --reason; journaled).
+        #[arg(long = "override")]
+        override_checks: bool,
         #[command(flatten)]
         who: Who,
     },
@@ -54,6 +57,9 @@ pub enum PlanCmd {
         /// The operator who passes a manual gate, if that is the event.
         #[arg(long)]
         operator: Option<String>,
+        /// Apply the event even though its gate checks fail (needs --reason; journaled).
+        #[arg(long = "override")]
+        override_checks: bool,
         #[command(flatten)]
         who: Who,
     },
@@ -96,6 +102,7 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
     let store = cfg.open_store()?;
     let clock = SystemClock;
     let runner = Runner::new(&*store, &cfg.topology, &clock, cfg.drain_policy());
+    let mut overridden = false;
     let (event, who, wait) = match cmd {
         PlanCmd::StartFailover { who } => (Event::IncidentDetected, who, false),
         PlanCmd::StartFailback { who } => (Event::PrimaryRestored, who, false),
@@ -108,8 +115,10 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
             event,
             operator,
             no_wait,
+            override_checks,
             who,
         } => {
+            overridden = *override_checks;
             let kind = EventKind::parse(event)?;
             (
                 Event::new(kind, operator.as_deref(), Some(&who.reason))?,
@@ -156,8 +165,10 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
         PlanCmd::Ensure {
             state,
             operator,
+            override_checks,
             who,
         } => {
+            overridden = *override_checks;
             let want = plan::State::parse(state)?;
             let now = runner.plan()?.state;
             match plan::ensure(now, want) {
@@ -193,6 +204,19 @@ pub fn plan(cfg: &Config, out: &Out, cmd: &PlanCmd) -> Result<u8, Error> {
         }
     };
     let actor = who.actor()?;
+    // The event's gate checks first (pra.toml [plan_checks]): journaled, and a failure blocks
+    // the event unless overridden on the record. Only for an event the plan accepts now: a
+    // refused or repeated event runs nothing.
+    let kind = event.kind();
+    if let Some(commands) = cfg.plan_checks.get(kind.name())
+        && plan::target(runner.plan()?.state, kind).is_some()
+    {
+        let results = plan::checks::run(commands, cfg.plan_check_timeout);
+        for r in &results {
+            tracing::info!(command = %r.command, exit = ?r.exit_code, passed = r.passed(), "gate check");
+        }
+        plan::checks::gate(&*store, &actor, kind.name(), results, overridden)?;
+    }
     let applied = if wait {
         runner.drain(&actor)?
     } else {

@@ -236,6 +236,20 @@ pub fn describe(event: &JournalEvent) -> String {
         JournalEvent::DrainForced { plan, alive_runs } => {
             format!("plan {plan}: drain FORCED past {alive_runs} live run(s)")
         }
+        JournalEvent::GateChecked {
+            event,
+            passed,
+            overridden,
+            checks,
+        } => {
+            let failed = checks.iter().filter(|c| !c.passed()).count();
+            let verdict = match (passed, overridden) {
+                (true, _) => "passed".to_string(),
+                (false, true) => format!("{failed} FAILED, OVERRIDDEN"),
+                (false, false) => format!("{failed} FAILED: event refused"),
+            };
+            format!("checks of {event}: {} run, {verdict}", checks.len())
+        }
         JournalEvent::Checkpoint { continues, record } => format!(
             "checkpoint: older entries archived, chain continues from {} (record: {} at token {})",
             &continues[..continues.len().min(12)],

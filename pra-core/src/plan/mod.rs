@@ -31,6 +31,7 @@
 //! * The stores read the plan document's `running` and `state` fields (to refuse manual flips
 //!   while a plan runs): [`Plan`]'s field names are a format, and a unit test pins them.
 
+pub mod checks;
 pub mod machine;
 pub mod report;
 pub mod runner;

@@ -184,7 +184,7 @@ fn report_swept(
                 (None, None) | (Some(_), Some(_)) => {}
             },
             JournalEvent::DrainForced { .. } => forced_drains += 1,
-            JournalEvent::Checkpoint { .. } => {}
+            JournalEvent::Checkpoint { .. } | JournalEvent::GateChecked { .. } => {}
         }
     }
     for p in &mut fenced {
@@ -484,6 +484,7 @@ pub fn build(
         JournalEvent::PlanStep { .. }
         | JournalEvent::SiteChanged { .. }
         | JournalEvent::DrainForced { .. }
+        | JournalEvent::GateChecked { .. }
         | JournalEvent::Checkpoint { .. } => None,
     });
     let since = match window {

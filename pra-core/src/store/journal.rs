@@ -35,6 +35,18 @@ pub enum JournalEvent {
         /// The operator who passed a manual gate, if the event is one.
         operator: Option<String>,
     },
+    /// The gate checks of a plan event ran (see [`crate::plan::checks`]): whether they passed,
+    /// and whether a person passed the gate anyway (the entry's actor, with its reason).
+    GateChecked {
+        /// The plan event they guard.
+        event: String,
+        /// Whether every check passed.
+        passed: bool,
+        /// Whether failing checks were overridden.
+        overridden: bool,
+        /// Each check's command, exit code and output.
+        checks: Vec<crate::plan::checks::CheckResult>,
+    },
     /// A drain was forced past runs still registered as alive.
     DrainForced {
         /// The plan's id.
