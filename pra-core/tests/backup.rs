@@ -1197,3 +1197,17 @@ fn status_names_a_few_untrusted_backups_and_counts_the_rest() {
         s.problems
     );
 }
+
+/// A database reached through a symlink is backed up by the file copy, as SQLite reads it.
+#[test]
+fn a_database_behind_a_symlink_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.db");
+    make_db(&real, 12);
+    let link = dir.path().join("app.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let b = backup::create(&link, &dir.path().join("b"), Method::Auto, &clock()).unwrap();
+    assert_eq!(b.manifest.as_ref().unwrap().method, Method::FileCopy);
+    assert_eq!(ids(&b.path).len(), 12);
+    assert_eq!(integrity(&b.path), "ok");
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{BackupEntry, Manifest, inspect, open_regular};
+use super::catalog::{BackupEntry, Manifest, inspect};
 use super::checksum::{self, Algorithm, Checksum};
 use super::copy::{as_rollback_journal, copy_hashed};
 use super::join;
@@ -366,7 +366,9 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
         return Ok(None);
     }
     let want = (pages * page_size) as u64;
-    let mut from = open_regular(db).map_err(|e| Error::io("open", db, e))?;
+    // Through symlinks, as SQLite opened it (a database reached through a link is common);
+    // what it names was just opened as a database, so no FIFO or device can be behind it.
+    let mut from = File::open(db).map_err(|e| Error::io("open", db, e))?;
     let mut to = fs::OpenOptions::new()
         .write(true)
         .open(dst)
