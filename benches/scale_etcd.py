@@ -7,9 +7,11 @@ default; SIZES=0,1000 for a short run) gives a prefix of its own that holds:
 - the record (rbx active), made by `pra site activate`;
 - one real run made by `pra run`, whose finished record is the template of every loaded one;
 - the bulk history, loaded through etcd's JSON gateway in transactions of 128 puts: as pra
-  leaves it, each finished run under `runs/done/<start µs>/<id>` (start times 0.3 s apart:
+  leaves it, each finished run under `runs/done/<start µs>/<id>` on the history lease (start times 0.3 s apart:
   200 jobs a minute, all inside the 30-day history window) and the per-job, per-site
-  counters `runs/stats/<site>/<job>` (200 jobs) counting every loaded run, plus `skips/sbg/<job>`.
+  counters `runs/stats/<site>/<job>` (200 jobs) counting every loaded run, plus `skips/sbg/<job>`;
+  `meta/outlived_since` before the first loaded run (pra notes runs that outlive a token from
+  the first change of the record on; the loaded runs outlived none).
 Then times (wall clock and peak RSS of the whole `pra` process, from wait4; the median of 5
 where a command can be repeated) check, run, metrics, the report before any plan (its window: all the history kept), and a whole failover (start-failover → failover-decided → execute-failover →
 drained, the drain reading the registry) followed by the plan's report, and prints each as a ratio to the empty prefix.
@@ -84,6 +86,12 @@ def load(prefix, n, template):
     step_us = 300_000  # 200 runs a minute
     started = {j: 0 for j in range(JOBS)}
     ops = []
+    # As pra leaves them: on the history lease of the default 7-day window (granted for the
+    # window plus an eighth, shared through runs/history/<window>), which etcd deletes them with.
+    window = 7 * 86_400
+    lease = int(gateway("lease/grant", {"TTL": window + window // 8})["ID"])
+    gateway("kv/put", {"key": b64(f"{prefix}/runs/history/{window}"),
+                       "value": b64(json.dumps({"lease": lease}))})
 
     def flush():
         if ops:
@@ -98,11 +106,17 @@ def load(prefix, n, template):
         rec = dict(template, id=rid, job=f"job{job:03d}", started_at=at, heartbeat_at=at,
                    finished_at=at)
         ops.append({"request_put": {"key": b64(f"{prefix}/runs/done/{t_us:020d}/{rid:020d}"),
-                                    "value": b64(json.dumps(rec, separators=(",", ":")))}})
+                                    "value": b64(json.dumps(rec, separators=(",", ":"))),
+                                    "lease": lease}})
         started[job] += 1
         if len(ops) == BATCH:
             flush()
     flush()
+    # pra notes the runs that outlive a token from the first change of the record on; the
+    # loaded runs outlived none (as runs do when flips drain), and noting began before them.
+    first = now_us - n * step_us - 1_000_000
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first / 1e6)) + f".{first % 10**6:06d}Z"
+    gateway("kv/put", {"key": b64(f"{prefix}/meta/outlived_since"), "value": b64(json.dumps(since))})
     for job, count in started.items():
         if count:
             ops.append({"request_put": {"key": b64(f"{prefix}/runs/stats/rbx/job{job:03d}"),

@@ -483,7 +483,8 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
         assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     }
     let (runs, after_runs) = keys_and_revision(&etcd, "/bounded", "runs/0");
-    assert_eq!(after_runs - after_beats, 2 * n, "two revisions a run");
+    // And one put of the history lease, shared by every finish for an eighth of the window.
+    assert_eq!(after_runs - after_beats, 2 * n + 1, "two revisions a run");
     assert_eq!(runs.len(), 1, "only the live run is under runs/: {runs:?}");
     let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
     assert_eq!(done.len(), n as usize);
@@ -494,21 +495,18 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     let stats = registry.run_stats().unwrap();
     assert_eq!((stats[0].started, stats[0].unfinished), (n as u64 + 1, 1));
 
-    // Two days later: the next finished run takes the old ones out of done/, not the counts.
+    // Two days later by this host's clock: nothing is taken out of done/ by a writer's clock
+    // (a host whose clock runs ahead would erase everyone's history); the window is etcd's.
     clock.advance(chrono::Duration::days(2));
     let id = start_run(registry, "rbx", token, "invoices");
     assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
-    assert_eq!(done.len(), 1, "only the run inside the window: {done:?}");
+    assert_eq!(done.len(), n as usize + 1, "{done:?}");
     // The live run wrote nothing for two days, yet its lease says it runs now: the report
     // must see it running until now (it would end it at its start and miss an overlap).
     let runs = registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap();
     let running = runs.iter().find(|r| r.id == live).unwrap();
     assert_eq!(running.heartbeat_at, pra_core::clock::Clock::now(&*clock));
-    assert_eq!(
-        registry.runs(chrono::DateTime::UNIX_EPOCH).unwrap().len(),
-        2
-    );
     let stats = registry.run_stats().unwrap();
     assert_eq!((stats[0].started, stats[0].unfinished), (n as u64 + 2, 1));
     assert!(registry.run_finish(live, None, "revoked").unwrap());
@@ -516,6 +514,123 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
     assert_eq!(
         (stats[0].started, stats[0].revoked, stats[0].unfinished),
         (n as u64 + 2, 1, 0)
+    );
+}
+
+/// The history window is kept by etcd's clock, not by the job hosts': a host whose clock runs
+/// a month ahead finishes a run and erases nobody's history (it used to delete every finished
+/// run "older" than its own now minus the window: all of them); finished runs and the notes of
+/// runs that outlived their token go when the window has passed on the etcd leader's clock
+/// (the keys live on a shared lease), their counts kept.
+#[test]
+fn the_history_window_is_kept_by_etcd_not_by_a_skewed_host() {
+    let etcd = Etcd::start();
+    let open = |clock: std::sync::Arc<dyn pra_core::clock::Clock>, history: u64| {
+        pra_core::store::EtcdStore::open(
+            &[etcd.endpoint(0)],
+            "/skewed",
+            clock,
+            pra_core::store::EtcdOptions {
+                history: Duration::from_secs(history),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let honest = open(
+        std::sync::Arc::new(pra_core::clock::SystemClock),
+        7 * 86_400,
+    );
+    let token = activate(&honest, "rbx");
+    let registry = honest.registry().unwrap();
+    for _ in 0..5 {
+        let id = start_run(registry, "rbx", token, "invoices");
+        assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    }
+    let ahead = std::sync::Arc::new(pra_core::clock::ManualClock::new(
+        Utc::now() + chrono::Duration::days(30),
+    ));
+    let skewed = open(ahead, 7 * 86_400);
+    let registry = skewed.registry().unwrap();
+    let id = start_run(registry, "rbx", token, "invoices");
+    assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    let (done, _) = keys_and_revision(&etcd, "/skewed", "runs/done/");
+    assert_eq!(
+        done.len(),
+        6,
+        "a host a month ahead erased history: {done:?}"
+    );
+
+    // A window of 2 s: its runs go 2-3 s after they finish, by etcd's clock alone (this
+    // host's clock is frozen), and their counts stay.
+    let frozen = std::sync::Arc::new(pra_core::clock::ManualClock::new(Utc::now()));
+    let short = open(frozen, 2);
+    let registry = short.registry().unwrap();
+    let first = std::time::Instant::now();
+    for _ in 0..3 {
+        let id = start_run(registry, "rbx", token, "reports");
+        assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    }
+    let short_lived = |etcd: &Etcd| {
+        let (done, _) = keys_and_revision(etcd, "/skewed", "runs/done/");
+        done.len() - 6
+    };
+    assert_eq!(short_lived(&etcd), 3);
+    while short_lived(&etcd) > 0 {
+        assert!(
+            first.elapsed() < Duration::from_secs(15),
+            "runs of a 2 s window still kept after {:?}",
+            first.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        first.elapsed() >= Duration::from_millis(1900),
+        "kept only {:?}",
+        first.elapsed()
+    );
+    let (done, _) = keys_and_revision(&etcd, "/skewed", "runs/done/");
+    assert_eq!(done.len(), 6, "the week-long window's runs stay: {done:?}");
+    let stats = registry.run_stats().unwrap();
+    let reports = stats.iter().find(|s| s.job == "reports").unwrap();
+    assert_eq!((reports.started, reports.unfinished), (3, 0));
+}
+
+/// Finished runs an earlier version left on no lease are still deleted once older than the
+/// window (by the finishing host's clock, as that version did); those inside it stay.
+#[test]
+fn finished_runs_on_no_lease_are_deleted_past_the_window() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/unleased", Duration::from_secs(5));
+    let token = activate(&store, "rbx");
+    let now = Utc::now();
+    let old = |id: i64, days: i64| {
+        let at = now - chrono::Duration::days(days);
+        let run = serde_json::json!({
+            "id": id, "job": "invoices", "site": "rbx", "token": token.0, "host": "old",
+            "pid": 7, "started_at": at, "heartbeat_at": at, "beats": 3,
+            "finished_at": at, "exit_code": 0, "outcome": "exited 0",
+        });
+        (
+            format!("/unleased/runs/done/{:020}/{id:020}", at.timestamp_micros()),
+            run.to_string(),
+        )
+    };
+    let runs = [old(1, 40), old(2, 31), old(3, 2)];
+    etcd.admin(async move |c| {
+        for (k, v) in runs {
+            c.put(k, v, None).await?;
+        }
+        Ok(())
+    });
+    let registry = store.registry().unwrap();
+    let id = start_run(registry, "rbx", token, "invoices");
+    assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+    let (done, _) = keys_and_revision(&etcd, "/unleased", "runs/done/");
+    assert_eq!(done.len(), 2, "the 2-day-old run and the new one: {done:?}");
+    assert!(
+        done.iter().any(|k| k.ends_with(&format!("{:020}", 3))),
+        "{done:?}"
     );
 }
 

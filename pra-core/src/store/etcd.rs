@@ -11,12 +11,15 @@
 //! | `P/journal/<seq>`     | one [`JournalEntry`] (seq zero-padded to 20 digits)               |
 //! | `P/runs/<id>`         | one unfinished [`RunRecord`] (id = the run's lease id, 20 digits) |
 //! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
-//! | `P/runs/done/<t>/<id>`| one finished [`RunRecord`], `t` its start (µs, padded): kept for  |
-//! |                       | the history window ([`EtcdOptions::history`]), then deleted       |
+//! | `P/runs/done/<t>/<id>`| one finished [`RunRecord`], `t` its start (µs, padded), on the    |
+//! |                       | history lease: etcd deletes it once the window has passed         |
+//! | `P/runs/history/<w>`  | `{"lease": id}`: the history lease of a window of `w` seconds     |
+//! |                       | ([`EtcdOptions::history`]), shared for an eighth of it, replaced  |
 //! | `P/runs/stats/<site>/<job>` | `{"finished": n, "revoked": n, "last_…"}`: every finished run |
 //! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
 //! | `P/outlived/<t>/<id>` | a run still going when the record moved past its token (`t` its   |
-//! |                       | start): the report reads those and the runs around them           |
+//! |                       | start), on the history lease: the report reads those and the runs |
+//! |                       | around them                                                       |
 //! | `P/meta/outlived_since` | when those notes began (before it, the report reads every run)  |
 //!
 //! Finished runs and their counters live under `P/runs/` so that the job hosts' etcd role of
@@ -27,6 +30,14 @@
 //! `runs/done/` from the start of its window. A run costs two revisions (start, finish), a skip one,
 //! a heartbeat none (the lease keep-alive is the heartbeat). Finished runs written by earlier
 //! versions under `runs/` are moved to `runs/done/` and counted by the first drain that meets them.
+//! The history window is kept by etcd's clock, never by a job host's: a finished run and a note
+//! are put on the *history lease*, granted for the window plus an eighth and shared while it
+//! has at least the window left (`LeaseTimeToLive`, the leader's count), so each lives at least
+//! the window and at most an eighth more — a host whose clock runs a month ahead deletes
+//! nothing early. A leader change restarts every lease's count (etcd < 3.6 without
+//! `--experimental-enable-lease-checkpoint`): history is then kept longer, never shorter.
+//! Finished runs of earlier versions (on no lease) are still deleted by the finishing host's
+//! clock once older than the window, a few at a time.
 //! etcd keeps old revisions until it is compacted: run it with
 //! `--auto-compaction-mode=periodic --auto-compaction-retention=1h` (README, "Choosing a store").
 //!
@@ -76,8 +87,10 @@ pub struct EtcdOptions {
     pub tls: bool,
     /// The CA, client certificate and credentials (the password never shows in `Debug`).
     pub security: EtcdSecurity,
-    /// How long finished runs are kept under `P/done/` (for reports); older ones are deleted
-    /// as runs finish, their counts kept in `P/stats/`.
+    /// How long finished runs are kept under `P/runs/done/` (for reports): they live on a
+    /// lease, so etcd deletes them by its own clock after at least this long (at most an
+    /// eighth more); their counts stay in `P/runs/stats/`. Whole seconds; beyond etcd's
+    /// longest lease (285 years) nothing is deleted.
     pub history: Duration,
 }
 
@@ -109,6 +122,18 @@ pub struct EtcdStore {
     /// Whether this store already probed etcd's compaction: once a process is enough (a
     /// waiting drain reads the registry on every poll).
     compaction_probed: AtomicBool,
+    /// The history lease this process last found with at least the window left, and until
+    /// when (this host's monotonic clock: only its rate matters) it still has.
+    history_lease: std::sync::Mutex<Option<(i64, Instant)>>,
+}
+
+/// etcd's longest lease TTL (`MaxLeaseTTL`, seconds).
+const MAX_LEASE_TTL: u64 = 9_000_000_000;
+
+/// The value of `P/runs/history/<window>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HistoryLease {
+    lease: i64,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -540,6 +565,7 @@ impl EtcdStore {
             identity: opts.security.identity(),
             opts,
             compaction_probed: AtomicBool::new(false),
+            history_lease: std::sync::Mutex::new(None),
         })
     }
 
@@ -864,17 +890,25 @@ impl EtcdStore {
             deadline,
         )?;
         let mut ops = Vec::new();
+        let mut lease = None;
         for kv in &kvs {
             let run: RunRecord = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("the run registry", e))?;
             if run.finished_at.is_none() && run.start.token < next.token {
+                if lease.is_none() {
+                    lease = Some(self.history_lease(deadline)?);
+                }
                 let note = Outlived {
                     id: run.id.0,
                     started_at: run.started_at,
                     token_end: next.changed_at,
                 };
                 let key = format!("{}{:020}", self.outlived_from(run.started_at), run.id.0);
-                ops.push(TxnOp::put(key, Self::json(&note)?, None));
+                ops.push(TxnOp::put(
+                    key,
+                    Self::json(&note)?,
+                    lease.flatten().map(|id| PutOptions::new().with_lease(id)),
+                ));
             }
         }
         let since = self.key("meta/outlived_since");
@@ -932,6 +966,8 @@ impl EtcdStore {
     ) -> Result<bool> {
         let stats_key = self.stats_key(&run.start.site, &run.start.job);
         let mut attempts = 0u64;
+        let mut lease = self.history_lease(deadline)?;
+        let mut lease_lost = false;
         loop {
             let resp = self.retrying("read the run counters", deadline, |mut c| {
                 let key = stats_key.clone();
@@ -953,7 +989,11 @@ impl EtcdStore {
             compares.extend(when.iter().cloned());
             let mut ops = vec![
                 TxnOp::delete(self.run_key(run.id), None),
-                TxnOp::put(self.done_key(run), Self::json(run)?, None),
+                TxnOp::put(
+                    self.done_key(run),
+                    Self::json(run)?,
+                    lease.map(|id| PutOptions::new().with_lease(id)),
+                ),
                 TxnOp::put(stats_key.clone(), Self::json(&stats)?, None),
             ];
             ops.extend(also.iter().cloned());
@@ -962,8 +1002,18 @@ impl EtcdStore {
             let settle = move |s: &Self, d: Instant| -> Result<Option<bool>> {
                 Ok(Some(s.stored_run(id, d)?.is_none()))
             };
-            if self.guarded_txn("retire the run", deadline, txn, settle)? {
-                return Ok(true);
+            match self.guarded_txn("retire the run", deadline, txn, settle) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                // The history lease is gone (revoked by hand, or a window shorter than a
+                // round trip): once, with a fresh one.
+                Err(Error::NotFound(_)) if !lease_lost => {
+                    lease_lost = true;
+                    self.forget_history_lease();
+                    lease = self.history_lease(deadline)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             // Lost to a concurrent finish of this run, to another run's counter update, or
             // (with `when`) to a condition of the caller's: a live lease is never overruled,
@@ -995,55 +1045,162 @@ impl EtcdStore {
         }
     }
 
-    /// Deletes the finished runs that started before the history window, in one range
-    /// delete, when the oldest one kept is older than the window (one key read otherwise).
-    fn prune_history(&self, deadline: Instant) -> Result<()> {
+    /// The history lease: `Some(id)` of a lease with at least the window left on etcd's
+    /// clock, `None` when the window is longer than any lease (nothing expires). Shared by
+    /// every writer through `P/runs/history/<window>`; a new one (the window plus an eighth) replaces
+    /// it once it has less than the window left, so each key put on it lives between the
+    /// window and an eighth more.
+    fn history_lease(&self, deadline: Instant) -> Result<Option<i64>> {
+        let window = self.opts.history.as_secs().max(1);
+        let ttl = window.saturating_add(window.div_ceil(8));
+        if ttl > MAX_LEASE_TTL {
+            return Ok(None);
+        }
+        if let Some((id, until)) = *self.history_lease.lock().unwrap_or_else(|e| e.into_inner())
+            && Instant::now() < until
+        {
+            return Ok(Some(id));
+        }
+        // One lease per window: hosts configured with different windows each keep their own.
+        let key = self.key(&format!("runs/history/{window}"));
+        loop {
+            let resp = self.retrying("read the history lease", deadline, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })?;
+            let (current, rev) = match resp.kvs().first() {
+                Some(kv) => (
+                    Some(
+                        serde_json::from_slice::<HistoryLease>(kv.value())
+                            .map_err(|e| self.corrupt("the history lease", e))?
+                            .lease,
+                    ),
+                    kv.mod_revision(),
+                ),
+                None => (None, 0),
+            };
+            if let Some(id) = current {
+                let asked = Instant::now();
+                let left = match self.retrying(
+                    "read the history lease's time to live",
+                    deadline,
+                    |mut c| async move { c.lease_time_to_live(id, None).await },
+                ) {
+                    Ok(r) => r.ttl(),
+                    Err(Error::NotFound(_)) => -1,
+                    Err(e) => return Err(e),
+                };
+                if let Ok(left) = u64::try_from(left)
+                    && left >= window
+                {
+                    // Measured when asked: from then on it only goes down as fast as ours.
+                    let until = asked + Duration::from_secs(left - window);
+                    *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((id, until));
+                    return Ok(Some(id));
+                }
+            }
+            let granted = self.once("grant a history lease", deadline, {
+                let mut c = self.client.clone();
+                async move { c.lease_grant(ttl as i64, None).await }
+            })?;
+            let (id, asked) = (granted.id(), Instant::now());
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    Self::json(&HistoryLease { lease: id })?,
+                    None,
+                )]);
+            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
+                let resp = s.retrying("read the history lease", d, |mut c| {
+                    let key = key.clone();
+                    async move { c.get(key, None).await }
+                })?;
+                Ok(Some(resp.kvs().first().is_some_and(|kv| {
+                    serde_json::from_slice::<HistoryLease>(kv.value()).is_ok_and(|h| h.lease == id)
+                })))
+            };
+            if self.guarded_txn("share the history lease", deadline, txn, settle)? {
+                let until = asked + Duration::from_secs(ttl - window);
+                *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, until));
+                return Ok(Some(id));
+            }
+            // Another writer replaced it first: use theirs, and ours goes.
+            let mut c = self.client.clone();
+            let _ = self.once("revoke an unused history lease", deadline, async move {
+                c.lease_revoke(id).await
+            });
+            if Instant::now() >= deadline {
+                return Err(self.unavailable("the history lease kept changing".into()));
+            }
+        }
+    }
+
+    /// Forgets the history lease this process knew (etcd said it is gone).
+    fn forget_history_lease(&self) {
+        *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Deletes finished runs (and notes) that earlier versions left on no lease once they are
+    /// older than the window by this host's clock: up to 128 a call, and one key read when
+    /// the oldest finished run is on a lease (etcd deletes those itself).
+    fn prune_unleased(&self, deadline: Instant) -> Result<()> {
         let Some(cutoff) = chrono::Duration::from_std(self.opts.history)
             .ok()
             .and_then(|window| self.clock.now().checked_sub_signed(window))
         else {
             return Ok(()); // a window longer than time itself: nothing is old enough
         };
-        let start = self.key("runs/done/");
-        let end = self.done_from(cutoff);
-        let oldest = self.retrying("read the oldest finished run", deadline, |mut c| {
-            let (start, end) = (start.clone(), end.clone());
-            async move {
-                c.get(
-                    start,
-                    Some(
-                        GetOptions::new()
-                            .with_range(end)
-                            .with_limit(1)
-                            .with_keys_only(),
-                    ),
-                )
-                .await
-            }
-        })?;
-        if oldest.kvs().is_empty() {
-            return Ok(());
-        }
-        // The runs, and the notes of those that outlived their token (the same start times).
-        for (what, start, end) in [
-            ("delete finished runs past the history window", start, end),
-            (
-                "delete notes past the history window",
-                self.key("outlived/"),
-                self.outlived_from(cutoff),
-            ),
-        ] {
-            self.retrying(what, deadline, |mut c| {
+        let keys_before = |dir: &str, start: String, end: String, limit: i64| {
+            self.retrying(&format!("read the oldest {dir}"), deadline, move |mut c| {
                 let (start, end) = (start.clone(), end.clone());
                 async move {
-                    c.delete(
+                    c.get(
                         start,
-                        Some(etcd_client::DeleteOptions::new().with_range(end)),
+                        Some(
+                            GetOptions::new()
+                                .with_range(end)
+                                .with_limit(limit)
+                                .with_keys_only(),
+                        ),
                     )
                     .await
                 }
-            })?;
+            })
+        };
+        let oldest = keys_before(
+            "finished run",
+            self.key("runs/done/"),
+            self.done_from(cutoff),
+            1,
+        )?;
+        if oldest.kvs().first().is_none_or(|kv| kv.lease() != 0) {
+            return Ok(());
         }
+        let mut doomed: Vec<TxnOp> = Vec::new();
+        for (dir, start, end) in [
+            (
+                "finished runs",
+                self.key("runs/done/"),
+                self.done_from(cutoff),
+            ),
+            ("notes", self.key("outlived/"), self.outlived_from(cutoff)),
+        ] {
+            let resp = keys_before(dir, start, end, 64)?;
+            doomed.extend(
+                resp.kvs()
+                    .iter()
+                    .filter(|kv| kv.lease() == 0)
+                    .map(|kv| TxnOp::delete(kv.key().to_vec(), None)),
+            );
+        }
+        let mut c = self.client.clone();
+        self.once(
+            "delete finished runs past the history window",
+            deadline,
+            async move { c.txn(Txn::new().and_then(doomed)).await },
+        )?;
         Ok(())
     }
 
@@ -1345,7 +1502,7 @@ impl RunRegistry for EtcdStore {
         }) {
             tracing::debug!(store = %self.url, error = %e, "lease not revoked (it expires by itself)");
         }
-        if let Err(e) = self.prune_history(self.deadline()) {
+        if let Err(e) = self.prune_unleased(self.deadline()) {
             tracing::warn!(store = %self.url, error = %e, "finished runs past the history window not deleted (next finish retries)");
         }
         Ok(true)
