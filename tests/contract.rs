@@ -48,6 +48,7 @@ const ITEMS: &[Item] = &[
         job_times,
     ),
     ("concurrent flips never share a token", concurrent_flips),
+    ("the journal can be checkpointed", journal_checkpoints),
 ];
 
 fn run_contract(name: &str, fresh: &mut dyn FnMut() -> Subject) {
@@ -302,6 +303,55 @@ fn the_journal_is_one_chain(s: &Subject) {
     });
     assert_eq!(refused.unwrap_err().kind(), ErrorKind::Refused);
     assert_eq!(store.verify_journal().unwrap().entries, 4);
+}
+
+/// A checkpoint archives the entries before it to a file and leaves one entry carrying their
+/// head: later flips chain on from it (on another handle too), the default verification starts
+/// there, and the archive and the store verify as one chain; a second checkpoint on the same
+/// archive file writes nothing.
+fn journal_checkpoints(s: &Subject) {
+    let store = s.store();
+    let dir = tempfile::tempdir().unwrap();
+    let (a1, a2) = (dir.path().join("j1.jsonl"), dir.path().join("j2.jsonl"));
+    activate(&*store, "rbx", 0).unwrap();
+    deactivate(&*store, 1).unwrap();
+    activate(&*store, "sbg", 2).unwrap();
+    let first = store.checkpoint_journal(&a1, &actor()).unwrap();
+    assert_eq!(first.entries, 3);
+    let live = s.store().journal().unwrap();
+    assert_eq!(live.len(), 1, "only the checkpoint stays: {live:?}");
+    assert_eq!((live[0].seq, &live[0].prev_hash), (4, &first.head));
+    assert!(matches!(live[0].event, JournalEvent::Checkpoint { .. }));
+    assert_eq!(
+        store.checkpoint_journal(&a1, &actor()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(s.store().journal().unwrap(), live);
+    let other = s.store();
+    deactivate(&*other, 3).unwrap();
+    activate(&*other, "rbx", 4).unwrap();
+    assert_eq!(other.load().unwrap().token, FencingToken(5));
+    assert_eq!(store.verify_journal().unwrap().entries, 3);
+    assert_eq!(
+        store
+            .verify_journal_full(std::slice::from_ref(&a1))
+            .unwrap()
+            .entries,
+        6
+    );
+    assert_eq!(store.checkpoint_journal(&a2, &actor()).unwrap().entries, 3);
+    let full = other
+        .verify_journal_full(&[a1.clone(), a2.clone()])
+        .unwrap();
+    assert_eq!(full.entries, 7);
+    assert_eq!(full.head, store.verify_journal().unwrap().head);
+    assert_eq!(
+        other
+            .verify_journal_full(std::slice::from_ref(&a2))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Corrupt
+    );
 }
 
 fn capabilities_are_as_declared(s: &Subject) {

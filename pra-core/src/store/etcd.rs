@@ -1398,11 +1398,22 @@ impl Backend for EtcdStore {
 
     fn read_journal(&self) -> Result<(Vec<JournalEntry>, JournalHead)> {
         let deadline = self.deadline();
-        // The record first: entries are only ever appended together with a newer record, so
-        // every entry the record's anchor covers is there when the journal is read after it.
-        let read = self.read(deadline)?;
-        let mut entries: Vec<JournalEntry> = self
-            .range("journal", deadline)?
+        // The journal, then the record as it was at the same revision: a checkpoint (which
+        // leaves the record as it is) removing entries in between cannot split the two.
+        let start = self.key("journal/");
+        let end = prefix_end(&start);
+        let (kvs, rev) = self.range_between_at("journal", start.into_bytes(), end, deadline)?;
+        let key = self.key("record");
+        let resp = self.retrying("read the record", deadline, |mut c| {
+            let key = key.clone();
+            async move { c.get(key, Some(GetOptions::new().with_revision(rev))).await }
+        })?;
+        let record = match resp.kvs().first() {
+            Some(kv) => serde_json::from_slice::<StoredRecord>(kv.value())
+                .map_err(|e| self.corrupt("the active-site record", e))?,
+            None => return Ok((Vec::new(), JournalHead::genesis())),
+        };
+        let mut entries: Vec<JournalEntry> = kvs
             .iter()
             .map(|kv| {
                 serde_json::from_slice::<JournalEntry>(kv.value()).map_err(|e| {
@@ -1413,8 +1424,55 @@ impl Backend for EtcdStore {
                 })
             })
             .collect::<Result<_>>()?;
-        entries.truncate(read.record.journal_len as usize);
-        Ok((entries, read.snapshot().head))
+        // Those the record anchors: from the last checkpoint (or 1) to its head.
+        entries.retain(|e| e.seq <= record.journal_len);
+        let head = JournalHead {
+            len: record.journal_len,
+            hash: record.journal_head,
+        };
+        Ok((entries, head))
+    }
+
+    fn drop_journal_before(&self, seq: u64) -> Result<()> {
+        // A thousand entries a request: each delete is one small raft entry, and a flip is
+        // never queued behind one that removes a year of journal at once.
+        let (start, end) = (
+            self.key("journal/"),
+            self.key(&format!("journal/{seq:020}")),
+        );
+        loop {
+            let deadline = self.deadline();
+            let resp = self.retrying("read checkpointed journal entries", deadline, |mut c| {
+                let (start, end) = (start.clone(), end.clone());
+                async move {
+                    c.get(
+                        start,
+                        Some(
+                            GetOptions::new()
+                                .with_range(end)
+                                .with_limit(1000)
+                                .with_keys_only(),
+                        ),
+                    )
+                    .await
+                }
+            })?;
+            let Some(last) = resp.kvs().last() else {
+                return Ok(());
+            };
+            let mut upto = last.key().to_vec();
+            upto.push(0);
+            self.retrying("remove checkpointed journal entries", deadline, |mut c| {
+                let (start, upto) = (start.clone(), upto.clone());
+                async move {
+                    c.delete(
+                        start,
+                        Some(etcd_client::DeleteOptions::new().with_range(upto)),
+                    )
+                    .await
+                }
+            })?;
+        }
     }
 
     fn keeps_plans(&self) -> bool {

@@ -93,7 +93,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// writes every entry before it to the new file `archive` atomically, then removes those
     /// entries from the store (a crash in between leaves them in both: harmless, the next
     /// checkpoint archives them again). Returns what was archived. [`Error::Unsupported`] on a
-    /// store whose journal cannot be checkpointed (etcd, for now).
+    /// store whose journal cannot be checkpointed (every store of pra's can).
     fn checkpoint_journal(&self, archive: &Path, actor: &Actor) -> Result<JournalCheck>;
 
     /// The plan state, if this store keeps one.
@@ -171,7 +171,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn drop_journal_before(&self, seq: u64) -> Result<()> {
         let _ = seq;
         Err(Error::Unsupported(format!(
-            "{}: this store's journal cannot be checkpointed (SQLite and lock-file stores can)",
+            "{}: this store's journal cannot be checkpointed",
             self.url()
         )))
     }
