@@ -10,8 +10,8 @@ default; SIZES=0,1000 for a short run) gives a prefix of its own that holds:
   leaves it, each finished run under `runs/done/<start µs>/<id>` on the history lease (start times 0.3 s apart:
   200 jobs a minute, all inside the 30-day history window) and the per-job, per-site
   counters `runs/stats/<site>/<job>` (200 jobs) counting every loaded run, plus `skips/sbg/<job>`;
-  `meta/outlived_since` before the first loaded run (pra notes runs that outlive a token from
-  the first change of the record on; the loaded runs outlived none).
+  `meta/outlived_since` before the first loaded run, no run before it (pra notes runs that
+  outlive a token from the first change of the record on; the loaded runs outlived none).
 Then times (wall clock and peak RSS of the whole `pra` process, from wait4; the median of 5
 where a command can be repeated) check, run, metrics, the report before any plan (its window: all the history kept), and a whole failover (start-failover → failover-decided → execute-failover →
 drained, the drain reading the registry) followed by the plan's report, and prints each as a ratio to the empty prefix.
@@ -113,10 +113,12 @@ def load(prefix, n, template):
             flush()
     flush()
     # pra notes the runs that outlive a token from the first change of the record on; the
-    # loaded runs outlived none (as runs do when flips drain), and noting began before them.
+    # loaded runs outlived none (as runs do when flips drain), and noting began before them,
+    # on a prefix with no run yet.
     first = now_us - n * step_us - 1_000_000
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first / 1e6)) + f".{first % 10**6:06d}Z"
-    gateway("kv/put", {"key": b64(f"{prefix}/meta/outlived_since"), "value": b64(json.dumps(since))})
+    gateway("kv/put", {"key": b64(f"{prefix}/meta/outlived_since"),
+                       "value": b64(json.dumps({"since": since, "runs_before": False}))})
     for job, count in started.items():
         if count:
             ops.append({"request_put": {"key": b64(f"{prefix}/runs/stats/rbx/job{job:03d}"),
@@ -195,9 +197,11 @@ def main():
                 ms, rss = rows[n][what]
                 cells.append(f"{ms:7.0f} ms {rss:5.0f} MiB ({ms / base[what][0]:4.1f}×)")
             print(f"{what:22s}" + "".join(f"{c:>26s}" for c in cells))
-        for (n0, s0), (n1, s1) in zip(sizes, sizes[1:]):
-            per = (s1 - s0) / (n1 - n0) if n1 > n0 else 0
-            print(f"etcd db after {n1} runs of history: {s1 / 2**20:.1f} MiB ({per:.0f} B per run)")
+        # Each size has a prefix of its own in the one etcd: what a size adds is its own.
+        for (_, s0), (n1, s1) in zip(sizes, sizes[1:]):
+            per = (s1 - s0) / n1 if n1 else 0
+            print(f"etcd db after {n1} runs of history: {s1 / 2**20:.1f} MiB in all, "
+                  f"{(s1 - s0) / 2**20:.1f} MiB for this prefix ({per:.0f} B per run)")
     finally:
         etcd.terminate()
         etcd.wait()

@@ -738,8 +738,9 @@ fn the_etcd_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_ex
         step(secs);
         assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     };
-    // (Noting began with that change: the runs of the five minutes after it are read too.)
-    step(600);
+    // Noting began with that change, on a new prefix: no run came before, so none of the
+    // runs just after it is read for want of a note (runs of earlier versions would be).
+    step(30);
     // Twenty minutes of runs on rbx, then one that outlives its token.
     for _ in 0..20 {
         short("rbx", token, "a", 60);
@@ -802,4 +803,19 @@ fn the_etcd_report_reads_only_runs_that_may_overlap_and_finds_the_same_double_ex
     assert_eq!(built.overlaps, full.overlaps);
     assert_eq!(built.overlaps.len(), 1);
     assert_eq!(built.double_execution_seconds, 5.0);
+    // A prefix whose noting began (as the first version wrote it: a time alone) after runs
+    // nobody noted: every run before then is read.
+    let later = serde_json::to_string(&now).unwrap();
+    etcd.admin(async move |c| {
+        c.put("/report/meta/outlived_since", later, None).await?;
+        Ok(())
+    });
+    let mut read = 0;
+    registry
+        .each_run_that_may_overlap(epoch, &mut |_| {
+            read += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(read, 53);
 }

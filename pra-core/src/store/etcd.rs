@@ -20,7 +20,8 @@
 //! | `P/outlived/<t>/<id>` | a run still going when the record moved past its token (`t` its   |
 //! |                       | start), on the history lease: the report reads those and the runs |
 //! |                       | around them                                                       |
-//! | `P/meta/outlived_since` | when those notes began (before it, the report reads every run)  |
+//! | `P/meta/outlived_since` | `{"since", "runs_before"}`: when those notes began (before it,  |
+//! |                       | if runs came before, the report reads every run)                  |
 //!
 //! Finished runs and their counters live under `P/runs/` so that the job hosts' etcd role of
 //! earlier versions (read `P/`, write `P/runs/`, `P/alive/`, `P/skips/`) still covers every
@@ -231,6 +232,14 @@ struct Outlived {
     started_at: DateTime<Utc>,
     /// When the record moved past its token.
     token_end: DateTime<Utc>,
+}
+
+/// `P/meta/outlived_since`: when pra began noting the runs that outlive their token, and
+/// whether runs came before (a report over that time reads every run of it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct NotingBegan {
+    since: DateTime<Utc>,
+    runs_before: bool,
 }
 
 /// One consistent read of the record and the plan, with their revisions.
@@ -917,7 +926,29 @@ impl EtcdStore {
             async move { c.get(since, None).await }
         })?;
         if noted.kvs().is_empty() {
-            ops.push(TxnOp::put(since, Self::json(&next.changed_at)?, None));
+            // Whether any run came before: if none did (a new prefix), the report has no
+            // unnoted past to read.
+            let done = self.key("runs/done/");
+            let finished = self.retrying("read whether runs came before", deadline, |mut c| {
+                let done = done.clone();
+                async move {
+                    c.get(
+                        done,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_limit(1)
+                                .with_keys_only(),
+                        ),
+                    )
+                    .await
+                }
+            })?;
+            let began = NotingBegan {
+                since: next.changed_at,
+                runs_before: !kvs.is_empty() || !finished.kvs().is_empty(),
+            };
+            ops.push(TxnOp::put(since, Self::json(&began)?, None));
         }
         let no_run_since =
             Compare::create_revision(start, CompareOp::Less, rev + 1).with_range(end);
@@ -1621,12 +1652,19 @@ impl RunRegistry for EtcdStore {
         let Some(kv) = resp.kvs().first() else {
             return self.each_run(since, f);
         };
-        let noted_from: DateTime<Utc> = serde_json::from_slice(kv.value())
+        let began = serde_json::from_slice::<NotingBegan>(kv.value())
+            .or_else(|_| {
+                // As the first version wrote it: a time alone, runs before it assumed.
+                serde_json::from_slice(kv.value()).map(|since| NotingBegan {
+                    since,
+                    runs_before: true,
+                })
+            })
             .map_err(|e| self.corrupt("the report's bounds", e))?;
         let margin = chrono::Duration::from_std(CLOCK_MARGIN).unwrap_or_default();
         let mut ranges: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
-        if since < noted_from {
-            ranges.push((since, noted_from + margin));
+        if began.runs_before && since < began.since {
+            ranges.push((since, began.since + margin));
         }
         let live = self.runs_all(deadline)?;
         // The outliving runs themselves go in whatever their start (before their token's end,
