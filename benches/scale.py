@@ -51,6 +51,11 @@ def load_runs(db, n, start_us, end_us, jobs=JOBS):
         return
     c = sqlite3.connect(db)
     c.execute("PRAGMA synchronous = OFF")
+    # As pra writes a run (schema v8): the host and the containment (what a run started as
+    # root gets) by id in `run_names`, a finished run's heartbeat as 0.
+    c.executemany("INSERT OR IGNORE INTO run_names (name) VALUES (?)", [(HOST,), ("pid-namespace",)])
+    host_id, = c.execute("SELECT id FROM run_names WHERE name = ?", (HOST,)).fetchone()
+    cont_id, = c.execute("SELECT id FROM run_names WHERE name = 'pid-namespace'").fetchone()
     step = max(1, (end_us - start_us) // n)
     batch = 100_000
     for b in range(0, n, batch):
@@ -59,9 +64,9 @@ def load_runs(db, n, start_us, end_us, jobs=JOBS):
             t = start_us + i * step
             rows.append((f"job-{i % jobs:04d}", t, t + 500_000, "exited 0" if i % 97 else "revoked"))
         c.executemany(
-            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at, finished_at,"
-            " exit_code, outcome, beats, containment)"
-            f" VALUES (?, 'rbx', 1, '{HOST}', 4242, ?, ?3, ?3, 0, ?4, 0, 'cgroup')", rows)
+            "INSERT INTO runs (job, site, token, host, host_id, pid, started_at, heartbeat_at,"
+            " finished_at, exit_code, outcome, beats, containment_id)"
+            f" VALUES (?, 'rbx', 1, '', {host_id}, 4242, ?, 0, ?3, 0, ?4, 0, {cont_id})", rows)
         c.commit()
     # None of these runs outlived its token (no change of the record while they ran): what a
     # store noting them (schema v6) since before the first of them would hold.

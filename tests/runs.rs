@@ -794,7 +794,10 @@ fn containment_is_recorded_and_the_fallback_stops_the_tree() {
     assert!(o.status.success(), "{}", text(&o));
     let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
     let kinds: Vec<String> = c
-        .prepare("SELECT containment FROM runs ORDER BY id")
+        .prepare(
+            "SELECT name FROM runs JOIN run_names ON run_names.id = runs.containment_id
+             ORDER BY runs.id",
+        )
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -945,7 +948,11 @@ fn an_unprivileged_run_is_contained_in_a_user_namespace() {
     env.assert_nothing_runs("after the unprivileged run was revoked");
     let c = rusqlite::Connection::open(env.path("state.db")).unwrap();
     let kind: String = c
-        .query_row("SELECT containment FROM runs", [], |r| r.get(0))
+        .query_row(
+            "SELECT name FROM runs JOIN run_names ON run_names.id = runs.containment_id",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(kind, "user-pid-namespace");
 }

@@ -779,6 +779,8 @@ fn sqlite_run_counters_agree_with_the_runs() {
          DROP INDEX runs_unfinished; CREATE INDEX runs_unfinished ON runs (finished_at, token);
          DROP TRIGGER runs_counted; DROP TRIGGER runs_recounted; DROP TABLE run_counts;
          ALTER TABLE runs DROP COLUMN schedule;
+         ALTER TABLE runs DROP COLUMN host_id; ALTER TABLE runs DROP COLUMN containment_id;
+         DROP TABLE run_names;
          PRAGMA user_version = 3;",
     )
     .unwrap();

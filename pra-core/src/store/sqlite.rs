@@ -166,6 +166,16 @@ const MIGRATIONS: &[&str] = &[
             AND NEW.exit_code IS 0 AND NEW.outcome IS NOT 'revoked'
             AND NEW.finished_at >= COALESCE(last_success_at, NEW.finished_at);
      END;",
+    // v8: a year of runs in under 1 GB. The host's and the containment's names, the same on
+    // every run of a host, are kept once in `run_names` and referred to by id (rows written before
+    // keep their text until they leave the history window); a finished run's heartbeat time
+    // is its finish, stored as 0 (no bytes). About 40 bytes of a run's 120.
+    "CREATE TABLE run_names (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+     );
+     ALTER TABLE runs ADD COLUMN host_id INTEGER;
+     ALTER TABLE runs ADD COLUMN containment_id INTEGER;",
 ];
 
 /// The SQLite store. One connection behind a mutex: safe to share between threads; several
@@ -488,6 +498,7 @@ const PRA_TABLES: &[&str] = &[
     "run_counts",
     "outlived",
     "meta",
+    "run_names",
 ];
 
 /// Refuses a database that has tables but is not a pra store: a table pra does not create, or
@@ -679,8 +690,16 @@ impl RunRegistry for SqliteStore {
             });
         }
         let now = time_to_us(self.now());
+        let containment = run.containment.map(|c| c.name());
+        for name in std::iter::once(run.host.as_str()).chain(containment) {
+            tx.prepare_cached("INSERT OR IGNORE INTO run_names (name) VALUES (?1)")
+                .and_then(|mut s| s.execute([name]))
+                .map_err(self.err("register run"))?;
+        }
         tx.prepare_cached(
-            "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at, containment, schedule) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
+            "INSERT INTO runs (job, site, token, host, host_id, pid, started_at, heartbeat_at, containment_id, schedule)
+             VALUES (?1, ?2, ?3, '', (SELECT id FROM run_names WHERE name = ?4), ?5, ?6, ?6,
+                     (SELECT id FROM run_names WHERE name = ?7), ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -690,7 +709,7 @@ impl RunRegistry for SqliteStore {
                 run.host,
                 run.pid,
                 now,
-                run.containment.map(|c| c.name()),
+                containment,
                 run.schedule.as_ref().map(|s| s.to_string())
             ])
         })
@@ -726,7 +745,8 @@ impl RunRegistry for SqliteStore {
             .map_err(self.err("begin"))?;
         let n = tx
             .prepare_cached(
-                "UPDATE runs SET finished_at = ?2, heartbeat_at = ?2, exit_code = ?3, outcome = ?4
+                // The heartbeat time of a finished run is its finish: 0 stands for it.
+                "UPDATE runs SET finished_at = ?2, heartbeat_at = 0, exit_code = ?3, outcome = ?4
                  WHERE id = ?1 AND finished_at IS NULL",
             )
             .and_then(|mut s| s.execute(params![id.0, time_to_us(now), exit_code, outcome]))
@@ -973,7 +993,13 @@ impl RunRegistry for SqliteStore {
     }
 }
 
-const RUN_COLUMNS: &str = "SELECT id, job, site, token, host, pid, started_at, heartbeat_at, finished_at, exit_code, outcome, beats, containment, schedule FROM runs";
+/// A run's columns, names looked up (`host`/`containment` hold the text of rows written
+/// before v8); the one table in FROM, so that the WHERE clauses appended may say `id`.
+const RUN_COLUMNS: &str = "SELECT id, job, site, token,
+    COALESCE((SELECT name FROM run_names AS n WHERE n.id = runs.host_id), host),
+    pid, started_at, heartbeat_at, finished_at, exit_code, outcome, beats,
+    COALESCE((SELECT name FROM run_names AS n WHERE n.id = runs.containment_id), containment),
+    schedule FROM runs";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
     let site: String = r.get(2)?;
@@ -1001,7 +1027,10 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
             schedule: r.get::<_, Option<String>>(13)?.and_then(|s| s.parse().ok()),
         },
         started_at: us_to_time(r.get(6)?),
-        heartbeat_at: us_to_time(r.get(7)?),
+        heartbeat_at: match (r.get::<_, i64>(7)?, r.get::<_, Option<i64>>(8)?) {
+            (0, Some(finished)) => us_to_time(finished),
+            (beat, _) => us_to_time(beat),
+        },
         finished_at: r.get::<_, Option<i64>>(8)?.map(us_to_time),
         exit_code: r.get(9)?,
         outcome: r.get(10)?,
@@ -1013,6 +1042,136 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RunRecord>> {
 mod tests {
     use super::*;
     use crate::store::RunRegistry;
+
+    /// Every table the migrations create is one `refuse_foreign` knows as pra's: a new store
+    /// is never taken for an application's database.
+    #[test]
+    fn every_table_of_the_schema_is_known_as_pra_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(SqliteStore::open(&path, Arc::new(crate::SystemClock)).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap();
+        let tables: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let mut known: Vec<&str> = PRA_TABLES.to_vec();
+        known.sort_unstable();
+        let mut found: Vec<&str> = tables.iter().map(String::as_str).collect();
+        found.sort_unstable();
+        assert_eq!(found, known);
+        drop(stmt);
+        drop(conn);
+        SqliteStore::open(&path, Arc::new(crate::SystemClock)).unwrap();
+    }
+
+    /// v8 keeps a run's host and containment names once in `run_names` and a finished run's
+    /// heartbeat as 0: runs written before (text names, a heartbeat time) read back as they
+    /// were, new ones read back whole, and the new rows are smaller.
+    #[test]
+    fn the_v8_runs_keep_their_names_once_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let host = "app-rbx-01.example.net";
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..7] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            conn.execute(
+                "INSERT INTO runs (job, site, token, host, pid, started_at, heartbeat_at,
+                 finished_at, exit_code, outcome, containment) VALUES
+                 ('a', 'rbx', 1, ?1, 7, 10, 15, 20, 0, 'exited 0', 'pid-namespace')",
+                [host],
+            )
+            .unwrap();
+        }
+        let clock = Arc::new(crate::clock::ManualClock::new(us_to_time(1_000_000)));
+        let store = SqliteStore::open(&path, clock.clone()).unwrap();
+        crate::store::Store::change(
+            &store,
+            crate::SiteChange::Activate {
+                site: SiteId::new("rbx").unwrap(),
+                expect: FencingToken(0),
+            },
+            &crate::Actor::new("ops", "test").unwrap(),
+        )
+        .unwrap();
+        let start = RunStart {
+            job: "a".into(),
+            site: SiteId::new("rbx").unwrap(),
+            token: FencingToken(1),
+            host: host.into(),
+            pid: 8,
+            containment: Some(crate::run::Containment::PidNamespace),
+            schedule: None,
+        };
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let id = match store.run_start(&start).unwrap() {
+                Admission::Admitted { id, .. } => id,
+                other => panic!("{other:?}"),
+            };
+            clock.advance(chrono::Duration::seconds(1));
+            store.run_heartbeat(id).unwrap();
+            clock.advance(chrono::Duration::seconds(1));
+            ids.push(id);
+        }
+        assert!(store.run_finish(ids[0], Some(0), "exited 0").unwrap());
+        assert!(store.run_finish(ids[1], Some(1), "exited 1").unwrap());
+        let runs = store.runs(us_to_time(0)).unwrap();
+        assert_eq!(runs.len(), 4);
+        let old = &runs[0];
+        assert_eq!(
+            (
+                old.start.host.as_str(),
+                old.start.containment,
+                old.heartbeat_at
+            ),
+            (
+                host,
+                Some(crate::run::Containment::PidNamespace),
+                us_to_time(15)
+            )
+        );
+        for r in &runs[1..] {
+            assert_eq!(r.start.host, host);
+            assert_eq!(
+                r.start.containment,
+                Some(crate::run::Containment::PidNamespace)
+            );
+        }
+        // A finished run's heartbeat is its finish; an unfinished one's, its last beat.
+        assert_eq!(runs[1].heartbeat_at, runs[1].finished_at.unwrap());
+        assert_eq!(runs[2].heartbeat_at, runs[2].finished_at.unwrap());
+        assert_eq!(runs[3].finished_at, None);
+        assert_eq!(
+            runs[3].heartbeat_at,
+            runs[3].started_at + chrono::Duration::seconds(1)
+        );
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let names: i64 = conn
+            .query_row("SELECT COUNT(*) FROM run_names", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(names, 2, "the host and the containment, once each");
+        let (old_len, new_len): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT length(host) + length(containment) FROM runs WHERE id = 1),
+                        (SELECT length(host) + COALESCE(length(containment), 0) FROM runs WHERE id = 2)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((old_len, new_len), (35, 0));
+    }
 
     /// A store written by a version before schedules (v6) gets its counters' latest times from
     /// its history when it is opened.
