@@ -441,6 +441,43 @@ fn restore_preview_then_restore_replaces_the_database() {
     );
 }
 
+/// Two restores within the same second (a retried Job, a wrong backup put right at once):
+/// each keeps the database it replaced. The second used to write its safety copy over the
+/// first's (the same per-second name: the hard link failed with EEXIST and the fallback
+/// copied over it), losing the only copy of what the first restore replaced — every write
+/// since the last backup.
+#[test]
+fn restores_in_the_same_second_each_keep_what_they_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db(&db, 10);
+    let bdir = dir.path().join("backups");
+    let c = clock();
+    backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    make_db(&db, 7); // 17 rows: 7 written since the backup, here only
+    let first =
+        restore::restore(&db, &bdir, &RestorePoint::Latest, Options::default(), &c).unwrap();
+    make_db(&db, 1); // 11 rows
+    let second =
+        restore::restore(&db, &bdir, &RestorePoint::Latest, Options::default(), &c).unwrap();
+    let (a, b) = (first.safety_copy.unwrap(), second.safety_copy.unwrap());
+    assert_ne!(a, b);
+    assert_eq!(
+        ids(&a).len(),
+        17,
+        "the first restore's safety copy was overwritten"
+    );
+    assert_eq!(ids(&b).len(), 11);
+    // And a third, with WAL files to move aside under the same stamp.
+    make_db_in(&db, 2, "wal");
+    let third =
+        restore::restore(&db, &bdir, &RestorePoint::Latest, Options::default(), &c).unwrap();
+    let kept = third.safety_copy.unwrap();
+    assert!(kept != a && kept != b);
+    assert_eq!(ids(&kept).len(), 12);
+    assert_eq!((ids(&a).len(), ids(&b).len()), (17, 11));
+}
+
 #[test]
 fn restore_is_refused_while_the_app_holds_the_database() {
     let dir = tempfile::tempdir().unwrap();

@@ -445,15 +445,32 @@ pub fn restore(
         if let Some(c) = &claim {
             c.seal()?;
         }
-        let stamp = clock.now().format("%Y%m%dT%H%M%SZ");
         let wal = with_suffix(db, "-wal");
         let journal = with_suffix(db, "-journal");
+        // A name no earlier restore's copies have: two restores in one second must not write
+        // the second's copy over the first's (the only copy of what the first replaced).
+        let second = clock.now().format("%Y%m%dT%H%M%SZ").to_string();
+        let stamp = (0u32..)
+            .map(|n| match n {
+                0 => second.clone(),
+                n => format!("{second}-{n}"),
+            })
+            .find(|stamp| {
+                [db, &wal, &journal].iter().all(|f| {
+                    fs::symlink_metadata(with_suffix(f, &format!(".pre-restore-{stamp}"))).is_err()
+                })
+            })
+            .unwrap_or(second);
         let mut safety_copy = None;
         if replaced && opts.safety_copy {
             let keep = with_suffix(db, &format!(".pre-restore-{stamp}"));
             // The old file is about to be replaced by a rename, never written again: a second
             // name for it (a hard link) keeps it without copying it.
             if let Err(e) = fs::hard_link(db, &keep) {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    // Made since the name was chosen: never written over.
+                    return Err(Error::io("keep the database as", &keep, e));
+                }
                 tracing::debug!(error = %e, "no hard link here; copying the database aside");
                 match &claim {
                     // Through the claim's own connection: another descriptor of the file,
