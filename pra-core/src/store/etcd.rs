@@ -798,6 +798,27 @@ impl EtcdStore {
         self.range_between(dir, start.into_bytes(), end, deadline)
     }
 
+    /// The JSON value at `key` (`what` names it in errors) with its mod_revision, if any.
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<(T, i64)>> {
+        let resp = self.retrying(&format!("read {what}"), deadline, |mut c| {
+            let key = key.to_string();
+            async move { c.get(key, None).await }
+        })?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice::<T>(kv.value())
+                    .map(|v| (v, kv.mod_revision()))
+                    .map_err(|e| self.corrupt(what, e))
+            })
+            .transpose()
+    }
+
     /// Every key in `[start, end)`, in key order, read page by page at one revision.
     fn range_between(
         &self,
@@ -1000,18 +1021,9 @@ impl EtcdStore {
         let mut lease = self.history_lease(deadline)?;
         let mut lease_lost = false;
         loop {
-            let resp = self.retrying("read the run counters", deadline, |mut c| {
-                let key = stats_key.clone();
-                async move { c.get(key, None).await }
-            })?;
-            let (mut stats, stats_rev) = match resp.kvs().first() {
-                Some(kv) => (
-                    serde_json::from_slice::<Finished>(kv.value())
-                        .map_err(|e| self.corrupt("the run counters", e))?,
-                    kv.mod_revision(),
-                ),
-                None => (Finished::default(), 0),
-            };
+            let (mut stats, stats_rev) = self
+                .get_json::<Finished>("the run counters", &stats_key, deadline)?
+                .unwrap_or_default();
             stats.add(run);
             let mut compares = vec![
                 Compare::mod_revision(self.run_key(run.id), CompareOp::Equal, rev),
@@ -1095,21 +1107,11 @@ impl EtcdStore {
         // One lease per window: hosts configured with different windows each keep their own.
         let key = self.key(&format!("runs/history/{window}"));
         loop {
-            let resp = self.retrying("read the history lease", deadline, |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })?;
-            let (current, rev) = match resp.kvs().first() {
-                Some(kv) => (
-                    Some(
-                        serde_json::from_slice::<HistoryLease>(kv.value())
-                            .map_err(|e| self.corrupt("the history lease", e))?
-                            .lease,
-                    ),
-                    kv.mod_revision(),
-                ),
-                None => (None, 0),
-            };
+            let (current, rev) =
+                match self.get_json::<HistoryLease>("the history lease", &key, deadline)? {
+                    Some((h, rev)) => (Some(h.lease), rev),
+                    None => (None, 0),
+                };
             if let Some(id) = current {
                 let asked = Instant::now();
                 let left = match self.retrying(
@@ -1804,19 +1806,9 @@ impl RunRegistry for EtcdStore {
         let deadline = self.deadline();
         let key = self.key(&format!("skips/{site}/{job}"));
         loop {
-            let resp = self.retrying("read the skip count", deadline, |mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })?;
-            let (count, rev) = match resp.kvs().first() {
-                Some(kv) => (
-                    serde_json::from_slice::<SkipCount>(kv.value())
-                        .map_err(|e| self.corrupt("a skip counter", e))?
-                        .count,
-                    kv.mod_revision(),
-                ),
-                None => (0, 0),
-            };
+            let (count, rev) = self
+                .get_json::<SkipCount>("a skip counter", &key, deadline)?
+                .map_or((0, 0), |(s, rev)| (s.count, rev));
             let next = SkipCount {
                 count: count + 1,
                 last_at: self.clock.now(),
