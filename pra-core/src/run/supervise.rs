@@ -237,6 +237,14 @@ pub fn supervise(
         return Err(Error::io("start", &command[0], e));
     }
     let status = ended.status;
+    if ended.self_fenced && stop_why.is_none() && !revoked {
+        // The init's own deadline (the same as the watch's) came first, and the run ended
+        // before the watch looked: say why, as the watch would have.
+        on_event(RunEvent::Stopping {
+            why: "no heartbeat reached the store in time; stopped before a drain may count it as lost"
+                .into(),
+        });
+    }
     let (cause, outcome) = match (&stop_why, revoked, &asked) {
         (Some(why), _, _) if ended.self_fenced || !revoked => {
             (EndCause::SelfFenced, format!("self-fenced: {why}"))
