@@ -86,12 +86,13 @@ def load(prefix, n, template):
     step_us = 300_000  # 200 runs a minute
     started = {j: 0 for j in range(JOBS)}
     ops = []
-    # As pra leaves them: on the history lease of the default 7-day window (granted for the
-    # window plus an eighth, shared through runs/history/<window>), which etcd deletes them with.
+    # As pra leaves them: on a history lease of the default 7-day window (granted for the
+    # window plus an eighth, noted under runs/history/<window>/lease/ with the epoch it was
+    # granted in), which etcd deletes them with.
     window = 7 * 86_400
     lease = int(gateway("lease/grant", {"TTL": window + window // 8})["ID"])
-    gateway("kv/put", {"key": b64(f"{prefix}/runs/history/{window}"),
-                       "value": b64(json.dumps({"lease": lease}))})
+    gateway("kv/put", {"key": b64(f"{prefix}/runs/history/{window}/lease/{lease:020d}"),
+                       "value": b64(json.dumps({"lease": lease, "epoch": 1}))})
 
     def flush():
         if ops:

@@ -483,8 +483,8 @@ fn the_etcd_registry_stays_bounded_by_live_runs_and_the_history_window() {
         assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
     }
     let (runs, after_runs) = keys_and_revision(&etcd, "/bounded", "runs/0");
-    // And one put of the history lease, shared by every finish for an eighth of the window.
-    assert_eq!(after_runs - after_beats, 2 * n + 1, "two revisions a run");
+    // And, once for the window's first eighth: the first epoch, the history lease's note.
+    assert_eq!(after_runs - after_beats, 2 * n + 2, "two revisions a run");
     assert_eq!(runs.len(), 1, "only the live run is under runs/: {runs:?}");
     let (done, _) = keys_and_revision(&etcd, "/bounded", "runs/done/");
     assert_eq!(done.len(), n as usize);
@@ -594,6 +594,134 @@ fn the_history_window_is_kept_by_etcd_not_by_a_skewed_host() {
     let stats = registry.run_stats().unwrap();
     let reports = stats.iter().find(|s| s.job == "reports").unwrap();
     assert_eq!((reports.started, reports.unfinished), (3, 0));
+}
+
+/// etcd restarts every lease's countdown when a member restarts or a leader changes (unless it
+/// runs with lease checkpoints): a history lease alone would then never expire under frequent
+/// restarts, and etcd would fill up to its quota (every write refused, every guard denying).
+/// Its age is also counted in epochs of a short lease, which a restart delays by one epoch at
+/// most: here the member restarts every 4 s, more often than the 8 s window's lease could
+/// ever expire, and the window's runs still go.
+#[test]
+fn history_goes_even_when_etcd_keeps_restarting_its_lease_countdowns() {
+    let mut etcd = Etcd::start();
+    let open = |etcd: &Etcd| {
+        pra_core::store::EtcdStore::open(
+            &[etcd.endpoint(0)],
+            "/restarts",
+            std::sync::Arc::new(pra_core::clock::SystemClock),
+            pra_core::store::EtcdOptions {
+                history: Duration::from_secs(8),
+                timeout: Duration::from_secs(10),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let store = open(&etcd);
+    let token = activate(&store, "rbx");
+    for _ in 0..3 {
+        let id = start_run(store.registry().unwrap(), "rbx", token, "old");
+        assert!(
+            store
+                .registry()
+                .unwrap()
+                .run_finish(id, Some(0), "exited 0")
+                .unwrap()
+        );
+    }
+    let old_left = |etcd: &Etcd| {
+        let (done, _) = keys_and_revision(etcd, "/restarts", "runs/done/");
+        let store = open(etcd);
+        let runs = store
+            .registry()
+            .unwrap()
+            .runs(chrono::DateTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(runs.len(), done.len());
+        runs.iter().filter(|r| r.start.job == "old").count()
+    };
+    assert_eq!(old_left(&etcd), 3);
+    let began = std::time::Instant::now();
+    let mut restarted = std::time::Instant::now();
+    while old_left(&etcd) > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "the window's runs still kept after {:?} of restarts",
+            began.elapsed()
+        );
+        if restarted.elapsed() >= Duration::from_secs(4) {
+            etcd.restart(0);
+            restarted = std::time::Instant::now();
+        }
+        // Runs keep finishing, as cron's do (each one a new process, as `pra run` is).
+        let store = open(&etcd);
+        let registry = store.registry().unwrap();
+        let id = start_run(registry, "rbx", token, "tick");
+        assert!(registry.run_finish(id, Some(0), "exited 0").unwrap());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("the window's runs went after {:?}", began.elapsed());
+}
+
+/// The notes of runs that outlived their token are deleted by a later flip once their runs
+/// left the history window — never the note of a run still going, whose start may be older
+/// than every finished run kept.
+#[test]
+fn notes_of_runs_gone_from_the_window_go_and_a_running_one_s_stays() {
+    let etcd = Etcd::start();
+    let store = etcd.store_on(&[0], "/notes", Duration::from_secs(5));
+    let token = activate(&store, "rbx");
+    let registry = store.registry().unwrap();
+    let long = start_run(registry, "rbx", token, "long");
+    std::thread::sleep(Duration::from_millis(5));
+    let short = start_run(registry, "rbx", token, "short");
+    assert!(registry.run_finish(short, Some(0), "exited 0").unwrap());
+    store
+        .change(SiteChange::Deactivate { expect: token }, &actor())
+        .unwrap();
+    let notes = |etcd: &Etcd| keys_and_revision(etcd, "/notes", "outlived/").0;
+    assert_eq!(notes(&etcd).len(), 1, "the long run outlived token 1");
+    // The next flip: the oldest finished run kept started after the long run, which still
+    // goes: its note stays, and the report still reads it.
+    store
+        .change(
+            SiteChange::Activate {
+                site: site("sbg"),
+                expect: FencingToken(2),
+            },
+            &actor(),
+        )
+        .unwrap();
+    assert_eq!(notes(&etcd).len(), 1, "a running run's note was deleted");
+    let mut read = Vec::new();
+    registry
+        .each_run_that_may_overlap(chrono::DateTime::UNIX_EPOCH, &mut |r| {
+            read.push(r.id);
+            Ok(())
+        })
+        .unwrap();
+    assert!(read.contains(&long), "{read:?}");
+    // Once it has finished and left the window (its key deleted here, as its lease would),
+    // the next flip deletes its note.
+    assert!(registry.run_finish(long, Some(0), "exited 0").unwrap());
+    etcd.admin(async move |c| {
+        c.delete(
+            "/notes/runs/done/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await?;
+        Ok(())
+    });
+    store
+        .change(
+            SiteChange::Deactivate {
+                expect: FencingToken(3),
+            },
+            &actor(),
+        )
+        .unwrap();
+    assert!(notes(&etcd).is_empty(), "{:?}", notes(&etcd));
 }
 
 /// Finished runs an earlier version left on no lease are still deleted once older than the

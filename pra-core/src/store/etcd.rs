@@ -13,13 +13,13 @@
 //! | `P/alive/<id>`        | empty, attached to the run's lease: exists while the run is alive |
 //! | `P/runs/done/<t>/<id>`| one finished [`RunRecord`], `t` its start (µs, padded), on the    |
 //! |                       | history lease: etcd deletes it once the window has passed         |
-//! | `P/runs/history/<w>`  | `{"lease": id}`: the history lease of a window of `w` seconds     |
-//! |                       | ([`EtcdOptions::history`]), shared for an eighth of it, replaced  |
+//! | `P/runs/history/<w>/` | the history leases of a window of `w` seconds, and `epoch`, etcd's|
+//! |                       | count of time in 64ths of it (see `history_lease`)                |
 //! | `P/runs/stats/<site>/<job>` | `{"finished": n, "revoked": n, "last_…"}`: every finished run |
 //! | `P/skips/<site>/<job>`| `{"count": n, "last_at": ...}`                                    |
 //! | `P/outlived/<t>/<id>` | a run still going when the record moved past its token (`t` its   |
-//! |                       | start), on the history lease: the report reads those and the runs |
-//! |                       | around them                                                       |
+//! |                       | start): the report reads those and the runs around them; a flip   |
+//! |                       | deletes those older than the oldest finished run kept             |
 //! | `P/meta/outlived_since` | `{"since", "runs_before"}`: when those notes began (before it,  |
 //! |                       | if runs came before, the report reads every run)                  |
 //!
@@ -31,12 +31,13 @@
 //! `runs/done/` from the start of its window. A run costs two revisions (start, finish), a skip one,
 //! a heartbeat none (the lease keep-alive is the heartbeat). Finished runs written by earlier
 //! versions under `runs/` are moved to `runs/done/` and counted by the first drain that meets them.
-//! The history window is kept by etcd's clock, never by a job host's: a finished run and a note
-//! are put on the *history lease*, granted for the window plus an eighth and shared while it
-//! has at least the window left (`LeaseTimeToLive`, the leader's count), so each lives at least
-//! the window and at most an eighth more — a host whose clock runs a month ahead deletes
-//! nothing early. A leader change restarts every lease's count (etcd < 3.6 without
-//! `--experimental-enable-lease-checkpoint`): history is then kept longer, never shorter.
+//! The history window is kept by etcd's clock, never by a job host's: a finished run is put on
+//! a *history lease*, granted for the window plus an eighth and shared while it has at least
+//! the window left (`LeaseTimeToLive`, the leader's count), so each lives at least the window
+//! and about an eighth more — a host whose clock runs a month ahead deletes nothing early. A
+//! restart or a leader change restarts every lease's countdown (without
+//! `--experimental-enable-lease-checkpoint`), so a lease is also revoked once the window has
+//! passed in *epochs*, a short lease's lifetimes, which a restart delays by one at most.
 //! Finished runs of earlier versions (on no lease) are still deleted by the finishing host's
 //! clock once older than the window, a few at a time.
 //! etcd keeps old revisions until it is compacted: run it with
@@ -131,10 +132,24 @@ pub struct EtcdStore {
 /// etcd's longest lease TTL (`MaxLeaseTTL`, seconds).
 const MAX_LEASE_TTL: u64 = 9_000_000_000;
 
-/// The value of `P/runs/history/<window>`.
+/// `P/runs/history/<window>/lease/<id>`: a history lease and the epoch it was granted in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct HistoryLease {
     lease: i64,
+    epoch: u64,
+}
+
+/// `P/runs/history/<window>/epoch` and `.../count`: an epoch's number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Epoch {
+    n: u64,
+}
+
+/// The length of an epoch, the unit in which a history lease's age is counted when etcd
+/// restarts lease countdowns: a 64th of the window (2.6 hours for a week), and no shorter
+/// than etcd's own shortest lease (2 s by default).
+fn epoch_seconds(window: u64) -> u64 {
+    (window / 64).max(2)
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -920,27 +935,66 @@ impl EtcdStore {
             deadline,
         )?;
         let mut ops = Vec::new();
-        let mut lease = None;
+        // The oldest start of a run still going: its note (if it has one) must stay.
+        let mut oldest_going: Option<DateTime<Utc>> = None;
         for kv in &kvs {
             let run: RunRecord = serde_json::from_slice(kv.value())
                 .map_err(|e| self.corrupt("the run registry", e))?;
+            if run.finished_at.is_none() {
+                oldest_going = Some(oldest_going.map_or(run.started_at, |t| t.min(run.started_at)));
+            }
             if run.finished_at.is_none() && run.start.token < next.token {
-                if lease.is_none() {
-                    lease = Some(self.history_lease(deadline)?);
-                }
                 let note = Outlived {
                     id: run.id.0,
                     started_at: run.started_at,
                     token_end: next.changed_at,
                 };
                 let key = format!("{}{:020}", self.outlived_from(run.started_at), run.id.0);
-                ops.push(TxnOp::put(
-                    key,
-                    Self::json(&note)?,
-                    lease.flatten().map(|id| PutOptions::new().with_lease(id)),
-                ));
+                ops.push(TxnOp::put(key, Self::json(&note)?, None));
             }
         }
+        // Notes of runs that left the history window go with the flip: those that started
+        // before both the oldest finished run kept and every run still going (a few a flip;
+        // no clock but the data's). The notes this flip writes are of runs still going: never
+        // in that range (etcd refuses a transaction that puts and deletes one key).
+        let oldest = self.retrying("read the oldest finished run", deadline, |mut c| {
+            let done = self.key("runs/done/");
+            async move {
+                c.get(
+                    done,
+                    Some(
+                        GetOptions::new()
+                            .with_prefix()
+                            .with_limit(1)
+                            .with_keys_only(),
+                    ),
+                )
+                .await
+            }
+        })?;
+        let oldest_done = oldest.kvs().first().and_then(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            let t = key
+                .strip_prefix(&self.key("runs/done/"))?
+                .split('/')
+                .next()?
+                .to_string();
+            t.parse::<i64>().ok()
+        });
+        let oldest_going = oldest_going.map(|t| t.timestamp_micros().max(0));
+        let before = match (oldest_done, oldest_going) {
+            (Some(d), Some(g)) => Some(d.min(g)),
+            (d, g) => d.or(g),
+        };
+        // With neither, no note can name a run that is still kept: all go.
+        let before = before.unwrap_or(i64::MAX);
+        ops.push(TxnOp::delete(
+            self.key("outlived/"),
+            Some(
+                etcd_client::DeleteOptions::new()
+                    .with_range(self.key(&format!("outlived/{before:020}/"))),
+            ),
+        ));
         let since = self.key("meta/outlived_since");
         let noted = self.retrying("read when noting began", deadline, |mut c| {
             let since = since.clone();
@@ -1088,11 +1142,21 @@ impl EtcdStore {
         }
     }
 
-    /// The history lease: `Some(id)` of a lease with at least the window left on etcd's
-    /// clock, `None` when the window is longer than any lease (nothing expires). Shared by
-    /// every writer through `P/runs/history/<window>`; a new one (the window plus an eighth) replaces
-    /// it once it has less than the window left, so each key put on it lives between the
-    /// window and an eighth more.
+    /// The history lease: `Some(id)` of a lease every key of which lives at least the window
+    /// and at most about an eighth more, `None` when the window is longer than any lease
+    /// (nothing expires). Kept under `P/runs/history/<window>/` and shared by every writer:
+    ///
+    /// - `epoch` (`{"n"}`), on a short lease of [`epoch_seconds`]: etcd's own count of time.
+    ///   When it has expired, the next writer starts the next epoch (`count` says which).
+    /// - `lease/<id>` (`{"epoch"}`): each history lease and the epoch it was granted in.
+    ///
+    /// A lease is granted for the window plus an eighth and shared while it is less than an
+    /// eighth of the window old in epochs and has at least the window left on etcd's clock
+    /// (`LeaseTimeToLive`); keys put on it go when it expires. etcd restarts the countdown of
+    /// every lease when a member restarts or the leader changes (without lease checkpoints),
+    /// which would keep a long lease alive for ever: so a lease is also revoked once the
+    /// window and an eighth have passed in epochs — a restart delays an epoch by one short
+    /// lease at most. Job hosts' clocks count nowhere.
     fn history_lease(&self, deadline: Instant) -> Result<Option<i64>> {
         let window = self.opts.history.as_secs().max(1);
         let ttl = window.saturating_add(window.div_ceil(8));
@@ -1104,16 +1168,78 @@ impl EtcdStore {
         {
             return Ok(Some(id));
         }
-        // One lease per window: hosts configured with different windows each keep their own.
-        let key = self.key(&format!("runs/history/{window}"));
+        let epoch_secs = epoch_seconds(window);
+        // Epochs a lease is shared for, and after which its keys are at least a window old.
+        let keep = window.div_ceil(epoch_secs);
+        let share = (keep / 8).max(1);
+        let dir = self.key(&format!("runs/history/{window}/"));
         loop {
-            let (current, rev) =
-                match self.get_json::<HistoryLease>("the history lease", &key, deadline)? {
-                    Some((h, rev)) => (Some(h.lease), rev),
-                    None => (None, 0),
-                };
-            if let Some(id) = current {
-                let asked = Instant::now();
+            let mut current = None;
+            let mut count = (0u64, 0i64);
+            let mut leases: Vec<(i64, u64, Vec<u8>)> = Vec::new();
+            for kv in self.range_between(
+                "the history leases",
+                dir.clone().into_bytes(),
+                prefix_end(&dir),
+                deadline,
+            )? {
+                let name = &kv.key()[dir.len()..];
+                let corrupt = |e| self.corrupt("the history leases", e);
+                match name {
+                    b"epoch" => {
+                        current = Some(
+                            serde_json::from_slice::<Epoch>(kv.value())
+                                .map_err(corrupt)?
+                                .n,
+                        )
+                    }
+                    b"count" => {
+                        count = (
+                            serde_json::from_slice::<Epoch>(kv.value())
+                                .map_err(corrupt)?
+                                .n,
+                            kv.mod_revision(),
+                        )
+                    }
+                    _ => {
+                        let lease: HistoryLease =
+                            serde_json::from_slice(kv.value()).map_err(corrupt)?;
+                        leases.push((lease.lease, lease.epoch, kv.key().to_vec()));
+                    }
+                }
+            }
+            let Some(current) = current else {
+                self.next_epoch(&dir, count, epoch_secs, deadline)?;
+                continue;
+            };
+            // Leases whose keys have lived the window in epochs go, whatever their countdown.
+            for (id, granted, key) in &leases {
+                if current > granted + share + keep {
+                    let mut c = self.client.clone();
+                    let id = *id;
+                    match self.once("revoke a history lease", deadline, async move {
+                        c.lease_revoke(id).await
+                    }) {
+                        Ok(_) | Err(Error::NotFound(_)) => {}
+                        // Not this call's business to fail for: the next writer tries again.
+                        Err(e) => {
+                            tracing::warn!(store = %self.url, lease = id, error = %e, "history lease not revoked");
+                            continue;
+                        }
+                    }
+                    let mut c = self.client.clone();
+                    let key = key.clone();
+                    self.once("forget a history lease", deadline, async move {
+                        c.delete(key, None).await
+                    })?;
+                }
+            }
+            let newest = leases
+                .iter()
+                .filter(|(_, granted, _)| current < granted + share)
+                .max_by_key(|(id, granted, _)| (*granted, *id));
+            if let Some((id, _, key)) = newest {
+                let (id, asked) = (*id, Instant::now());
                 let left = match self.retrying(
                     "read the history lease's time to live",
                     deadline,
@@ -1126,11 +1252,20 @@ impl EtcdStore {
                 if let Ok(left) = u64::try_from(left)
                     && left >= window
                 {
-                    // Measured when asked: from then on it only goes down as fast as ours.
-                    let until = asked + Duration::from_secs(left - window);
+                    // For as long as both still hold, by this host's monotonic clock (its
+                    // rate only): the countdown, and at most an epoch.
+                    let until = asked + Duration::from_secs((left - window).min(epoch_secs));
                     *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((id, until));
                     return Ok(Some(id));
+                }
+                if left < 0 {
+                    // Expired by itself: its keys are gone, and so goes its note.
+                    let mut c = self.client.clone();
+                    let key = key.clone();
+                    self.once("forget a history lease", deadline, async move {
+                        c.delete(key, None).await
+                    })?;
                 }
             }
             let granted = self.once("grant a history lease", deadline, {
@@ -1138,36 +1273,74 @@ impl EtcdStore {
                 async move { c.lease_grant(ttl as i64, None).await }
             })?;
             let (id, asked) = (granted.id(), Instant::now());
-            let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    Self::json(&HistoryLease { lease: id })?,
-                    None,
-                )]);
-            let settle = |s: &Self, d: Instant| -> Result<Option<bool>> {
-                let resp = s.retrying("read the history lease", d, |mut c| {
-                    let key = key.clone();
-                    async move { c.get(key, None).await }
-                })?;
-                Ok(Some(resp.kvs().first().is_some_and(|kv| {
-                    serde_json::from_slice::<HistoryLease>(kv.value()).is_ok_and(|h| h.lease == id)
-                })))
-            };
-            if self.guarded_txn("share the history lease", deadline, txn, settle)? {
-                let until = asked + Duration::from_secs(ttl - window);
-                *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, until));
-                return Ok(Some(id));
-            }
-            // Another writer replaced it first: use theirs, and ours goes.
+            // Two writers granting at once share out two leases: each is revoked in its time.
             let mut c = self.client.clone();
-            let _ = self.once("revoke an unused history lease", deadline, async move {
+            let key = format!("{dir}lease/{id:020}");
+            let value = Self::json(&HistoryLease {
+                lease: id,
+                epoch: current,
+            })?;
+            self.once("note a history lease", deadline, async move {
+                c.put(key, value, None).await
+            })?;
+            let until = asked + Duration::from_secs((ttl - window).min(epoch_secs));
+            *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, until));
+            return Ok(Some(id));
+        }
+    }
+
+    /// Starts epoch `count + 1` under `dir` (the previous one's short lease expired): the
+    /// epoch key on a new short lease and the count, together, unless another writer did.
+    fn next_epoch(
+        &self,
+        dir: &str,
+        (count, count_rev): (u64, i64),
+        epoch_secs: u64,
+        deadline: Instant,
+    ) -> Result<()> {
+        let short = self.once("grant an epoch lease", deadline, {
+            let mut c = self.client.clone();
+            async move { c.lease_grant(epoch_secs as i64, None).await }
+        })?;
+        let (epoch_key, count_key) = (format!("{dir}epoch"), format!("{dir}count"));
+        let next = Self::json(&Epoch { n: count + 1 })?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(count_key.clone(), CompareOp::Equal, count_rev),
+                Compare::version(epoch_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(count_key, next.clone(), None),
+                TxnOp::put(
+                    epoch_key,
+                    next,
+                    Some(PutOptions::new().with_lease(short.id())),
+                ),
+            ]);
+        // A lost answer: the epoch key on our short lease says it landed.
+        let short_id = short.id();
+        let epoch_key = format!("{dir}epoch");
+        let settle = move |s: &Self, d: Instant| -> Result<Option<bool>> {
+            let resp = s.retrying("read the epoch", d, |mut c| {
+                let key = epoch_key.clone();
+                async move { c.get(key, None).await }
+            })?;
+            Ok(Some(
+                resp.kvs().first().is_some_and(|kv| kv.lease() == short_id),
+            ))
+        };
+        let applied = self.guarded_txn("start an epoch", deadline, txn, settle)?;
+        if !applied {
+            let mut c = self.client.clone();
+            let id = short.id();
+            let _ = self.once("revoke an unused epoch lease", deadline, async move {
                 c.lease_revoke(id).await
             });
-            if Instant::now() >= deadline {
-                return Err(self.unavailable("the history lease kept changing".into()));
-            }
         }
+        if Instant::now() >= deadline {
+            return Err(self.unavailable("the history epochs kept changing".into()));
+        }
+        Ok(())
     }
 
     /// Forgets the history lease this process knew (etcd said it is gone).
@@ -1175,7 +1348,7 @@ impl EtcdStore {
         *self.history_lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Deletes finished runs (and notes) that earlier versions left on no lease once they are
+    /// Deletes finished runs that earlier versions left on no lease once they are
     /// older than the window by this host's clock: up to 128 a call, and one key read when
     /// the oldest finished run is on a lease (etcd deletes those itself).
     fn prune_unleased(&self, deadline: Instant) -> Result<()> {
@@ -1211,23 +1384,18 @@ impl EtcdStore {
         if oldest.kvs().first().is_none_or(|kv| kv.lease() != 0) {
             return Ok(());
         }
-        let mut doomed: Vec<TxnOp> = Vec::new();
-        for (dir, start, end) in [
-            (
-                "finished runs",
-                self.key("runs/done/"),
-                self.done_from(cutoff),
-            ),
-            ("notes", self.key("outlived/"), self.outlived_from(cutoff)),
-        ] {
-            let resp = keys_before(dir, start, end, 64)?;
-            doomed.extend(
-                resp.kvs()
-                    .iter()
-                    .filter(|kv| kv.lease() == 0)
-                    .map(|kv| TxnOp::delete(kv.key().to_vec(), None)),
-            );
-        }
+        let resp = keys_before(
+            "finished runs",
+            self.key("runs/done/"),
+            self.done_from(cutoff),
+            128,
+        )?;
+        let doomed: Vec<TxnOp> = resp
+            .kvs()
+            .iter()
+            .filter(|kv| kv.lease() == 0)
+            .map(|kv| TxnOp::delete(kv.key().to_vec(), None))
+            .collect();
         let mut c = self.client.clone();
         self.once(
             "delete finished runs past the history window",
