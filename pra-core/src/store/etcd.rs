@@ -813,6 +813,34 @@ impl EtcdStore {
         self.range_between(dir, start.into_bytes(), end, deadline)
     }
 
+    /// The first `limit` keys in `[start, end)` (keys only: their names, revisions and
+    /// leases), in key order.
+    fn first_keys(
+        &self,
+        what: &str,
+        start: &str,
+        end: &[u8],
+        limit: i64,
+        deadline: Instant,
+    ) -> Result<Vec<KeyValue>> {
+        let mut resp = self.retrying(&format!("read {what}"), deadline, |mut c| {
+            let (start, end) = (start.to_string(), end.to_vec());
+            async move {
+                c.get(
+                    start,
+                    Some(
+                        GetOptions::new()
+                            .with_range(end)
+                            .with_limit(limit)
+                            .with_keys_only(),
+                    ),
+                )
+                .await
+            }
+        })?;
+        Ok(resp.take_kvs())
+    }
+
     /// The JSON value at `key` (`what` names it in errors) with its mod_revision, if any.
     fn get_json<T: serde::de::DeserializeOwned>(
         &self,
@@ -957,22 +985,15 @@ impl EtcdStore {
         // before both the oldest finished run kept and every run still going (a few a flip;
         // no clock but the data's). The notes this flip writes are of runs still going: never
         // in that range (etcd refuses a transaction that puts and deletes one key).
-        let oldest = self.retrying("read the oldest finished run", deadline, |mut c| {
-            let done = self.key("runs/done/");
-            async move {
-                c.get(
-                    done,
-                    Some(
-                        GetOptions::new()
-                            .with_prefix()
-                            .with_limit(1)
-                            .with_keys_only(),
-                    ),
-                )
-                .await
-            }
-        })?;
-        let oldest_done = oldest.kvs().first().and_then(|kv| {
+        let done = self.key("runs/done/");
+        let oldest = self.first_keys(
+            "the oldest finished run",
+            &done,
+            &prefix_end(&done),
+            1,
+            deadline,
+        )?;
+        let oldest_done = oldest.first().and_then(|kv| {
             let key = String::from_utf8_lossy(kv.key());
             let t = key
                 .strip_prefix(&self.key("runs/done/"))?
@@ -1001,27 +1022,11 @@ impl EtcdStore {
             async move { c.get(since, None).await }
         })?;
         if noted.kvs().is_empty() {
-            // Whether any run came before: if none did (a new prefix), the report has no
-            // unnoted past to read.
-            let done = self.key("runs/done/");
-            let finished = self.retrying("read whether runs came before", deadline, |mut c| {
-                let done = done.clone();
-                async move {
-                    c.get(
-                        done,
-                        Some(
-                            GetOptions::new()
-                                .with_prefix()
-                                .with_limit(1)
-                                .with_keys_only(),
-                        ),
-                    )
-                    .await
-                }
-            })?;
+            // Whether any run came before (going, or finished and kept): if none did (a new
+            // prefix), the report has no unnoted past to read.
             let began = NotingBegan {
                 since: next.changed_at,
-                runs_before: !kvs.is_empty() || !finished.kvs().is_empty(),
+                runs_before: !kvs.is_empty() || !oldest.is_empty(),
             };
             ops.push(TxnOp::put(since, Self::json(&began)?, None));
         }
@@ -1358,40 +1363,25 @@ impl EtcdStore {
         else {
             return Ok(()); // a window longer than time itself: nothing is old enough
         };
-        let keys_before = |dir: &str, start: String, end: String, limit: i64| {
-            self.retrying(&format!("read the oldest {dir}"), deadline, move |mut c| {
-                let (start, end) = (start.clone(), end.clone());
-                async move {
-                    c.get(
-                        start,
-                        Some(
-                            GetOptions::new()
-                                .with_range(end)
-                                .with_limit(limit)
-                                .with_keys_only(),
-                        ),
-                    )
-                    .await
-                }
-            })
-        };
-        let oldest = keys_before(
-            "finished run",
-            self.key("runs/done/"),
-            self.done_from(cutoff),
+        let (start, end) = (self.key("runs/done/"), self.done_from(cutoff));
+        let oldest = self.first_keys(
+            "the oldest finished run",
+            &start,
+            end.as_bytes(),
             1,
+            deadline,
         )?;
-        if oldest.kvs().first().is_none_or(|kv| kv.lease() != 0) {
+        if oldest.first().is_none_or(|kv| kv.lease() != 0) {
             return Ok(());
         }
-        let resp = keys_before(
-            "finished runs",
-            self.key("runs/done/"),
-            self.done_from(cutoff),
-            128,
-        )?;
-        let doomed: Vec<TxnOp> = resp
-            .kvs()
+        let doomed: Vec<TxnOp> = self
+            .first_keys(
+                "the oldest finished runs",
+                &start,
+                end.as_bytes(),
+                128,
+                deadline,
+            )?
             .iter()
             .filter(|kv| kv.lease() == 0)
             .map(|kv| TxnOp::delete(kv.key().to_vec(), None))
@@ -1643,22 +1633,14 @@ impl Backend for EtcdStore {
         );
         loop {
             let deadline = self.deadline();
-            let resp = self.retrying("read checkpointed journal entries", deadline, |mut c| {
-                let (start, end) = (start.clone(), end.clone());
-                async move {
-                    c.get(
-                        start,
-                        Some(
-                            GetOptions::new()
-                                .with_range(end)
-                                .with_limit(1000)
-                                .with_keys_only(),
-                        ),
-                    )
-                    .await
-                }
-            })?;
-            let Some(last) = resp.kvs().last() else {
+            let entries = self.first_keys(
+                "checkpointed journal entries",
+                &start,
+                end.as_bytes(),
+                1000,
+                deadline,
+            )?;
+            let Some(last) = entries.last() else {
                 return Ok(());
             };
             let mut upto = last.key().to_vec();
