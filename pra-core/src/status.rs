@@ -40,6 +40,9 @@ impl Default for Options {
     }
 }
 
+/// How far in the future a backup's time may be (clocks a little apart) before status says so.
+const FUTURE_TOLERANCE_SECONDS: i64 = 60;
+
 /// Freshness of the newest verified backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -214,15 +217,16 @@ pub fn status_counted(
             ));
             BackupState::Warn
         }
-        Some(a) => {
-            if a < 0 {
-                problems.push(format!(
-                    "the newest backup is dated {}s in the future: check the clocks",
-                    -a
-                ));
-            }
-            BackupState::Ok
+        // Backups are ordered by the time in their names: one taken while the clock was
+        // ahead stays the newest after it is set back, before newer ones.
+        Some(a) if a < -FUTURE_TOLERANCE_SECONDS => {
+            problems.push(format!(
+                "the newest backup is dated {}s in the future (a clock stepped back?): it ranks before every backup taken since, for prune and restore --latest; check the clocks, and restore by --name",
+                -a
+            ));
+            BackupState::Warn
         }
+        Some(_) => BackupState::Ok,
     };
     let (active_site, token) = match store.map(|s| s.load().map(|r| (s, r))) {
         None => (None, None),

@@ -478,6 +478,48 @@ fn restores_in_the_same_second_each_keep_what_they_replaced() {
     assert_eq!((ids(&a).len(), ids(&b).len()), (17, 11));
 }
 
+/// The database's path replaced (a rename, a symlink switched) after pra opened it and before
+/// it copies the file: the file copy read the new file while `quick_check` and the counts had
+/// read the old one, and the backup was listed verified though torn or malformed (found by
+/// the red team). It must fail and keep nothing; the next backup takes the new file.
+#[test]
+fn a_database_replaced_while_it_is_backed_up_is_never_listed_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    make_db_in(&db, 200, "DELETE");
+    // Another database of the same size: only its rows' bodies differ.
+    let other = dir.path().join("other.db");
+    std::fs::copy(&db, &other).unwrap();
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch(
+            "UPDATE events SET body = hex(randomblob(32)); DELETE FROM events WHERE id > 150;",
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        std::fs::metadata(&other).unwrap().len()
+    );
+    let bdir = dir.path().join("backups");
+    // Another connection holds the database: pra's connection opens it and waits for it.
+    let holder = Connection::open(&db).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (db2, bdir2) = (db.clone(), bdir.clone());
+    let backup = std::thread::spawn(move || backup::create(&db2, &bdir2, Method::Auto, &clock()));
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    std::fs::rename(&other, &db).unwrap();
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    let taken = backup.join().unwrap();
+    let e = taken.expect_err("a backup of a replaced database was kept");
+    assert!(e.to_string().contains("replaced"), "{e}");
+    let listed = backup::list(&bdir).unwrap_or_default();
+    assert!(listed.is_empty(), "{listed:?}");
+    // The next backup takes the database now at the path.
+    let entry = backup::create(&db, &bdir, Method::Auto, &clock()).unwrap();
+    assert_eq!(ids(&entry.path).len(), 150);
+}
+
 #[test]
 fn restore_is_refused_while_the_app_holds_the_database() {
     let dir = tempfile::tempdir().unwrap();
@@ -610,6 +652,30 @@ fn restore_refuses_a_backup_that_fails_its_checksum_and_loses_nothing() {
         .filter(|n| n.to_string_lossy().contains("restore"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A backup taken while the clock was ahead (stepped back since) stays the newest by its name:
+/// `restore --latest` would take it over newer ones. Status must not call that ok.
+#[test]
+fn a_backup_dated_in_the_future_is_not_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let bdir = dir.path().join("backups");
+    make_db(&db, 3);
+    let c = clock();
+    c.advance(Duration::hours(1));
+    backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::hours(-1));
+    let s = status::status(&db, &bdir, &status::Options::default(), None, &c).unwrap();
+    assert_eq!(s.backup_age_seconds, Some(-3600));
+    assert_eq!(s.backup_state, BackupState::Warn, "{:?}", s.problems);
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("future") && p.contains("--latest")),
+        "{:?}",
+        s.problems
+    );
 }
 
 #[test]

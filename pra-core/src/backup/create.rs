@@ -57,12 +57,24 @@ pub enum Method {
 /// name; the source is only read.
 #[tracing::instrument(level = "info", skip(clock), fields(db = %db.display(), dir = %dir.display()))]
 pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Result<BackupEntry> {
+    // The file the connection is about to open: the file copy must copy that one.
+    let opened = file_id(db);
     let src = open_existing(db, true)?;
+    let opened = opened?;
     create_taken(db, dir, clock, |tmp| {
-        let taken = snapshot(&src, db, tmp, method);
+        let taken = snapshot(&src, db, opened, tmp, method);
         drop(src);
         taken
     })
+}
+
+/// A file's device and inode (through symlinks, as SQLite opens it).
+type FileId = (u64, u64);
+
+fn file_id(path: &Path) -> Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// What a snapshot left in the temporary file.
@@ -236,7 +248,13 @@ impl ZeroNanos for DateTime<Utc> {
 }
 
 /// Copies `src` (the database at `db`) into the new file `dst` in one read transaction.
-fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<Taken> {
+fn snapshot(
+    src: &Connection,
+    db: &Path,
+    opened: FileId,
+    dst: &Path,
+    method: Method,
+) -> Result<Taken> {
     let taken = |pages: u64, method: Method| Taken {
         pages,
         method,
@@ -245,15 +263,15 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<T
     let f = create_private_file(dst)?;
     drop(f);
     match method {
-        Method::Auto => match file_copy(src, db, dst)? {
+        Method::Auto => match file_copy(src, db, opened, dst)? {
             Some(taken) => Ok(taken),
             None => {
                 // Nothing was copied; start over on a fresh file.
                 fs::remove_file(dst).map_err(|e| Error::io("remove", dst, e))?;
-                snapshot(src, db, dst, Method::OnlineBackup)
+                snapshot(src, db, opened, dst, Method::OnlineBackup)
             }
         },
-        Method::FileCopy => match file_copy(src, db, dst)? {
+        Method::FileCopy => match file_copy(src, db, opened, dst)? {
             Some(taken) => Ok(taken),
             None => Err(Error::Busy(format!(
                 "{}: its WAL holds frames not yet in the database file (a writer or a long reader is active); use the online backup method",
@@ -312,7 +330,7 @@ fn snapshot(src: &Connection, db: &Path, dst: &Path, method: Method) -> Result<T
 /// written and flushed in slices, and while it is made, `quick_check` and the row counts read
 /// the same snapshot through `src` (on the other core): that snapshot is the file's bytes, so
 /// the check is the copy's, and the copy's bytes are never read a second time.
-fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
+fn file_copy(src: &Connection, db: &Path, opened: FileId, dst: &Path) -> Result<Option<Taken>> {
     // Dropped (rolled back) on every way out: the read transaction spans the whole copy.
     let tx = src.unchecked_transaction().map_err(sql_err("begin", db))?;
     // The first read takes the snapshot.
@@ -369,6 +387,21 @@ fn file_copy(src: &Connection, db: &Path, dst: &Path) -> Result<Option<Taken>> {
     // Through symlinks, as SQLite opened it (a database reached through a link is common);
     // what it names was just opened as a database, so no FIFO or device can be behind it.
     let mut from = File::open(db).map_err(|e| Error::io("open", db, e))?;
+    // The file opened here must be the one the connection opened, whose snapshot is checked
+    // and counted: a path replaced meanwhile (a rename, a symlink switched: a restore, a
+    // deploy) would have the check read one file and the copy another. (Replaced and put
+    // back in between is not caught; nothing does that by accident.)
+    let copied_from = {
+        use std::os::unix::fs::MetadataExt;
+        let m = from.metadata().map_err(|e| Error::io("stat", db, e))?;
+        (m.dev(), m.ino())
+    };
+    if copied_from != opened {
+        return Err(Error::Busy(format!(
+            "{} was replaced while it was being backed up (a restore, a deploy?): nothing was kept; take the backup again",
+            db.display()
+        )));
+    }
     let mut to = fs::OpenOptions::new()
         .write(true)
         .open(dst)
