@@ -481,43 +481,49 @@ fn restores_in_the_same_second_each_keep_what_they_replaced() {
 /// The database's path replaced (a rename, a symlink switched) after pra opened it and before
 /// it copies the file: the file copy read the new file while `quick_check` and the counts had
 /// read the old one, and the backup was listed verified though torn or malformed (found by
-/// the red team). It must fail and keep nothing; the next backup takes the new file.
+/// the red team). Through the online backup API, a connection whose first read came after the
+/// replacement paired the old file with the new one's WAL. Either way the backup must fail and
+/// keep nothing; the next backup takes the new file.
 #[test]
 fn a_database_replaced_while_it_is_backed_up_is_never_listed_verified() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("app.db");
-    make_db_in(&db, 200, "DELETE");
-    // Another database of the same size: only its rows' bodies differ.
-    let other = dir.path().join("other.db");
-    std::fs::copy(&db, &other).unwrap();
-    Connection::open(&other)
-        .unwrap()
-        .execute_batch(
-            "UPDATE events SET body = hex(randomblob(32)); DELETE FROM events WHERE id > 150;",
-        )
-        .unwrap();
-    assert_eq!(
-        std::fs::metadata(&db).unwrap().len(),
-        std::fs::metadata(&other).unwrap().len()
-    );
-    let bdir = dir.path().join("backups");
-    // Another connection holds the database: pra's connection opens it and waits for it.
-    let holder = Connection::open(&db).unwrap();
-    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let (db2, bdir2) = (db.clone(), bdir.clone());
-    let backup = std::thread::spawn(move || backup::create(&db2, &bdir2, Method::Auto, &clock()));
-    std::thread::sleep(std::time::Duration::from_millis(400));
-    std::fs::rename(&other, &db).unwrap();
-    holder.execute_batch("COMMIT").unwrap();
-    drop(holder);
-    let taken = backup.join().unwrap();
-    let e = taken.expect_err("a backup of a replaced database was kept");
-    assert!(e.to_string().contains("replaced"), "{e}");
-    let listed = backup::list(&bdir).unwrap_or_default();
-    assert!(listed.is_empty(), "{listed:?}");
-    // The next backup takes the database now at the path.
-    let entry = backup::create(&db, &bdir, Method::Auto, &clock()).unwrap();
-    assert_eq!(ids(&entry.path).len(), 150);
+    for method in [Method::Auto, Method::OnlineBackup] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("app.db");
+        make_db_in(&db, 200, "DELETE");
+        // Another database of the same size: only its rows differ.
+        let other = dir.path().join("other.db");
+        std::fs::copy(&db, &other).unwrap();
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch(
+                "UPDATE events SET body = hex(randomblob(32)); DELETE FROM events WHERE id > 150;",
+            )
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(&db).unwrap().len(),
+            std::fs::metadata(&other).unwrap().len()
+        );
+        let bdir = dir.path().join("backups");
+        // Another connection holds the database: pra's connection opens it and waits for it.
+        let holder = Connection::open(&db).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let (db2, bdir2) = (db.clone(), bdir.clone());
+        let backup = std::thread::spawn(move || backup::create(&db2, &bdir2, method, &clock()));
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        std::fs::rename(&other, &db).unwrap();
+        holder.execute_batch("COMMIT").unwrap();
+        drop(holder);
+        let taken = backup.join().unwrap();
+        let e = taken.expect_err(&format!(
+            "{method:?}: a backup of a replaced database was kept"
+        ));
+        assert!(e.to_string().contains("replaced"), "{e}");
+        let listed = backup::list(&bdir).unwrap_or_default();
+        assert!(listed.is_empty(), "{listed:?}");
+        // The next backup takes the database now at the path.
+        let entry = backup::create(&db, &bdir, method, &clock()).unwrap();
+        assert_eq!(ids(&entry.path).len(), 150);
+    }
 }
 
 #[test]

@@ -64,8 +64,21 @@ pub fn create(db: &Path, dir: &Path, method: Method, clock: &dyn Clock) -> Resul
     create_taken(db, dir, clock, |tmp| {
         let taken = snapshot(&src, db, opened, tmp, method);
         drop(src);
+        // Whatever the method: SQLite opens a database's `-wal` by name at its first read, so
+        // a connection opened on a file whose path was replaced before that read pairs the old
+        // file with the new file's WAL — a torn snapshot that its own checks find consistent.
+        if taken.is_ok() && file_id(db).ok() != Some(opened) {
+            return Err(replaced(db));
+        }
         taken
     })
+}
+
+fn replaced(db: &Path) -> Error {
+    Error::Busy(format!(
+        "{} was replaced while it was being backed up (a restore, a deploy?): nothing was kept; take the backup again",
+        db.display()
+    ))
 }
 
 /// A file's device and inode (through symlinks, as SQLite opens it).
@@ -397,10 +410,7 @@ fn file_copy(src: &Connection, db: &Path, opened: FileId, dst: &Path) -> Result<
         (m.dev(), m.ino())
     };
     if copied_from != opened {
-        return Err(Error::Busy(format!(
-            "{} was replaced while it was being backed up (a restore, a deploy?): nothing was kept; take the backup again",
-            db.display()
-        )));
+        return Err(replaced(db));
     }
     let mut to = fs::OpenOptions::new()
         .write(true)
