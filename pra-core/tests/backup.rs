@@ -684,6 +684,43 @@ fn a_backup_dated_in_the_future_is_not_ok() {
     );
 }
 
+/// After the clock is set back, a new backup still ranks after every backup already there:
+/// `restore --latest` and `prune` take the newest one taken, not one named by a clock that
+/// ran ahead (found by the red team: `restore --latest` installed the stale backup, 1 row of
+/// 4, and `prune --keep-last 2` removed the newer ones).
+#[test]
+fn backups_taken_after_the_clock_was_set_back_rank_after_the_ones_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let bdir = dir.path().join("backups");
+    make_db(&db, 1);
+    let c = clock();
+    c.advance(Duration::hours(1));
+    let ahead = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    c.advance(Duration::hours(-1));
+    make_db(&db, 3);
+    let after = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    assert!(
+        after.id > ahead.id,
+        "{} ranks before {}",
+        after.name,
+        ahead.name
+    );
+    let listed = backup::list(&bdir).unwrap();
+    assert_eq!(listed[0].name, after.name);
+    make_db(&db, 5);
+    restore::restore(&db, &bdir, &RestorePoint::Latest, Options::default(), &c).unwrap();
+    assert_eq!(
+        ids(&db).len(),
+        4,
+        "restore --latest took the backup named by the clock ahead"
+    );
+    // A file named by hand in the far future does not drag later names there.
+    std::fs::copy(&after.path, bdir.join("backup-2099-01-01-00-00-00.db")).unwrap();
+    let next = backup::create(&db, &bdir, Method::OnlineBackup, &c).unwrap();
+    assert!(next.name.starts_with("backup-2026-"), "{}", next.name);
+}
+
 #[test]
 fn status_with_and_without_backups() {
     let dir = tempfile::tempdir().unwrap();

@@ -169,11 +169,31 @@ fn create_taken(
         let size = fs::metadata(&tmp)
             .map_err(|e| Error::io("stat", &tmp, e))?
             .len();
-        // Claim a final name without ever replacing one: link(2) fails if the name exists.
+        // Names order the backups (`--latest`, prune): a new one sorts after every backup
+        // there, even when the clock was set back (up to a day) since the newest was named —
+        // it then takes the newest's second with the next sequence number (its manifest keeps
+        // the time).
+        let newest = match &index {
+            Some(index) => index.newest.first().and_then(|n| BackupName::parse(n)),
+            None => super::scan(dir)?.first().map(|(id, _)| *id),
+        };
         let mut id = BackupName {
             time: now.with_nanosecond_zero(),
             seq: 0,
         };
+        // Not behind a name more than a day ahead: a file named by hand in the far future
+        // must not drag every later name there (status flags it).
+        if let Some(newest) = newest
+            && newest >= id
+            && newest.time - now <= chrono::Duration::days(1)
+        {
+            tracing::warn!(newest = %newest.file_name(), now = %now, "the clock is behind the newest backup (set back?): this one is named after it");
+            id = BackupName {
+                time: newest.time,
+                seq: newest.seq + 1,
+            };
+        }
+        // Claim a final name without ever replacing one: link(2) fails if the name exists.
         let name = loop {
             let name = id.file_name();
             match fs::hard_link(&tmp, dir.join(&name)) {
